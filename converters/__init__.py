@@ -1,0 +1,94 @@
+"""Converters: PyTorch, Keras/TensorFlow and ONNX models -> canonical jraph.GraphsTuple.
+
+Every converter goes through ONNX: export -> canonical graph (canonical.py) -> execution probe
+(probe.py) -> features (features.py). torch and tensorflow are imported only when used.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import jraph
+
+
+from hnn_jax.converters import export
+from hnn_jax.converters.canonical import CanonicalGraph, canonicalize
+from hnn_jax.converters.features import to_graphs_tuple
+from hnn_jax.converters.load import load_onnx
+from hnn_jax.converters.probe import (DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_TIMEOUT_S, ProbeResult,
+                                      run_probe)
+from hnn_jax.errors import CorruptFileError, UnsupportedModelError
+from hnn_jax.schema import PROBE_OK, PROBE_SKIPPED
+
+__all__ = ["from_onnx", "from_torch", "from_keras", "from_tf", "from_file", "canonicalize",
+           "CanonicalGraph"]
+
+
+def from_onnx(source, *, probe: bool = True, probe_timeout: float = DEFAULT_TIMEOUT_S,
+              max_activation_bytes: int = DEFAULT_MAX_ACTIVATION_BYTES) -> jraph.GraphsTuple:
+    """ONNX model (path, bytes or onnx.ModelProto) -> one unpadded GraphsTuple.
+
+    probe=False, a model onnxruntime cannot run, or one that runs past probe_timeout seconds
+    gets static features only; globals[0, schema.GLOBAL_PROBE] records which (and a warning
+    says why).
+    """
+    model = load_onnx(source)
+    graph = canonicalize(model)
+    if probe:
+        tensors = [n.tensor for n in graph.nodes]
+        result = run_probe(graph.model, tensors, probe_timeout, max_activation_bytes)
+    else:
+        result = ProbeResult(PROBE_SKIPPED, reason="probe=False")
+    if result.status != PROBE_OK and probe:
+        warnings.warn(f"execution probe did not run ({result.reason}); using static features only",
+                      stacklevel=2)
+    return to_graphs_tuple(graph, result)
+
+
+def from_torch(module, example_inputs, *, dynamo: bool = False, opset: int | None = None,
+               **options) -> jraph.GraphsTuple:
+    """torch.nn.Module + example inputs (a tensor or tuple) -> GraphsTuple.
+
+    dynamo=False (default) uses the TorchScript exporter, ~10x faster than dynamo; both give
+    the same canonical graph for ordinary models.
+    """
+    return from_onnx(export.torch_to_onnx(module, example_inputs, dynamo=dynamo, opset=opset), **options)
+
+
+def from_keras(model, **options) -> jraph.GraphsTuple:
+    """Keras 3 model (functional or Sequential, with defined inputs) -> GraphsTuple."""
+    return from_onnx(export.keras_to_onnx(model), **options)
+
+
+def from_tf(function, input_signature, **options) -> jraph.GraphsTuple:
+    """Python or tf.function + list of tf.TensorSpec -> GraphsTuple."""
+    return from_onnx(export.tf_function_to_onnx(function, input_signature), **options)
+
+
+def from_file(path, **options) -> jraph.GraphsTuple:
+    """Dispatch on what the path is: .onnx, .keras, a SavedModel folder, a torch.export .pt2.
+
+    Pickled PyTorch files (.pt, .pth, .bin, .pkl) are refused: unpickling runs arbitrary code.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return from_onnx(export.saved_model_to_onnx(path), **options)
+        raise UnsupportedModelError(f"{path} is a folder but not a TensorFlow SavedModel (no saved_model.pb)")
+    if not path.exists():
+        raise CorruptFileError(f"no such file: {path}")
+    if suffix == ".onnx":
+        return from_onnx(path, **options)
+    if suffix == ".keras":
+        return from_onnx(export.keras_file_to_onnx(path), **options)
+    if suffix == ".pt2":
+        return from_onnx(export.exported_program_to_onnx(path), **options)
+    if suffix in (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"):
+        raise UnsupportedModelError(f"{path}: pickled PyTorch files are never unpickled (that can run "
+                                    "arbitrary code); save with torch.export.save (.pt2) or export to ONNX")
+    raise UnsupportedModelError(f"{path}: unknown model format '{suffix}' (expected .onnx, .keras, "
+                                ".pt2 or a SavedModel folder)")
+
+

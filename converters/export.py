@@ -1,0 +1,171 @@
+"""Export PyTorch, Keras and TensorFlow models to ONNX (torch and tensorflow load on demand)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickletools
+import warnings
+import zipfile
+from pathlib import Path
+
+import onnx
+
+from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError
+
+TF_OPSET = 17
+
+
+def torch_to_onnx(module, example_inputs, *, dynamo: bool = False, opset: int | None = None) -> onnx.ModelProto:
+    """torch.onnx.export. The TorchScript exporter (dynamo=False) is the default: about ten times
+    faster than dynamo; canonicalisation makes both give the same graph."""
+    import torch
+
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    was_training = getattr(module, "training", False)
+    if hasattr(module, "eval"):
+        module.eval()
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                program = torch.onnx.export(module, example_inputs, dynamo=True, opset_version=opset,
+                                            verbose=False, optimize=True)
+                return program.model_proto
+            torch.onnx.export(module, example_inputs, buffer, dynamo=False, opset_version=opset)
+    except HNNError:
+        raise
+    except Exception as e:  # noqa: BLE001 - exporters raise many types
+        raise UnsupportedModelError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from e
+    finally:
+        if was_training and hasattr(module, "train"):
+            module.train()
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _quiet_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    tf2onnx.logging.set_level(logging.ERROR)
+    return tf, tf2onnx
+
+
+def tf_function_to_onnx(function, input_signature, *, opset: int = TF_OPSET) -> onnx.ModelProto:
+    """tf2onnx.convert.from_function; ops tf2onnx cannot map (e.g. Erfc) stay as nodes."""
+    tf, tf2onnx = _quiet_tf()
+    if not isinstance(function, tf.types.experimental.GenericFunction):
+        function = tf.function(function)
+    try:
+        model, _ = tf2onnx.convert.from_function(function, input_signature=list(input_signature),
+                                                 opset=opset)
+    except Exception as e:  # noqa: BLE001
+        raise UnsupportedModelError(f"tf2onnx could not convert the function: {str(e).splitlines()[0]}") from e
+    return model
+
+
+def keras_to_onnx(model, *, opset: int = TF_OPSET) -> onnx.ModelProto:
+    """Keras 3 functional or Sequential model -> tf.function -> tf2onnx (from_keras fails on
+    Keras 3 Sequential models)."""
+    tf, _ = _quiet_tf()
+    try:
+        inputs = list(model.inputs)
+    except (AttributeError, ValueError):
+        inputs = []
+    if not inputs:
+        raise UnsupportedModelError("the Keras model has no defined inputs: build it with keras.Input "
+                                    "(or call it once) before hashing")
+    signature = [tf.TensorSpec(tuple(i.shape), i.dtype, name=f"input_{k}") for k, i in enumerate(inputs)]
+
+    def forward(*args):
+        return model(args[0] if len(args) == 1 else list(args), training=False)
+
+    return tf_function_to_onnx(tf.function(forward), signature, opset=opset)
+
+
+def keras_file_to_onnx(path: Path) -> onnx.ModelProto:
+    import keras
+
+    try:
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:  # noqa: BLE001
+        raise CorruptFileError(f"{path} is not a loadable .keras file: {str(e).splitlines()[0]}") from None
+    return keras_to_onnx(model)
+
+
+def saved_model_to_onnx(folder: Path) -> onnx.ModelProto:
+    """A TensorFlow SavedModel folder, through its serving signature."""
+    tf, _ = _quiet_tf()
+    try:
+        loaded = tf.saved_model.load(str(folder))
+    except Exception as e:  # noqa: BLE001
+        raise CorruptFileError(f"{folder} is not a loadable SavedModel: {str(e).splitlines()[0]}") from None
+    signatures = dict(getattr(loaded, "signatures", {}))
+    if not signatures:
+        raise UnsupportedModelError(f"the SavedModel in {folder} has no signatures to trace")
+    serving = signatures.get("serving_default") or signatures[sorted(signatures)[0]]
+    specs = serving.structured_input_signature[1]
+    names = sorted(specs)
+
+    def forward(*args):
+        return serving(**dict(zip(names, args)))
+
+    return tf_function_to_onnx(tf.function(forward), [specs[k] for k in names])
+
+
+_OBJECT_PICKLE_OPS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX",
+                    "EXT1", "EXT2", "EXT4"}
+
+
+def _check_pt2_archive(path: Path) -> None:
+    """torch.export.load unpickles some members: allow only what torch's weights-only unpickler
+    accepts, and plain-data pickles with no imports."""
+    import torch
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise CorruptFileError(f"{path} is not a torch.export .pt2 archive (not a zip file)") from None
+    with archive:
+        for info in archive.infolist():
+            data = archive.read(info)
+            if data[:2] == b"PK":
+                try:
+                    torch.load(io.BytesIO(data), weights_only=True)
+                except Exception:  # noqa: BLE001
+                    raise UnsupportedModelError(f"{path}: member '{info.filename}' holds pickled objects "
+                                                "beyond plain tensors; refusing to unpickle it") from None
+            elif data[:1] == b"\x80":
+                try:
+                    ops = {op.name for op, _, _ in pickletools.genops(data)}
+                except Exception:  # noqa: BLE001
+                    raise CorruptFileError(f"{path}: member '{info.filename}' is a broken pickle") from None
+                if ops & _OBJECT_PICKLE_OPS:
+                    raise UnsupportedModelError(f"{path}: member '{info.filename}' holds pickled objects; "
+                                                "refusing to unpickle it")
+
+
+def exported_program_to_onnx(path: Path) -> onnx.ModelProto:
+    """A torch.export archive (.pt2), after checking it unpickles nothing but tensors."""
+    import torch
+
+    _check_pt2_archive(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(str(path))
+    except HNNError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CorruptFileError(f"{path} is not a loadable torch.export archive: {str(e).splitlines()[0]}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(program, dynamo=True, verbose=False, optimize=True).model_proto
+    except Exception as e:  # noqa: BLE001
+        raise UnsupportedModelError(f"torch.onnx.export failed on {path}: {str(e).splitlines()[0]}") from e

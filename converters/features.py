@@ -1,0 +1,158 @@
+"""Features: a CanonicalGraph and its probe figures become one unpadded jraph.GraphsTuple.
+
+Column layout: hnn_jax.schema. Projections use positions and signs drawn from a seed that depends
+only on the tensor's shape, so two models of one architecture are compared at the same places.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import jraph
+import numpy as np
+import onnx
+
+from hnn_jax import schema
+from hnn_jax.converters.canonical import CanonicalGraph, CanonicalNode
+from hnn_jax.converters.probe import ProbeResult
+
+N_PROJ = 16       # projections per tensor (schema.NODE_WEIGHT_PROJ / NODE_ACT_PROJ width)
+PROJ_SAMPLES = 64  # elements summed into each projection
+
+
+def slog(x):
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _seed(tag: str, shape) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{tag}{tuple(shape)}".encode(), digest_size=8).digest(), "little")
+
+
+def projections(values: np.ndarray, tag: str) -> np.ndarray:
+    """N_PROJ signed sums of elements at fixed positions, normalised by the tensor's spread."""
+    flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    out = np.zeros(N_PROJ, np.float32)
+    if flat.size == 0:
+        return out
+    rng = np.random.default_rng(_seed(tag, values.shape))
+    positions = rng.integers(0, flat.size, (N_PROJ, PROJ_SAMPLES))
+    signs = rng.choice([-1.0, 1.0], (N_PROJ, PROJ_SAMPLES))
+    centre = flat.mean() if tag == "act" else 0.0
+    scale = np.sqrt(np.mean((flat - centre) ** 2)) + 1e-12
+    proj = ((flat[positions] - centre) * signs).sum(1) / (np.sqrt(PROJ_SAMPLES) * scale)
+    return np.clip(proj, -8, 8).astype(np.float32)
+
+
+def _shape_features(shape) -> np.ndarray:
+    out = np.zeros(6, np.float32)
+    if shape is None:
+        return out
+    dims = [d for d in shape if d != 1]
+    out[0] = np.log1p(float(np.prod(shape)) if len(shape) else 1.0)
+    out[1] = len(dims)
+    for i, d in enumerate(dims[:4]):
+        out[2 + i] = np.log1p(d)
+    return out
+
+
+def _attr_features(node: CanonicalNode) -> np.ndarray:
+    a = node.attrs
+    out = np.zeros(8, np.float32)
+    kernel = a.get("kernel_shape")
+    if kernel is None and node.op in ("conv", "conv_transpose") and node.weights:
+        kernel = node.weights[0].shape[2:]
+    out[0] = np.log1p(float(np.prod(kernel))) if kernel is not None and len(kernel) else 0.0
+    out[1] = np.log1p(max(a.get("strides", [1]) or [1]))
+    out[2] = np.log1p(a.get("group", 1))
+    out[3] = np.log1p(max(a.get("dilations", [1]) or [1]))
+    out[4] = np.log1p(sum(a.get("pads", []) or []))
+    axis = a.get("axis")
+    out[5] = slog(float(axis)) if isinstance(axis, (int, np.integer)) else 0.0
+    eps = a.get("epsilon")
+    out[6] = -np.log10(eps) if isinstance(eps, float) and eps > 0 else 0.0
+    alpha = a.get("alpha")
+    out[7] = slog(alpha) if isinstance(alpha, float) else 0.0
+    return out
+
+
+def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    stats = np.zeros(8, np.float32)
+    floats = [np.asarray(v, np.float32) for v in weights if np.issubdtype(np.asarray(v).dtype, np.number)]
+    if not floats:
+        return stats, np.zeros(N_PROJ, np.float32)
+    primary = max(floats, key=lambda v: v.size)
+    stats[0] = np.log1p(sum(v.size for v in floats))
+    stats[1] = len(floats)
+    stats[2] = np.log1p(primary.size)
+    stats[3] = slog(np.sqrt(np.mean(primary.astype(np.float64) ** 2)))
+    stats[4] = slog(primary.mean())
+    stats[5] = slog(np.abs(primary).mean())
+    rest = [v for v in floats if v is not primary]
+    stats[6] = float(bool(rest))
+    if rest:
+        stats[7] = slog(np.sqrt(np.mean(np.concatenate([v.reshape(-1) for v in rest]).astype(np.float64) ** 2)))
+    return stats, projections(primary, "weight")
+
+
+def _activation_features(value: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    stats = np.zeros(6, np.float32)
+    if value is None or value.size == 0 or not np.issubdtype(value.dtype, np.number):
+        return stats, np.zeros(N_PROJ, np.float32)
+    v = np.nan_to_num(value.astype(np.float64), nan=0.0, posinf=1e30, neginf=-1e30)
+    stats[:5] = [slog(v.mean()), slog(v.std()), slog(v.min()), slog(v.max()), (v > 0).mean()]
+    stats[5] = 1.0
+    return stats, projections(v, "act")
+
+
+def _dtype_kind(elem_type: int) -> float:
+    if elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                     onnx.TensorProto.BFLOAT16):
+        return 1.0
+    if elem_type == onnx.TensorProto.BOOL:
+        return 3.0
+    return 2.0 if elem_type else 0.0
+
+
+def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTuple:
+    n = len(graph.nodes)
+    nodes = np.zeros((n, schema.NODE_WIDTH), np.float32)
+    in_degree = np.zeros(n, np.float32)
+    out_degree = np.zeros(n, np.float32)
+    for e in graph.edges:
+        in_degree[e.receiver] += 1
+        out_degree[e.sender] += 1
+    total_params = 0
+    for i, node in enumerate(graph.nodes):
+        row = nodes[i]
+        row[schema.NODE_OP] = schema.OP_INDEX.get(node.op, 0)
+        row[schema.NODE_SHAPE] = _shape_features(node.shape)
+        row[schema.NODE_DEGREE] = (in_degree[i], out_degree[i], node.n_outputs)
+        row[schema.NODE_ATTRS] = _attr_features(node)
+        w_stats, w_proj = _weight_features(node.weights)
+        row[schema.NODE_WEIGHT_STATS] = w_stats
+        row[schema.NODE_WEIGHT_PROJ] = w_proj
+        total_params += sum(int(np.asarray(v).size) for v in node.weights)
+        a_stats, a_proj = _activation_features(probe.values.get(node.tensor))
+        row[schema.NODE_ACT_STATS] = a_stats
+        row[schema.NODE_ACT_PROJ] = a_proj
+    edges = np.zeros((len(graph.edges), schema.EDGE_WIDTH), np.float32)
+    for k, e in enumerate(graph.edges):
+        shape = e.shape
+        edges[k, 0] = np.log1p(float(np.prod(shape))) if shape else 0.0
+        edges[k, 1] = len([d for d in shape if d != 1]) if shape else 0.0
+        edges[k, 2] = np.log1p(shape[-1]) if shape else 0.0
+        edges[k, 3] = e.slot
+        edges[k, 4] = e.sender_slot
+        edges[k, 5] = _dtype_kind(e.elem_type)
+        edges[k, 6] = float(edges[k, 5] == 1.0)
+    globals_ = np.zeros((1, schema.GLOBAL_WIDTH), np.float32)
+    globals_[0, schema.GLOBAL_SCHEMA] = schema.SCHEMA_VERSION
+    globals_[0, schema.GLOBAL_PROBE] = probe.status
+    globals_[0, 2:7] = (np.log1p(n), np.log1p(len(graph.edges)), np.log1p(total_params),
+                        graph.n_inputs, graph.n_outputs)
+    return jraph.GraphsTuple(
+        nodes=nodes, edges=edges,
+        senders=np.array([e.sender for e in graph.edges], np.int32),
+        receivers=np.array([e.receiver for e in graph.edges], np.int32),
+        n_node=np.array([n], np.int32), n_edge=np.array([len(graph.edges)], np.int32),
+        globals=globals_)

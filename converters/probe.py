@@ -1,0 +1,108 @@
+"""Execution probe: run the model with onnxruntime on fixed inputs and read chosen tensors.
+
+Two initialisations of one architecture share every op and shape; only what the weights do to a
+fixed input tells them apart. The inputs depend on the inputs' position, shape and type (never on
+names), so every exporter's copy of a model sees the same numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from hnn_jax.schema import PROBE_FAILED, PROBE_OK, PROBE_SKIPPED, PROBE_TIMEOUT
+
+PROBE_SEED = 20220405
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_ACTIVATION_BYTES = 2 << 30  # skip probing models whose activations exceed this
+
+
+@dataclass
+class ProbeResult:
+    status: float                      # one of hnn_jax.schema.PROBE_*
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    reason: str = ""                   # why it did not run, for the user's warning
+
+
+def probe_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Deterministic inputs: floats N(0,1), integer ids small and valid, booleans fair coins."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    vocab = {}
+    for n in model.graph.node:  # ids that index an embedding table stay inside it
+        if n.op_type == "Gather" and len(n.input) > 1 and n.input[0] in initializers:
+            vocab[n.input[1]] = max(1, min(int(initializers[n.input[0]].dims[0]), 1000))
+    feeds = {}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    for index, value in enumerate(inputs):
+        tt = value.type.tensor_type
+        shape = [d.dim_value for d in tt.shape.dim]
+        rng = np.random.default_rng([PROBE_SEED, index, *shape])
+        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[value.name] = rng.random(shape) < 0.5
+        elif np.issubdtype(dtype, np.integer):
+            feeds[value.name] = rng.integers(0, vocab.get(value.name, 2), shape).astype(dtype)
+        else:
+            raise ValueError(f"input {index} has element type {dtype}, which the probe cannot make")
+    return feeds
+
+
+def _activation_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for v in list(model.graph.value_info) + list(model.graph.output):
+        dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
+        total += int(np.prod(dims)) * 4 if dims else 4
+    return total
+
+
+def _runnable(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of the model that also outputs the wanted tensors."""
+    run = onnx.ModelProto()
+    run.CopyFrom(model)
+    known = {v.name: v for v in run.graph.value_info}
+    present = {o.name for o in run.graph.output}
+    for name in tensors:
+        if name not in present:
+            run.graph.output.append(known[name] if name in known else onnx.ValueInfoProto(name=name))
+            present.add(name)
+    return run
+
+
+def run_probe(model: onnx.ModelProto, tensors: list[str], timeout_s: float = DEFAULT_TIMEOUT_S,
+              max_activation_bytes: int = DEFAULT_MAX_ACTIVATION_BYTES) -> ProbeResult:
+    """Run `model` (inputs already fixed in size) and return the values of `tensors`."""
+    import onnxruntime as ort
+
+    if _activation_bytes(model) > max_activation_bytes:
+        return ProbeResult(PROBE_SKIPPED, reason="activations larger than max_activation_bytes")
+    try:
+        feeds = probe_inputs(model)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # one thread: the same sums in the same order, every run
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        runnable = _runnable(model, tensors)
+        session = ort.InferenceSession(runnable.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        wanted = [o.name for o in session.get_outputs() if o.name in set(tensors)]
+        run_options = ort.RunOptions()
+        timer = threading.Timer(timeout_s, lambda: setattr(run_options, "terminate", True))
+        timer.start()
+        try:
+            values = session.run(wanted, feeds, run_options)
+        finally:
+            timer.cancel()
+    except Exception as e:  # noqa: BLE001 - any runtime failure means static features
+        if "terminate" in str(e).lower() or "exiting due to terminate" in str(e).lower():
+            return ProbeResult(PROBE_TIMEOUT, reason=f"probe ran past {timeout_s:g} s")
+        return ProbeResult(PROBE_FAILED, reason=f"onnxruntime could not run the model: {e}".splitlines()[0])
+    out = dict(feeds)
+    out.update({name: np.asarray(v) for name, v in zip(wanted, values)})
+    return ProbeResult(PROBE_OK, out)

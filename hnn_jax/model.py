@@ -1,0 +1,139 @@
+"""The hashing network: a directed message-passing GNN that maps a padded batch of graphs to
+K pre-sign values per graph, plus the straight-through sign that turns them into bits.
+
+Every operation is either per node row, per edge row, or a segment reduction over one graph, so
+a graph's result does not depend on what else shares its padded batch (the hasher relies on it).
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jraph
+from flax import nnx
+
+from hnn_jax import schema
+
+ALLOWED_BITS = (16, 32, 64, 128, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class HasherConfig:
+    """Shape of the hashing network. Checkpoints store it; changing it changes every code."""
+
+    bits: int = 64
+    hidden: int = 128
+    layers: int = 4
+
+    def __post_init__(self):
+        if self.bits not in ALLOWED_BITS:
+            raise ValueError(f"bits must be one of {ALLOWED_BITS}, got {self.bits!r}")
+        if not isinstance(self.hidden, int) or self.hidden < 2 or self.hidden % 2:
+            raise ValueError(f"hidden must be an even int >= 2, got {self.hidden!r}")
+        if not isinstance(self.layers, int) or self.layers < 1:
+            raise ValueError(f"layers must be an int >= 1, got {self.layers!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HasherConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown HasherConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@jax.custom_vjp
+def ste_sign(x: jax.Array) -> jax.Array:
+    """Sign with sign(0) = +1; its gradient is the clipped identity (straight-through)."""
+    return jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype)
+
+
+def _ste_sign_fwd(x):
+    return ste_sign(x), x
+
+
+def _ste_sign_bwd(x, g):
+    return (g * (jnp.abs(x) <= 1.0).astype(g.dtype),)
+
+
+ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
+
+
+class DirectedLayer(nnx.Module):
+    """One round of messages along and against the data flow, each with its own weights.
+
+    A single matmul transforms every node once (first half of the columns: the message it sends
+    downstream, second half: upstream); edges then only gather, add their edge embedding and
+    scatter-add, so no per-edge matmul is needed. The node's own transformed state acts as a
+    self-loop. Residual + LayerNorm keep depth stable.
+    """
+
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs):
+        self.message = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.norm = nnx.LayerNorm(hidden, rngs=rngs)
+
+    def __call__(self, h, edge_msg, src, dst):
+        n, hidden = h.shape
+        # Row 2i: what node i sends along the data flow; row 2i+1: what it sends against it.
+        m = self.message(h).reshape(2 * n, hidden // 2)
+        msg = jax.nn.relu(m[src] + edge_msg)
+        agg = jraph.segment_sum(msg, dst, 2 * n) + m
+        return h + jax.nn.relu(self.norm(agg.reshape(n, hidden)))
+
+
+class HashNet(nnx.Module):
+    """Graph -> K continuous pre-sign values per graph (apply ste_sign for the code)."""
+
+    def __init__(self, config: HasherConfig, *, rngs: nnx.Rngs):
+        h = config.hidden
+        self.config = config
+        self.op_embed = nnx.Embed(schema.VOCAB_SIZE, h, rngs=rngs)
+        self.node_proj = nnx.Linear(schema.NODE_WIDTH - 1, h, rngs=rngs)
+        self.edge_proj = nnx.Linear(schema.EDGE_WIDTH, h, rngs=rngs)
+        self.input_norm = nnx.LayerNorm(h, rngs=rngs)
+        self.layers = nnx.List([DirectedLayer(h, rngs=rngs) for _ in range(config.layers)])
+        self.attn_score = nnx.Linear(h, 1, rngs=rngs)
+        self.global_proj = nnx.Linear(schema.GLOBAL_WIDTH - 1, h, rngs=rngs)
+        self.head = nnx.Linear(4 * h, h, rngs=rngs)
+        self.head_norm = nnx.LayerNorm(h, rngs=rngs)
+        self.to_bits = nnx.Linear(h, config.bits, rngs=rngs)
+
+    def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
+        nodes, edges = graph.nodes, graph.edges
+        n = nodes.shape[0]
+        n_graph = graph.n_node.shape[0]
+
+        op = jnp.clip(jnp.round(nodes[:, schema.NODE_OP]), 0, schema.VOCAB_SIZE - 1)
+        h = self.op_embed(op.astype(jnp.int32)) + self.node_proj(nodes[:, 1:])
+        h = self.input_norm(h)
+
+        half = h.shape[1] // 2
+        ef = self.edge_proj(edges)
+        edge_msg = jnp.concatenate([ef[:, :half], ef[:, half:]], axis=0)  # [2e, half]
+        # Messages along the flow go sender -> receiver, messages against it receiver -> sender;
+        # both directions are packed into one gather and one scatter over 2n rows.
+        src = jnp.concatenate([2 * graph.senders, 2 * graph.receivers + 1])
+        dst = jnp.concatenate([2 * graph.receivers, 2 * graph.senders + 1])
+        for layer in self.layers:
+            h = layer(h, edge_msg, src, dst)
+        return self._readout(h, graph, n, n_graph)
+
+    def _readout(self, h, graph, n, n_graph):
+        """Mean, max and attention pooling per graph (padding nodes masked), plus globals."""
+        node_mask = jraph.get_node_padding_mask(graph)
+        graph_idx = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=n)
+        h = jnp.where(node_mask[:, None], h, 0.0)
+        count = jnp.maximum(graph.n_node, 1).astype(h.dtype)[:, None]
+        mean = jraph.segment_sum(h, graph_idx, n_graph) / count
+        nonempty = (graph.n_node > 0)[:, None]
+        mx = jnp.where(nonempty, jraph.segment_max(h, graph_idx, n_graph), 0.0)
+        score = jnp.where(node_mask, self.attn_score(h)[:, 0], -1e9)
+        alpha = jraph.segment_softmax(score, graph_idx, n_graph)
+        attn = jraph.segment_sum(alpha[:, None] * h, graph_idx, n_graph)
+        g = jax.nn.relu(self.global_proj(graph.globals[:, 1:]))
+        z = jax.nn.relu(self.head_norm(self.head(jnp.concatenate([mean, mx, attn, g], axis=1))))
+        return self.to_bits(z)
