@@ -147,12 +147,39 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
             if not dim.HasField("dim_value") or dim.dim_value < 0:
                 dim.Clear()
                 dim.dim_value = BATCH_DEFAULT if axis == 0 else DIM_DEFAULT
+    _sort_nodes(model.graph)
     _spell_erfc(model.graph)
     try:
         model = shape_inference.infer_shapes(model, data_prop=True)
     except Exception as e:  # noqa: BLE001 - shapes help but are not required
         warnings.warn(f"ONNX shape inference failed, continuing without shapes: {e}")
     return model
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Topological order (files need not be sorted; shape inference reads nodes in order)."""
+    produced_by = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    order, state = [], [0] * len(graph.node)
+    for root in range(len(graph.node)):
+        stack = [root]
+        while stack:
+            i = stack[-1]
+            if state[i] == 2:
+                stack.pop()
+                continue
+            state[i] = 1
+            pending = [produced_by[x] for x in graph.node[i].input
+                       if x in produced_by and state[produced_by[x]] == 0]
+            if pending:
+                stack.extend(pending)
+                continue
+            state[i] = 2
+            order.append(i)
+            stack.pop()
+    if order != list(range(len(graph.node))):
+        nodes = [graph.node[i] for i in order]
+        del graph.node[:]
+        graph.node.extend(nodes)
 
 
 def _spell_erfc(graph: onnx.GraphProto) -> None:
@@ -182,6 +209,21 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
             value = numpy_helper.to_array(value)
         out[a.name] = value
     return out
+
+
+def _with_defaults(op: str, domain: str, opset: int, attrs: dict[str, Any]) -> dict[str, Any]:
+    """Spell out every defaulted attribute, so an exporter that writes axis=0 and one that
+    leaves it out give the same node."""
+    try:
+        schema = onnx.defs.get_schema(op, opset, domain)
+    except Exception:  # noqa: BLE001 - unknown op: keep what the file says
+        return attrs
+    full = dict(attrs)
+    for name, attr in schema.attributes.items():
+        if name not in full and attr.default_value.type != onnx.AttributeProto.UNDEFINED:
+            value = helper.get_attribute_value(attr.default_value)
+            full[name] = value.decode() if isinstance(value, bytes) else value
+    return full
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
@@ -228,8 +270,9 @@ class _Work:
                 if value is not None:
                     self.consts[n.output[0]] = value
                     continue
-            self.nodes.append(Node(n.op_type, list(n.input), list(n.output), _attrs(n),
-                                   n.domain if n.domain != "ai.onnx" else ""))
+            domain = n.domain if n.domain != "ai.onnx" else ""
+            self.nodes.append(Node(n.op_type, list(n.input), list(n.output),
+                                   _with_defaults(n.op_type, domain, self.opset, _attrs(n)), domain))
         self._fresh = 0
 
     # -- queries
@@ -272,6 +315,29 @@ class _Work:
     def remove(self, nodes) -> None:
         dead = {id(n) for n in nodes}
         self.nodes = [n for n in self.nodes if id(n) not in dead]
+
+    def reinfer_shapes(self) -> None:
+        """Shape inference again once shape arithmetic is folded (exporters' Slice/Reshape sizes
+        computed from Shape ops defeat the first pass). Large constants go in as typed inputs."""
+        small = [numpy_helper.from_array(np.asarray(v), k) for k, v in self.consts.items() if v.size <= 4096]
+        large = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                 for k, v in self.consts.items() if v.size > 4096]
+        inputs = [helper.make_tensor_value_info(x, self.types[x][1], self.types[x][0])
+                  for x in self.inputs if x in self.types]
+        nodes = [helper.make_node(n.op, n.inputs, n.outputs, domain=n.domain, **_onnx_attrs(n.attrs))
+                 for n in self.nodes if "<subgraph>" not in n.attrs.values()]
+        graph = helper.make_graph(nodes, "shapes", inputs + large, [], small)
+        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        model.ir_version = self.model.ir_version
+        try:
+            inferred = shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:  # noqa: BLE001 - keep what the first pass found
+            return
+        for v in inferred.graph.value_info:
+            tt = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+            if tt.HasField("shape") and all(d >= 0 for d in dims) and self.types.get(v.name, (None,))[0] is None:
+                self.types[v.name] = (tuple(dims), tt.elem_type)
 
     def topo_sort(self) -> None:
         prod = self.producers()
@@ -389,6 +455,41 @@ def fold_constants(w: _Work) -> None:
     w.nodes = kept
 
 
+def merge_slices(w: _Work) -> None:
+    """Slices that cut one tensor into contiguous pieces along one axis are one Split
+    (torch's chunk: three Slices from one exporter, a Split from the other)."""
+    groups: dict[tuple[str, int], list[tuple[int, int, Node]]] = {}
+    for n in w.nodes:
+        if n.op != "Slice" or n.domain != "" or len(n.inputs) < 4:
+            continue
+        args = [w.consts.get(i) if i else None for i in n.inputs[1:5]] + [None]
+        shape = w.shape(n.inputs[0])
+        if shape is None or any(a is None for a in args[:3]) or any(a.size != 1 for a in args[:3]):
+            continue
+        if args[3] is not None and int(args[3].reshape(())) != 1:
+            continue
+        axis = int(args[2].reshape(())) % len(shape)
+        dim = shape[axis]
+        start, end = (int(np.clip(int(v.reshape(())) + (dim if int(v.reshape(())) < 0 else 0), 0, dim))
+                      for v in args[:2])
+        groups.setdefault((n.inputs[0], axis), []).append((start, end, n))
+    for n in w.nodes:  # one spelling for Split: axis and the sizes it cuts (opsets differ)
+        if n.op == "Split" and n.domain == "" and w.shape(n.inputs[0]) is not None:
+            axis = int(n.attrs.get("axis", 0)) % len(w.shape(n.inputs[0]))
+            sizes = [w.shape(o)[axis] if w.shape(o) is not None else -1 for o in n.outputs]
+            n.inputs, n.attrs = n.inputs[:1], {"axis": axis, "split": sizes}
+    for (x, axis), pieces in groups.items():
+        pieces.sort(key=lambda p: (p[0], p[1]))
+        dim = w.shape(x)[axis]
+        bounds = [0] + [p[1] for p in pieces]
+        if len(pieces) < 2 or [p[0] for p in pieces] != bounds[:-1] or bounds[-1] != dim:
+            continue
+        split = Node("Split", [x], [p[2].outputs[0] for p in pieces],
+                     {"axis": axis, "split": [p[1] - p[0] for p in pieces]})
+        w.nodes[w.nodes.index(pieces[0][2])] = split
+        w.remove([p[2] for p in pieces[1:]])
+
+
 def drop_dead(w: _Work) -> None:
     """Remove nodes none of whose outputs is used."""
     while True:
@@ -432,6 +533,18 @@ def dequantize(w: _Work) -> None:
     for n in list(w.nodes):
         if n.op == "DequantizeLinear" and n.inputs[0] in prod and prod[n.inputs[0]][0].op == "QuantizeLinear":
             w.rename(n.outputs[0], prod[n.inputs[0]][0].inputs[0])
+            continue
+        gather = prod.get(n.inputs[0])
+        if (n.op == "DequantizeLinear" and gather is not None and gather[0].op == "Gather"
+                and gather[0].inputs[0] in w.consts and all(i in w.consts for i in n.inputs[1:] if i)
+                and len(uses.get(n.inputs[0], [])) == 1):
+            # a quantised embedding table: dequantise the table, gather floats
+            table = w.consts[gather[0].inputs[0]].astype(np.float32)
+            zp = w.consts[n.inputs[2]].astype(np.float32) if len(n.inputs) > 2 and n.inputs[2] else 0.0
+            gather[0].inputs = [w.add_const((table - zp) * w.consts[n.inputs[1]].astype(np.float32),
+                                            gather[0].inputs[0])] + gather[0].inputs[1:]
+            gather[0].outputs = [n.outputs[0]]
+            w.remove([n])
             continue
         if n.op not in ("MatMulInteger", "ConvInteger") or len(n.inputs) < 2 or n.inputs[1] not in w.consts:
             continue
@@ -618,7 +731,8 @@ def fold_into_producers(w: _Work) -> None:
             if n.op == "BatchNormalization" and n.kind is None and all(i in w.consts for i in n.inputs[1:5]):
                 gamma, beta, mean, var = (w.consts[i].astype(np.float32) for i in n.inputs[1:5])
                 scale = gamma / np.sqrt(var + float(n.attrs.get("epsilon", 1e-5)))
-                mul, add = scale, beta - mean * scale
+                per_channel = (-1,) + (1,) * max(len(w.shape(x) or (0, 0)) - 2, 0)  # [C,1,1] for NCHW
+                mul, add = scale.reshape(per_channel), (beta - mean * scale).reshape(per_channel)
             elif n.op in ("Mul", "Add") and len(n.inputs) == 2:
                 c = w.consts[next(i for i in n.inputs if i != x)]
                 mul, add = (c, None) if n.op == "Mul" else (None, c)
@@ -639,8 +753,8 @@ def fold_into_producers(w: _Work) -> None:
                     changed = True
                     break
             if n.op == "BatchNormalization":
-                n.inputs = [x, w.add_const(np.asarray(mul, np.float32), n.inputs[1]),
-                            w.add_const(np.asarray(add, np.float32), n.inputs[2])]
+                n.inputs = [x, w.add_const(np.asarray(mul, np.float32).reshape(-1), n.inputs[1]),
+                            w.add_const(np.asarray(add, np.float32).reshape(-1), n.inputs[2])]
                 n.kind, n.attrs = "batch_norm", {"epsilon": n.attrs.get("epsilon", 1e-5)}
                 n.outputs = n.outputs[:1]
 
@@ -922,6 +1036,7 @@ def build(w: _Work) -> CanonicalGraph:
     prod = w.producers()
     used_inputs = [x for x in w.inputs if any(x in n.inputs for n in w.nodes) or x in w.outputs]
     keys: dict[int, bytes] = {}
+    ties: dict[int, bytes] = {}
     key_of_tensor: dict[str, bytes] = {x: _digest("input", i, w.shape(x)) for i, x in enumerate(used_inputs)}
     kinds = {id(n): _kind(w, n) for n in w.nodes}
     for n in w.nodes:
@@ -929,13 +1044,16 @@ def build(w: _Work) -> CanonicalGraph:
         if n.op in COMMUTATIVE or kinds[id(n)] in ("add", "mul", "max", "min", "equal"):
             ins = sorted(ins)
         weights = [w.consts[x] for x in n.inputs if x in w.consts]
-        keys[id(n)] = _digest(kinds[id(n)], _attr_key(n.attrs), ins, *weights)
+        # Structure first (op, attributes, inputs, weight shapes); weight values only break ties
+        # between structurally identical nodes, so two inits of one architecture order alike.
+        keys[id(n)] = _digest(kinds[id(n)], _attr_key(n.attrs), ins, [v.shape for v in weights])
+        ties[id(n)] = _digest(*weights)
         for i, o in enumerate(n.outputs):
             key_of_tensor[o] = _digest(keys[id(n)], i)
 
     # Kahn's algorithm, always taking the ready node with the smallest structural key.
-    items: list[tuple[bytes, str | Node]] = [(key_of_tensor[x], x) for x in used_inputs]
-    items += [(keys[id(n)], n) for n in w.nodes]
+    items: list[tuple[tuple[bytes, bytes], str | Node]] = [((key_of_tensor[x], b""), x) for x in used_inputs]
+    items += [((keys[id(n)], ties[id(n)]), n) for n in w.nodes]
     tensor_owner = {x: k for k, x in enumerate(used_inputs)}
     for k, n in enumerate(w.nodes):
         for o in n.outputs:
@@ -998,6 +1116,8 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalGraph:
     if dangling:
         raise CorruptFileError(f"the ONNX graph reads tensors nothing produces: {dangling[:5]}")
     fold_constants(w)
+    w.reinfer_shapes()
+    merge_slices(w)
     dequantize(w)
     drop_dead(w)
     drop_shape_arithmetic(w)
@@ -1005,8 +1125,8 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalGraph:
     drop_layout_transposes(w)
     form_linear(w)
     fold_into_producers(w)
-    canonical_pools(w)
     fuse_regions(w)
+    canonical_pools(w)
     remove_noops(w)
     drop_dead(w)
     if not w.nodes:

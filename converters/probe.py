@@ -31,10 +31,13 @@ class ProbeResult:
 def probe_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Deterministic inputs: floats N(0,1), integer ids small and valid, booleans fair coins."""
     initializers = {t.name: t for t in model.graph.initializer}
+    rows = {t.name: list(t.dims)[:1] for t in model.graph.initializer}
+    rows.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim][:1]
+                 for v in model.graph.value_info})
     vocab = {}
     for n in model.graph.node:  # ids that index an embedding table stay inside it
-        if n.op_type == "Gather" and len(n.input) > 1 and n.input[0] in initializers:
-            vocab[n.input[1]] = max(1, min(int(initializers[n.input[0]].dims[0]), 1000))
+        if n.op_type == "Gather" and len(n.input) > 1 and rows.get(n.input[0]):
+            vocab[n.input[1]] = max(1, min(int(rows[n.input[0]][0]), 1000))
     feeds = {}
     inputs = [v for v in model.graph.input if v.name not in initializers]
     for index, value in enumerate(inputs):

@@ -1,0 +1,110 @@
+"""Small models built in code for the tests and benchmarks (no downloads, weights from seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def torch_cnn(seed: int = 0, width: int = 8):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    class CNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+            self.bn2 = nn.BatchNorm2d(2 * width)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(2 * width, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.bn1(self.conv1(x)))
+            x = torch.relu(self.bn2(self.conv2(x)))
+            return self.fc(torch.flatten(self.pool(x), 1))
+
+    model = CNN().eval()
+    for bn in (model.bn1, model.bn2):  # non-trivial running statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    return model, torch.randn(1, 3, 16, 16)
+
+
+def torch_mlp(seed: int = 0, depth: int = 2, width: int = 32):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    layers = [nn.Linear(16, width), nn.LayerNorm(width), nn.GELU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.GELU(approximate="tanh"), nn.Dropout(0.1)]
+    layers += [nn.Linear(width, 4), nn.SiLU()]
+    return nn.Sequential(*layers).eval(), torch.randn(1, 16)
+
+
+def torch_transformer(seed: int = 0, layers: int = 1, d_model: int = 32, seq: int = 8):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(100, d_model)
+            self.blocks = nn.ModuleList()
+            for _ in range(layers):
+                self.blocks.append(nn.ModuleDict(dict(
+                    ln1=nn.LayerNorm(d_model), qkv=nn.Linear(d_model, 3 * d_model),
+                    proj=nn.Linear(d_model, d_model), ln2=nn.LayerNorm(d_model),
+                    up=nn.Linear(d_model, 4 * d_model), down=nn.Linear(4 * d_model, d_model))))
+            self.head = nn.Linear(d_model, 5)
+
+        def forward(self, ids):
+            x = self.embed(ids)
+            for b in self.blocks:
+                q, k, v = b["qkv"](b["ln1"](x)).chunk(3, dim=-1)
+                att = torch.softmax(q @ k.transpose(-2, -1) / d_model ** 0.5, dim=-1)
+                x = x + b["proj"](att @ v)
+                x = x + b["down"](torch.nn.functional.gelu(b["up"](b["ln2"](x))))
+            return self.head(x.mean(dim=1))
+
+    return Encoder().eval(), torch.randint(0, 100, (1, seq))
+
+
+def keras_cnn_sequential(seed: int = 0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3), keras.layers.BatchNormalization(),
+        keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(), keras.layers.LayerNormalization(),
+        keras.layers.Dense(16, activation="gelu"), keras.layers.Dense(4, activation="swish")])
+
+
+def keras_functional(seed: int = 0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((10,))
+    a = keras.layers.Dense(8)(x)
+    b = keras.layers.Dense(8, activation="tanh")(x)
+    y = keras.layers.Softmax()(keras.layers.Add()([a, b]))
+    return keras.Model(x, y)
+
+
+def onnx_model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs,
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in initializers])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    return model
+
+
+def float_input(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)

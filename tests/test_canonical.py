@@ -1,0 +1,194 @@
+"""The merge operation on hand-built ONNX graphs: every fusion and removal, checked numerically."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from hnn_jax import CorruptFileError, converters
+from hnn_jax.converters import canonicalize
+from models import float_input, onnx_model
+
+RNG = np.random.default_rng(0)
+
+
+def ops(model):
+    return [n.op for n in canonicalize(model).nodes]
+
+
+def node(graph, op):
+    return next(n for n in graph.nodes if n.op == op)
+
+
+def test_conv_batchnorm_folds_into_conv_weights():
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(4).astype(np.float32)
+    gamma, beta = RNG.uniform(0.5, 2, 4).astype(np.float32), RNG.standard_normal(4).astype(np.float32)
+    mean, var = RNG.standard_normal(4).astype(np.float32), RNG.uniform(0.5, 2, 4).astype(np.float32)
+    model = onnx_model(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "g", "be", "m", "v"], ["y"], epsilon=1e-5)],
+        [float_input("x", [1, 3, 8, 8])], [float_input("y", None)],
+        [("w", w), ("b", b), ("g", gamma), ("be", beta), ("m", mean), ("v", var)])
+    graph = canonicalize(model)
+    assert [n.op for n in graph.nodes] == ["input", "conv"]
+    scale = gamma / np.sqrt(var + 1e-5)
+    conv = node(graph, "conv")
+    np.testing.assert_allclose(conv.weights[0], w * scale[:, None, None, None], rtol=1e-5)
+    np.testing.assert_allclose(conv.weights[1], (b - mean) * scale + beta, rtol=1e-5, atol=1e-6)
+
+
+def test_matmul_add_becomes_linear_with_out_in_weight():
+    w = RNG.standard_normal((6, 5)).astype(np.float32)
+    model = onnx_model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        [float_input("x", [2, 6])], [float_input("y", None)], [("w", w), ("b", np.ones(5, np.float32))])
+    graph = canonicalize(model)
+    assert [n.op for n in graph.nodes] == ["input", "linear"]
+    lin = node(graph, "linear")
+    np.testing.assert_array_equal(lin.weights[0], w.T)
+    np.testing.assert_array_equal(lin.weights[1], np.ones(5, np.float32))
+
+
+def test_shape_arithmetic_and_noops_are_removed():
+    # x -> Identity -> Shape -> Gather(0) -> Concat([n, -1]) -> Reshape(x) -> Dropout -> Relu
+    model = onnx_model(
+        [helper.make_node("Identity", ["x"], ["xi"]),
+         helper.make_node("Shape", ["xi"], ["s"]),
+         helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+         helper.make_node("Unsqueeze", ["n", "zero1"], ["n1"]),
+         helper.make_node("Concat", ["n1", "minus1"], ["shape"], axis=0),
+         helper.make_node("Reshape", ["xi", "shape"], ["r"]),
+         helper.make_node("Dropout", ["r"], ["d"]),
+         helper.make_node("Relu", ["d"], ["y"])],
+        [float_input("x", ["batch", 4, 5])], [float_input("y", None)],
+        [("zero", np.array(0, np.int64)), ("zero1", np.array([0], np.int64)),
+         ("minus1", np.array([-1], np.int64))])
+    assert ops(model) == ["input", "reshape", "relu"]
+
+
+def test_dynamic_shape_chain_is_dropped_even_when_not_foldable():
+    # NonZero makes a data-dependent size; the Shape chain feeding Expand's shape input goes away.
+    model = onnx_model(
+        [helper.make_node("NonZero", ["x"], ["nz"]),
+         helper.make_node("Shape", ["nz"], ["s"]),
+         helper.make_node("Cast", ["nz"], ["nzf"], to=TensorProto.FLOAT),
+         helper.make_node("Expand", ["nzf", "s"], ["y"])],
+        [float_input("x", [4])], [float_input("y", None)])
+    assert ops(model) == ["input", "nonzero", "cast", "expand"]
+
+
+def _activation_model(nodes, extra=()):
+    return onnx_model(nodes, [float_input("x", [1, 16])], [float_input("y", None)], list(extra))
+
+
+def test_decomposed_erf_gelu_fuses():
+    model = _activation_model(
+        [helper.make_node("Div", ["x", "sqrt2"], ["a"]), helper.make_node("Erf", ["a"], ["b"]),
+         helper.make_node("Add", ["b", "one"], ["c"]), helper.make_node("Mul", ["x", "c"], ["d"]),
+         helper.make_node("Mul", ["d", "half"], ["y"])],
+        [("sqrt2", np.array(np.sqrt(2), np.float32)), ("one", np.array(1, np.float32)),
+         ("half", np.array(0.5, np.float32))])
+    assert ops(model) == ["input", "gelu"]
+
+
+def test_decomposed_tanh_gelu_fuses_and_differs_from_erf_gelu():
+    c = np.float32(np.sqrt(2 / np.pi))
+    model = _activation_model(
+        [helper.make_node("Pow", ["x", "three"], ["x3"]), helper.make_node("Mul", ["x3", "k"], ["a"]),
+         helper.make_node("Add", ["x", "a"], ["b"]), helper.make_node("Mul", ["b", "c"], ["d"]),
+         helper.make_node("Tanh", ["d"], ["e"]), helper.make_node("Add", ["e", "one"], ["f"]),
+         helper.make_node("Mul", ["f", "x"], ["g"]), helper.make_node("Mul", ["g", "half"], ["y"])],
+        [("three", np.array(3, np.float32)), ("k", np.array(0.044715, np.float32)),
+         ("c", np.array(c)), ("one", np.array(1, np.float32)), ("half", np.array(0.5, np.float32))])
+    assert ops(model) == ["input", "gelu_tanh"]
+
+
+def test_sigmoid_times_input_is_silu_and_unknown_chain_is_one_elementwise_node():
+    assert ops(_activation_model([helper.make_node("Sigmoid", ["x"], ["s"]),
+                                  helper.make_node("Mul", ["s", "x"], ["y"])])) == ["input", "silu"]
+    odd = _activation_model([helper.make_node("Mul", ["x", "k"], ["a"]), helper.make_node("Exp", ["a"], ["y"])],
+                            [("k", np.array(0.3, np.float32))])
+    assert ops(odd) == ["input", "elementwise"]
+
+
+def test_decomposed_layernorm_fuses_and_recovers_gamma_beta():
+    gamma = RNG.uniform(0.5, 2, 16).astype(np.float32)
+    beta = RNG.standard_normal(16).astype(np.float32)
+    model = onnx_model(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1]), helper.make_node("Sub", ["x", "m"], ["c"]),
+         helper.make_node("Mul", ["c", "c"], ["c2"]), helper.make_node("ReduceMean", ["c2"], ["v"], axes=[-1]),
+         helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["s"]),
+         helper.make_node("Div", ["c", "s"], ["n"]), helper.make_node("Mul", ["n", "g"], ["ng"]),
+         helper.make_node("Add", ["ng", "b"], ["y"])],
+        [float_input("x", [1, 4, 16])], [float_input("y", None)],
+        [("eps", np.array(1e-5, np.float32)), ("g", gamma), ("b", beta)])
+    graph = canonicalize(model)
+    assert [n.op for n in graph.nodes] == ["input", "layer_norm"]
+    ln = node(graph, "layer_norm")
+    np.testing.assert_allclose(ln.weights[0], gamma, rtol=1e-3)
+    np.testing.assert_allclose(ln.weights[1], beta, atol=1e-3)
+
+
+def test_spatial_reducemean_is_global_average_pool_like_GlobalAveragePool():
+    reduce = onnx_model([helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=0)],
+                        [float_input("x", [1, 4, 5, 5])], [float_input("y", None)], opset=13)
+    gap = onnx_model([helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+                      helper.make_node("Flatten", ["p"], ["y"])],
+                     [float_input("x", [1, 4, 5, 5])], [float_input("y", None)])
+    assert ops(reduce) == ops(gap) == ["input", "global_avg_pool"]
+    a, b = converters.from_onnx(reduce), converters.from_onnx(gap)
+    np.testing.assert_allclose(a.nodes, b.nodes, atol=1e-5)  # two kernels, same figures
+
+
+def test_transpose_sandwich_around_nhwc_conv_is_removed():
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    model = onnx_model(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+         helper.make_node("Conv", ["t", "w"], ["c"]),
+         helper.make_node("Transpose", ["c"], ["t2"], perm=[0, 2, 3, 1]),
+         helper.make_node("Transpose", ["t2"], ["t3"], perm=[0, 3, 1, 2]),
+         helper.make_node("Relu", ["t3"], ["r"]),
+         helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 3, 1])],
+        [float_input("x", [1, 8, 8, 3])], [float_input("y", None)], [("w", w)])
+    graph = canonicalize(model)
+    assert [n.op for n in graph.nodes] == ["input", "conv", "relu"]
+    assert graph.nodes[0].shape == (1, 3, 8, 8)
+
+
+def test_unknown_ops_are_kept_in_the_unknown_bucket_and_probe_falls_back():
+    model = onnx_model([helper.make_node("Relu", ["x"], ["r"]),
+                        helper.make_node("FancyOp", ["r"], ["y"], domain="com.example")],
+                       [float_input("x", [1, 4])], [float_input("y", [1, 4])])
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    assert ops(model) == ["input", "relu", "unknown"]
+    with pytest.warns(UserWarning, match="static features"):
+        g = converters.from_onnx(model)
+    from hnn_jax import schema
+    assert g.globals[0, schema.GLOBAL_PROBE] == schema.PROBE_FAILED
+    assert not g.nodes[:, schema.NODE_ACT_STATS].any()
+    assert g.nodes[2, schema.NODE_OP] == schema.OP_INDEX["unknown"]
+
+
+def test_cycle_and_dangling_inputs_are_clear_errors():
+    cyc = onnx_model([helper.make_node("Add", ["x", "b"], ["a"]), helper.make_node("Relu", ["a"], ["b"])],
+                     [float_input("x", [2])], [float_input("b", None)])
+    with pytest.raises(CorruptFileError, match="cycle"):
+        canonicalize(cyc)
+    dangling = onnx_model([helper.make_node("Add", ["x", "ghost"], ["y"])],
+                          [float_input("x", [2])], [float_input("y", None)])
+    with pytest.raises(CorruptFileError, match="ghost"):
+        canonicalize(dangling)
+
+
+def test_slices_covering_a_tensor_become_one_split():
+    def sl(out, a, b):
+        return helper.make_node("Slice", ["x", f"s{a}", f"e{b}", "ax"], [out])
+    consts = [("ax", np.array([1], np.int64))] + [
+        (f"s{v}", np.array([v], np.int64)) for v in (0, 4, 8)] + [(f"e{v}", np.array([v], np.int64)) for v in (4, 8, 12)]
+    model = onnx_model([sl("a", 0, 4), sl("b", 4, 8), sl("c", 8, 12),
+                        helper.make_node("Mul", ["a", "b"], ["ab"]), helper.make_node("Add", ["ab", "c"], ["y"])],
+                       [float_input("x", [1, 12])], [float_input("y", None)], consts)
+    graph = canonicalize(model)
+    assert [n.op for n in graph.nodes] == ["input", "split", "mul", "add"]
+    assert node(graph, "split").n_outputs == 3
