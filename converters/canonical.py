@@ -52,6 +52,12 @@ ELEMENTWISE = {
 }
 REDUCES = {"ReduceMean", "ReduceSum", "ReduceMax"}
 
+# Kinds that region fusion can produce; native ops of these kinds drop their attributes
+# (epsilon, axis, approximate) so that both spellings give the same node.
+FUSED_KINDS = {"layer_norm", "rms_norm", "softmax", "log_softmax", "relu", "relu6", "gelu",
+               "gelu_tanh", "silu", "sigmoid", "hard_sigmoid", "hard_swish", "tanh", "softplus",
+               "mish", "elu", "selu", "leaky_relu", "softsign"}
+
 ALIASES = {
     "Conv": "conv", "ConvTranspose": "conv_transpose", "Gemm": "linear", "MatMul": "matmul",
     "Einsum": "einsum", "BatchNormalization": "batch_norm", "LayerNormalization": "layer_norm",
@@ -1039,6 +1045,9 @@ def build(w: _Work) -> CanonicalGraph:
     ties: dict[int, bytes] = {}
     key_of_tensor: dict[str, bytes] = {x: _digest("input", i, w.shape(x)) for i, x in enumerate(used_inputs)}
     kinds = {id(n): _kind(w, n) for n in w.nodes}
+    for n in w.nodes:  # a native LayerNormalization/Softmax/Gelu reads like its fused twin
+        if kinds[id(n)] in FUSED_KINDS:
+            n.attrs = {}
     for n in w.nodes:
         ins = [(key_of_tensor.get(x, b"?"), prod[x][1] if x in prod else 0) for x in w.dynamic_inputs(n)]
         if n.op in COMMUTATIVE or kinds[id(n)] in ("add", "mul", "max", "min", "equal"):

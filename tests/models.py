@@ -108,3 +108,24 @@ def onnx_model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelP
 
 def float_input(name, shape):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def torch_twin_of_keras_cnn(seed: int = 0):
+    """The architecture of keras_cnn_sequential, written in PyTorch."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    class Twin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+            self.ln, self.fc1, self.fc2 = nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+            x = nn.functional.gelu(self.fc1(self.ln(x)))
+            return nn.functional.silu(self.fc2(x))
+
+    return Twin().eval(), torch.randn(1, 3, 16, 16)
