@@ -1,10 +1,13 @@
 """hnn-jax: a perceptual hash for neural networks (HNN-Net in JAX).
 
 Importing this package does not import torch or tensorflow; the converters load them on demand.
+`hash` and `Hasher` load JAX, Flax and orbax on first use, so importing stays light.
 """
 
+from hnn_jax.config import HasherConfig
 from hnn_jax.errors import (CorruptFileError, HNNError, ModelTooLargeError, SchemaMismatchError,
                             UnsupportedModelError)
+from hnn_jax.hashcode import HashCode
 from hnn_jax.schema import SCHEMA_VERSION
 
 __version__ = "0.1.0"
@@ -12,4 +15,14 @@ __version__ = "0.1.0"
 __all__ = [
     "HNNError", "UnsupportedModelError", "CorruptFileError", "ModelTooLargeError",
     "SchemaMismatchError", "SCHEMA_VERSION", "__version__",
+    "hash", "Hasher", "HashCode", "HasherConfig",
 ]
+
+_LAZY = {"hash", "Hasher"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from hnn_jax import hasher
+        return getattr(hasher, name)
+    raise AttributeError(f"module 'hnn_jax' has no attribute {name!r}")

@@ -1,0 +1,34 @@
+"""HasherConfig: the network's shape, kept free of JAX imports so `import hnn_jax` stays light."""
+
+import dataclasses
+from typing import Any
+
+ALLOWED_BITS = (16, 32, 64, 128, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class HasherConfig:
+    """Shape of the hashing network. Checkpoints store it; changing it changes every code."""
+
+    bits: int = 64
+    hidden: int = 128
+    layers: int = 4
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or self.bits not in ALLOWED_BITS:
+            raise ValueError(f"bits must be one of {ALLOWED_BITS}, got {self.bits!r}")
+        if not isinstance(self.hidden, int) or self.hidden < 2 or self.hidden % 2:
+            raise ValueError(f"hidden must be an even int >= 2, got {self.hidden!r}")
+        if not isinstance(self.layers, int) or self.layers < 1:
+            raise ValueError(f"layers must be an int >= 1, got {self.layers!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HasherConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown HasherConfig fields: {sorted(unknown)}")
+        return cls(**data)

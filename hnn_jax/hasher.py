@@ -1,0 +1,209 @@
+"""Turning graphs into HashCodes: validation, bucketed batching, one jit compile per bucket."""
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+
+import jax
+import jraph
+import numpy as np
+from flax import nnx
+
+from hnn_jax import checkpoint, schema
+from hnn_jax.config import HasherConfig
+from hnn_jax.errors import HNNError, SchemaMismatchError
+from hnn_jax.hashcode import HashCode
+from hnn_jax.model import HashNet
+from hnn_jax.padding import pad_batch
+
+# XLA:CPU hands some fused reductions (LayerNorm) to YNNPACK, which picks a summation order by
+# array size, so one graph could get other bits in another padding bucket. Keeping only dot
+# fusions (row-wise, size independent and the fast part) makes codes exact across buckets.
+_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+@functools.cache
+def _compiler_options() -> dict | None:
+    """The CPU options above when this XLA accepts them, else None (other XLA builds)."""
+    if jax.default_backend() != "cpu":
+        return None
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS)(np.zeros(1, np.float32))
+    except (jax.errors.JaxRuntimeError, ValueError):
+        return None
+    return _CPU_COMPILER_OPTIONS
+
+
+def fingerprint(config: HasherConfig, params: dict) -> str:
+    """Code version: schema version plus a digest of config and weights."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    for key, leaf in sorted((checkpoint.path_key(p), np.asarray(leaf)) for p, leaf in flat):
+        digest.update(f"{key}:{leaf.dtype}:{leaf.shape}".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return f"s{schema.SCHEMA_VERSION}-{digest.hexdigest()[:12]}"
+
+
+def validate_graph(graph, where: str = "graph") -> jraph.GraphsTuple:
+    """Check one input graph against the feature schema; return it as float32/int32 numpy.
+
+    Schema differences (version, feature widths) raise SchemaMismatchError listing all of them;
+    anything else malformed raises HNNError.
+    """
+    if not isinstance(graph, jraph.GraphsTuple):
+        raise HNNError(f"{where}: expected a jraph.GraphsTuple, got {type(graph).__name__}")
+    missing = [f for f in graph._fields if getattr(graph, f) is None]
+    if missing:
+        raise HNNError(f"{where}: fields {missing} are None")
+    g = jraph.GraphsTuple(*(np.asarray(x) for x in graph))
+    if g.n_node.shape != (1,) or g.n_edge.shape != (1,):
+        raise HNNError(f"{where}: expected exactly one graph, got n_node={g.n_node.tolist()}")
+
+    problems = []
+    for name, arr, width in (("node", g.nodes, schema.NODE_WIDTH),
+                             ("edge", g.edges, schema.EDGE_WIDTH),
+                             ("global", g.globals, schema.GLOBAL_WIDTH)):
+        if arr.ndim != 2 or arr.shape[-1] != width:
+            problems.append(f"{name} features have shape {arr.shape}, expected width {width}")
+    if g.globals.ndim == 2 and g.globals.shape[0] == 1 and g.globals.shape[1] > 0:
+        version = g.globals[0, schema.GLOBAL_SCHEMA]
+        if version != schema.SCHEMA_VERSION:
+            problems.append(f"schema version {version:g}, expected {schema.SCHEMA_VERSION}")
+    if problems:
+        raise SchemaMismatchError(f"{where} does not match feature schema version "
+                                  f"{schema.SCHEMA_VERSION}: " + "; ".join(problems))
+
+    n, e = int(g.n_node[0]), int(g.n_edge[0])
+    if n < 1 or g.nodes.shape[0] != n or g.globals.shape[0] != 1:
+        raise HNNError(f"{where}: n_node={n} but {g.nodes.shape[0]} node rows (need >= 1)")
+    if not (g.edges.shape[0] == e == g.senders.shape[0] == g.receivers.shape[0]):
+        raise HNNError(f"{where}: n_edge={e} disagrees with edges/senders/receivers lengths")
+    for name, idx in (("senders", g.senders), ("receivers", g.receivers)):
+        if idx.ndim != 1 or (e and (idx.min() < 0 or idx.max() >= n)):
+            raise HNNError(f"{where}: {name} must be node indices in [0, {n})")
+    for name, arr in (("node", g.nodes), ("edge", g.edges), ("global", g.globals)):
+        if not np.all(np.isfinite(arr)):
+            raise HNNError(f"{where}: {name} features contain NaN or inf")
+    ops = g.nodes[:, schema.NODE_OP]
+    if np.any(ops != np.round(ops)) or ops.min() < 0 or ops.max() >= schema.VOCAB_SIZE:
+        raise HNNError(f"{where}: op ids must be integers in [0, {schema.VOCAB_SIZE})")
+    return jraph.GraphsTuple(
+        nodes=g.nodes.astype(np.float32), edges=g.edges.astype(np.float32),
+        globals=g.globals.astype(np.float32), senders=g.senders.astype(np.int32),
+        receivers=g.receivers.astype(np.int32), n_node=g.n_node.astype(np.int32),
+        n_edge=g.n_edge.astype(np.int32))
+
+
+def _pack(graphs: Sequence[jraph.GraphsTuple], node_budget: int, edge_budget: int,
+          max_graphs: int) -> Iterator[list[jraph.GraphsTuple]]:
+    """Consecutive chunks of at most max_graphs graphs that fit the node/edge budgets
+    (with the padding node), so packed chunks fill one bucket and the jit cache stays small.
+    A graph larger than the budgets gets a chunk (and a power-of-two bucket) of its own."""
+    chunk, nodes, edges = [], 1, 0
+    for g in graphs:
+        n, e = int(g.n_node[0]), int(g.n_edge[0])
+        if chunk and (len(chunk) == max_graphs or nodes + n > node_budget
+                      or edges + e > edge_budget):
+            yield chunk
+            chunk, nodes, edges = [], 1, 0
+        chunk.append(g)
+        nodes, edges = nodes + n, edges + e
+    if chunk:
+        yield chunk
+
+
+class Hasher:
+    """A hashing network with its weights, turning graphs into HashCodes.
+
+    Graphs are packed into chunks of at most `max_graphs` graphs and about `node_budget` nodes /
+    `edge_budget` edges, padded to power-of-two buckets with n_graph = max_graphs + 1, and run
+    through one jit-compiled function; each bucket compiles once. A graph's code does not depend
+    on the chunk or bucket it lands in. `trace_count` counts compilations (for tests).
+    """
+
+    def __init__(self, model: HashNet, *, node_budget: int = 4096, edge_budget: int = 8192,
+                 max_graphs: int = 64):
+        self.config: HasherConfig = model.config
+        self._graphdef, self._state = nnx.split(model)
+        self.version = fingerprint(self.config, nnx.to_pure_dict(self._state))
+        self.node_budget, self.edge_budget, self.max_graphs = node_budget, edge_budget, max_graphs
+        self.trace_count = 0
+        self._bits = jax.jit(self._bits_fn, compiler_options=_compiler_options())
+
+    def _bits_fn(self, state, graph):
+        self.trace_count += 1  # runs only while tracing, i.e. once per compiled bucket
+        return nnx.merge(self._graphdef, state)(graph) >= 0
+
+    @property
+    def model(self) -> HashNet:
+        """A copy of the network (e.g. to fine-tune); changing it does not change this hasher."""
+        return nnx.merge(self._graphdef, self._state)
+
+    @classmethod
+    def init(cls, config: HasherConfig | None = None, seed: int = 0, **kwargs) -> "Hasher":
+        """An untrained hasher: `config` (default HasherConfig()) initialised from `seed`."""
+        return cls(HashNet(config or HasherConfig(), rngs=nnx.Rngs(seed)), **kwargs)
+
+    @classmethod
+    def load(cls, directory, *, bits: int | None = None, config: HasherConfig | None = None,
+             **kwargs) -> "Hasher":
+        """Restore a checkpoint written by save(). `bits` / `config`, when given, are what the
+        caller expects; a checkpoint that differs raises SchemaMismatchError saying how."""
+        meta = checkpoint.read_meta(directory)
+        stored = meta["config"]
+        if bits is not None and bits != stored.bits:
+            raise SchemaMismatchError(f"checkpoint makes {stored.bits}-bit codes, expected {bits}")
+        if config is not None and config != stored:
+            diffs = [f"{k}={v!r} (expected {config.to_dict()[k]!r})"
+                     for k, v in stored.to_dict().items() if config.to_dict()[k] != v]
+            raise SchemaMismatchError("checkpoint config differs: " + ", ".join(diffs))
+        abstract = nnx.eval_shape(lambda: HashNet(stored, rngs=nnx.Rngs(0)))
+        graphdef, state = nnx.split(abstract)
+        nnx.replace_by_pure_dict(state, checkpoint.restore(directory, nnx.to_pure_dict(state)))
+        hasher = cls(nnx.merge(graphdef, state), **kwargs)
+        if hasher.version != meta["version"]:
+            raise SchemaMismatchError(
+                f"restored weights have fingerprint {hasher.version}, checkpoint says "
+                f"{meta['version']}: the parameter files were changed or mixed up")
+        return hasher
+
+    def save(self, directory):
+        """Write an orbax checkpoint of the weights plus hasher.json (config, bits, schema)."""
+        return checkpoint.save(directory, self.config, nnx.to_pure_dict(self._state),
+                               self.version)
+
+    def hash(self, graphs):
+        """HashCode of one jraph.GraphsTuple, or a list of them for a list of graphs.
+
+        Batched results are identical, bit for bit, to hashing each graph alone.
+        """
+        if isinstance(graphs, jraph.GraphsTuple):
+            return self.hash([graphs])[0]
+        if not isinstance(graphs, (list, tuple)):
+            raise HNNError("expected a jraph.GraphsTuple or a list of them, got "
+                           f"{type(graphs).__name__}")
+        checked = [validate_graph(g, f"graph {i}") for i, g in enumerate(graphs)]
+        pending = []  # dispatch every chunk before reading any back, so host and device overlap
+        for chunk in _pack(checked, self.node_budget, self.edge_budget, self.max_graphs):
+            padded = pad_batch(chunk, n_graph=self.max_graphs + 1)
+            pending.append((len(chunk), self._bits(self._state, padded)))
+        return [HashCode(row, self.version)
+                for count, bits in pending for row in np.asarray(bits)[:count]]
+
+
+@functools.cache
+def default_hasher() -> Hasher:
+    """The hasher behind hnn_jax.hash, built once per process (see hash())."""
+    return Hasher.init(HasherConfig(), seed=0)
+
+
+def hash(graphs, *, hasher: Hasher | None = None):  # noqa: A001 - the public name is hnn_jax.hash
+    """HashCode(s) for a jraph.GraphsTuple or a list of them.
+
+    Until trained weights ship, the default hasher is the untrained default network
+    (HasherConfig(): 64 bits, 4 layers, 128 wide) initialised with seed 0: its codes are
+    deterministic and comparable with each other, but not yet trained to be perceptual.
+    Its version string (on every code) will change when trained weights replace it.
+    """
+    return (hasher or default_hasher()).hash(graphs)
