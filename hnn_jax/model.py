@@ -71,6 +71,7 @@ class HashNet(nnx.Module):
         self.to_bits = nnx.Linear(h, config.bits, rngs=rngs)
 
     def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
+        graph = jax.tree.map(jnp.asarray, graph)  # jraph's padding masks index with jnp arrays
         nodes, edges = graph.nodes, graph.edges
         n = nodes.shape[0]
         n_graph = graph.n_node.shape[0]
