@@ -155,11 +155,43 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
                 dim.dim_value = BATCH_DEFAULT if axis == 0 else DIM_DEFAULT
     _sort_nodes(model.graph)
     _spell_erfc(model.graph)
-    try:
-        model = shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as e:  # noqa: BLE001 - shapes help but are not required
-        warnings.warn(f"ONNX shape inference failed, continuing without shapes: {e}")
+    inferred = _infer_shapes(model.graph, model)
+    if inferred is None:
+        warnings.warn("ONNX shape inference failed; continuing with the shapes the file declares")
+    else:
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(inferred)
     return model
+
+
+def _infer_shapes(graph: onnx.GraphProto, model: onnx.ModelProto,
+                  consts: dict[str, np.ndarray] | None = None) -> list[onnx.ValueInfoProto] | None:
+    """ONNX shape inference on a copy without the large weights (they go in as typed inputs), so
+    a big model is not serialised for it. Returns the inferred value_info, None on failure."""
+    small, large = [], []
+    if consts is None:
+        for t in graph.initializer:
+            if int(np.prod(t.dims)) <= 4096:
+                small.append(t)
+            else:
+                large.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    else:
+        for k, v in consts.items():
+            if v.size <= 4096:
+                small.append(numpy_helper.from_array(np.asarray(v), k))
+            else:
+                large.append(helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape))
+    init_names = {t.name for t in small} | {v.name for v in large}
+    inputs = [v for v in graph.input if v.name not in init_names]
+    skeleton = helper.make_graph(list(graph.node), "shapes", inputs + large, list(graph.output), small,
+                                 value_info=list(graph.value_info))
+    skeleton_model = helper.make_model(skeleton, opset_imports=list(model.opset_import),
+                                       functions=list(model.functions))
+    skeleton_model.ir_version = model.ir_version
+    try:
+        return list(shape_inference.infer_shapes(skeleton_model, data_prop=True).graph.value_info)
+    except Exception:  # noqa: BLE001 - shapes help but are not required
+        return None
 
 
 def _sort_nodes(graph: onnx.GraphProto) -> None:
@@ -324,22 +356,13 @@ class _Work:
 
     def reinfer_shapes(self) -> None:
         """Shape inference again once shape arithmetic is folded (exporters' Slice/Reshape sizes
-        computed from Shape ops defeat the first pass). Large constants go in as typed inputs."""
-        small = [numpy_helper.from_array(np.asarray(v), k) for k, v in self.consts.items() if v.size <= 4096]
-        large = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-                 for k, v in self.consts.items() if v.size > 4096]
+        computed from Shape ops defeat the first pass)."""
         inputs = [helper.make_tensor_value_info(x, self.types[x][1], self.types[x][0])
                   for x in self.inputs if x in self.types]
         nodes = [helper.make_node(n.op, n.inputs, n.outputs, domain=n.domain, **_onnx_attrs(n.attrs))
                  for n in self.nodes if "<subgraph>" not in n.attrs.values()]
-        graph = helper.make_graph(nodes, "shapes", inputs + large, [], small)
-        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
-        model.ir_version = self.model.ir_version
-        try:
-            inferred = shape_inference.infer_shapes(model, data_prop=True)
-        except Exception:  # noqa: BLE001 - keep what the first pass found
-            return
-        for v in inferred.graph.value_info:
+        inferred = _infer_shapes(helper.make_graph(nodes, "g", inputs, []), self.model, self.consts)
+        for v in inferred or []:
             tt = v.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
             if tt.HasField("shape") and all(d >= 0 for d in dims) and self.types.get(v.name, (None,))[0] is None:
@@ -601,56 +624,70 @@ def _is_scalar(w: _Work, name: str, value: float) -> bool:
     return c is not None and c.size == 1 and float(c.reshape(())) == value
 
 
+def _is_noop(w: _Work, n: Node, x: str, dyn: list[str]) -> bool:
+    out = n.outputs[0]
+    if n.op in ("Identity", "Dropout"):
+        return True
+    if n.op == "Cast":
+        return _same_float(w, x, out) or w.elem_type(x) == n.attrs.get("to")
+    if n.op in RESHAPES or n.op == "Expand":
+        return (w.shape(x) is not None and _squeezed(w.shape(x)) == _squeezed(w.shape(out))
+                and (n.op != "Expand" or np.prod(w.shape(x)) == np.prod(w.shape(out))))
+    if n.op == "Transpose":
+        perm, shape = list(n.attrs.get("perm", [])), w.shape(x)
+        return perm == sorted(perm) or (shape is not None and [p for p in perm if shape[p] != 1]
+                                        == sorted(p for p in perm if shape[p] != 1))
+    if n.op in ("Mul", "Div", "Add", "Sub") and len(dyn) == 1 and len(n.inputs) == 2:
+        const = next(i for i in n.inputs if i != x)
+        unit = 1.0 if n.op in ("Mul", "Div") else 0.0
+        return (_is_scalar(w, const, unit) and (n.op in ("Mul", "Add") or n.inputs[0] == x)
+                and w.shape(out) == w.shape(x))
+    if n.op == "Concat":
+        return len([i for i in n.inputs if i]) == 1
+    if n.op in ("Slice", "Pad"):
+        return w.shape(x) is not None and w.shape(x) == w.shape(out)
+    return False
+
+
 def remove_noops(w: _Work) -> None:
     """Identity, Dropout, float<->float Cast, reshapes that only add/drop size-1 dims, identity
-    transposes, x*1, x+0, x/1, x-0 and single-input Concat pass their input through."""
-    changed = True
-    while changed:
-        changed = False
-        uses = w.consumers()
-        for n in list(w.nodes):
-            dyn = w.dynamic_inputs(n)
-            if n.domain != "" or not dyn or not n.outputs:
-                continue
-            x, out = dyn[0], n.outputs[0]
-            noop = False
-            if n.op in ("Identity", "Dropout"):
-                noop = True
-            elif n.op == "Cast":
-                noop = _same_float(w, x, out) or w.elem_type(x) == n.attrs.get("to")
-            elif n.op in RESHAPES or n.op == "Expand":
-                noop = (w.shape(x) is not None and _squeezed(w.shape(x)) == _squeezed(w.shape(out))
-                        and (n.op != "Expand" or np.prod(w.shape(x)) == np.prod(w.shape(out))))
-            elif n.op == "Transpose":
-                perm = list(n.attrs.get("perm", []))
-                shape = w.shape(x)
-                noop = perm == sorted(perm) or (
-                    shape is not None and [p for p in perm if shape[p] != 1]
-                    == sorted(p for p in perm if shape[p] != 1))
-            elif n.op in ("Mul", "Div", "Add", "Sub") and len(dyn) == 1 and len(n.inputs) == 2:
-                const = next(i for i in n.inputs if i != x)
-                unit = 1.0 if n.op in ("Mul", "Div") else 0.0
-                noop = (_is_scalar(w, const, unit) and (n.op in ("Mul", "Add") or n.inputs[0] == x)
-                        and w.shape(out) == w.shape(x))
-            elif n.op == "Concat" and len([i for i in n.inputs if i]) == 1:
-                noop = True
-            elif n.op in ("Slice", "Pad") and w.shape(x) is not None and w.shape(x) == w.shape(out):
-                noop = True
-            if noop and not any(o in uses for o in n.outputs[1:] if o):
-                _bypass(w, n, x, out, uses)
-                changed = True
-                break
+    transposes, x*1, x+0, x/1, x-0 and single-input Concat pass their input through.
 
+    When x has no other reader its producer writes the no-op's output itself, so readers keep the
+    shape they expect (a squeezed pool output stays squeezed); else readers read x."""
+    w.topo_sort()
+    readers: dict[str, int] = {}
+    for n in w.nodes:
+        for i in n.inputs:
+            if i:
+                readers[i] = readers.get(i, 0) + 1
+    producer = {o: n for n in w.nodes for o in n.outputs if o}
+    alias: dict[str, str] = {}
+    outputs = set(w.outputs)
 
-def _bypass(w: _Work, n: Node, x: str, out: str, uses) -> None:
-    """Remove pass-through node n (x -> out). If x has no other reader, its producer writes `out`
-    itself, so readers keep the shape they expect (a squeezed pool output stays squeezed)."""
-    producer = next((p for p in w.nodes if x in p.outputs), None)
-    w.remove([n])
-    if producer is not None and len(uses.get(x, [])) == 1 and x not in w.outputs:
-        producer.outputs = [out if o == x else o for o in producer.outputs]
-    else:
-        w.rename(out, x)
+    def resolve(t: str) -> str:
+        while t in alias:
+            t = alias[t]
+        return t
+
+    kept = []
+    for n in w.nodes:
+        n.inputs = [resolve(i) for i in n.inputs]
+        dyn = w.dynamic_inputs(n)
+        if (n.domain != "" or not dyn or not n.outputs or any(readers.get(o) for o in n.outputs[1:] if o)
+                or not _is_noop(w, n, dyn[0], dyn)):
+            kept.append(n)
+            continue
+        x, out = dyn[0], n.outputs[0]
+        p = producer.get(x)
+        if p is not None and readers.get(x) == 1 and x not in outputs:
+            p.outputs = [out if o == x else o for o in p.outputs]
+            producer[out] = p
+        else:
+            alias[out] = x
+            readers[x] = readers.get(x, 0) - 1 + readers.get(out, 0)
+    w.nodes = kept
+    w.outputs = [resolve(o) for o in w.outputs]
 
 
 def drop_layout_transposes(w: _Work) -> None:
@@ -724,45 +761,45 @@ def form_linear(w: _Work) -> None:
 def fold_into_producers(w: _Work) -> None:
     """Fold BatchNormalization and per-channel Mul/Add constants into the preceding conv or
     linear; a BatchNormalization left alone becomes `batch_norm` with weights [scale, shift]."""
-    changed = True
-    while changed:
-        changed = False
-        prod = w.producers()
-        uses = w.consumers()
-        for n in w.nodes:
-            dyn = w.dynamic_inputs(n)
-            if n.domain != "" or len(dyn) != 1:
-                continue
-            x = dyn[0]
-            if n.op == "BatchNormalization" and n.kind is None and all(i in w.consts for i in n.inputs[1:5]):
-                gamma, beta, mean, var = (w.consts[i].astype(np.float32) for i in n.inputs[1:5])
-                scale = gamma / np.sqrt(var + float(n.attrs.get("epsilon", 1e-5)))
-                per_channel = (-1,) + (1,) * max(len(w.shape(x) or (0, 0)) - 2, 0)  # [C,1,1] for NCHW
-                mul, add = scale.reshape(per_channel), (beta - mean * scale).reshape(per_channel)
-            elif n.op in ("Mul", "Add") and len(n.inputs) == 2:
-                c = w.consts[next(i for i in n.inputs if i != x)]
-                mul, add = (c, None) if n.op == "Mul" else (None, c)
-            else:
-                continue
-            p = prod.get(x)
-            target = p[0] if p is not None and len(uses.get(x, [])) == 1 and x not in w.outputs else None
-            if target is not None and target.op in ("Conv", "ConvTranspose") and target.inputs[1] in w.consts:
-                if _fold_affine(w, target, mul, add):
-                    target.outputs = [n.outputs[0]]
-                    w.remove([n])
-                    changed = True
-                    break
-            elif target is not None and target.kind == "linear":
-                if _fold_affine(w, target, mul, add):
-                    target.outputs = [n.outputs[0]]
-                    w.remove([n])
-                    changed = True
-                    break
-            if n.op == "BatchNormalization":
-                n.inputs = [x, w.add_const(np.asarray(mul, np.float32).reshape(-1), n.inputs[1]),
-                            w.add_const(np.asarray(add, np.float32).reshape(-1), n.inputs[2])]
-                n.kind, n.attrs = "batch_norm", {"epsilon": n.attrs.get("epsilon", 1e-5)}
-                n.outputs = n.outputs[:1]
+    w.topo_sort()
+    readers: dict[str, int] = {}
+    for n in w.nodes:
+        for i in n.inputs:
+            if i:
+                readers[i] = readers.get(i, 0) + 1
+    producer = {o: n for n in w.nodes for o in n.outputs if o}
+    folded: set[int] = set()
+    for n in w.nodes:
+        dyn = w.dynamic_inputs(n)
+        if n.domain != "" or len(dyn) != 1:
+            continue
+        x = dyn[0]
+        if n.op == "BatchNormalization" and n.kind is None and all(i in w.consts for i in n.inputs[1:5]):
+            gamma, beta, mean, var = (w.consts[i].astype(np.float32) for i in n.inputs[1:5])
+            scale = gamma / np.sqrt(var + float(n.attrs.get("epsilon", 1e-5)))
+            per_channel = (-1,) + (1,) * max(len(w.shape(x) or (0, 0)) - 2, 0)  # [C,1,1] for NCHW
+            mul, add = scale.reshape(per_channel), (beta - mean * scale).reshape(per_channel)
+        elif n.op in ("Mul", "Add") and len(n.inputs) == 2:
+            c = w.consts[next(i for i in n.inputs if i != x)]
+            mul, add = (c, None) if n.op == "Mul" else (None, c)
+        else:
+            continue
+        target = producer.get(x)
+        if target is not None and (readers.get(x) != 1 or x in w.outputs):
+            target = None
+        foldable = target is not None and (
+            target.kind == "linear"
+            or (target.op in ("Conv", "ConvTranspose") and target.inputs[1] in w.consts))
+        if foldable and _fold_affine(w, target, mul, add):
+            target.outputs = [n.outputs[0]]
+            producer[n.outputs[0]] = target
+            folded.add(id(n))
+        elif n.op == "BatchNormalization":
+            n.inputs = [x, w.add_const(np.asarray(mul, np.float32).reshape(-1), n.inputs[1]),
+                        w.add_const(np.asarray(add, np.float32).reshape(-1), n.inputs[2])]
+            n.kind, n.attrs = "batch_norm", {"epsilon": n.attrs.get("epsilon", 1e-5)}
+            n.outputs = n.outputs[:1]
+    w.nodes = [n for n in w.nodes if id(n) not in folded]
 
 
 def _fold_affine(w: _Work, target: Node, mul, add) -> bool:
@@ -1032,6 +1069,12 @@ def _digest(*parts) -> bytes:
     return h.digest()
 
 
+def _fingerprint(v: np.ndarray) -> np.ndarray:
+    """At most ~4k evenly spaced values of a weight: enough to tell tied nodes apart, cheap to hash."""
+    flat = np.asarray(v).reshape(-1)
+    return flat[:: max(1, flat.size // 4096)]
+
+
 def _attr_key(attrs: dict[str, Any]) -> list:
     return sorted((k, v.tolist() if isinstance(v, np.ndarray) else v) for k, v in attrs.items())
 
@@ -1056,7 +1099,7 @@ def build(w: _Work) -> CanonicalGraph:
         # Structure first (op, attributes, inputs, weight shapes); weight values only break ties
         # between structurally identical nodes, so two inits of one architecture order alike.
         keys[id(n)] = _digest(kinds[id(n)], _attr_key(n.attrs), ins, [v.shape for v in weights])
-        ties[id(n)] = _digest(*weights)
+        ties[id(n)] = _digest(*[_fingerprint(v) for v in weights])
         for i, o in enumerate(n.outputs):
             key_of_tensor[o] = _digest(keys[id(n)], i)
 

@@ -6,6 +6,7 @@ only on the tensor's shape, so two models of one architecture are compared at th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import jraph
@@ -28,18 +29,22 @@ def _seed(tag: str, shape) -> int:
     return int.from_bytes(hashlib.blake2b(f"{tag}{tuple(shape)}".encode(), digest_size=8).digest(), "little")
 
 
+@functools.lru_cache(maxsize=4096)
+def _projection_plan(tag: str, shape: tuple[int, ...], size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(_seed(tag, shape))
+    return rng.integers(0, size, (N_PROJ, PROJ_SAMPLES)), rng.choice([-1.0, 1.0], (N_PROJ, PROJ_SAMPLES))
+
+
 def projections(values: np.ndarray, tag: str) -> np.ndarray:
     """N_PROJ signed sums of elements at fixed positions, normalised by the tensor's spread."""
-    flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    flat = np.asarray(values).reshape(-1)
     out = np.zeros(N_PROJ, np.float32)
     if flat.size == 0:
         return out
-    rng = np.random.default_rng(_seed(tag, values.shape))
-    positions = rng.integers(0, flat.size, (N_PROJ, PROJ_SAMPLES))
-    signs = rng.choice([-1.0, 1.0], (N_PROJ, PROJ_SAMPLES))
-    centre = flat.mean() if tag == "act" else 0.0
-    scale = np.sqrt(np.mean((flat - centre) ** 2)) + 1e-12
-    proj = ((flat[positions] - centre) * signs).sum(1) / (np.sqrt(PROJ_SAMPLES) * scale)
+    positions, signs = _projection_plan(tag, tuple(values.shape), flat.size)
+    centre = flat.mean(dtype=np.float64) if tag == "act" else 0.0
+    scale = (flat.std(dtype=np.float64) if tag == "act" else np.sqrt(np.mean(np.square(flat, dtype=np.float64)))) + 1e-12
+    proj = ((flat[positions].astype(np.float64) - centre) * signs).sum(1) / (np.sqrt(PROJ_SAMPLES) * scale)
     return np.clip(proj, -8, 8).astype(np.float32)
 
 
@@ -84,13 +89,13 @@ def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     stats[0] = np.log1p(sum(v.size for v in floats))
     stats[1] = len(floats)
     stats[2] = np.log1p(primary.size)
-    stats[3] = slog(np.sqrt(np.mean(primary.astype(np.float64) ** 2)))
-    stats[4] = slog(primary.mean())
-    stats[5] = slog(np.abs(primary).mean())
+    stats[3] = slog(np.sqrt(np.mean(np.square(primary), dtype=np.float64)))
+    stats[4] = slog(primary.mean(dtype=np.float64))
+    stats[5] = slog(np.abs(primary).mean(dtype=np.float64))
     rest = [v for v in floats if v is not primary]
     stats[6] = float(bool(rest))
     if rest:
-        stats[7] = slog(np.sqrt(np.mean(np.concatenate([v.reshape(-1) for v in rest]).astype(np.float64) ** 2)))
+        stats[7] = slog(np.sqrt(np.mean(np.square(np.concatenate([v.reshape(-1) for v in rest])), dtype=np.float64)))
     return stats, projections(primary, "weight")
 
 
@@ -98,8 +103,11 @@ def _activation_features(value: np.ndarray | None) -> tuple[np.ndarray, np.ndarr
     stats = np.zeros(6, np.float32)
     if value is None or value.size == 0 or not np.issubdtype(value.dtype, np.number):
         return stats, np.zeros(N_PROJ, np.float32)
-    v = np.nan_to_num(value.astype(np.float64), nan=0.0, posinf=1e30, neginf=-1e30)
-    stats[:5] = [slog(v.mean()), slog(v.std()), slog(v.min()), slog(v.max()), (v > 0).mean()]
+    v = value if value.dtype == np.float32 else value.astype(np.float32)
+    if not np.isfinite(v).all():
+        v = np.nan_to_num(v, nan=0.0, posinf=1e30, neginf=-1e30)
+    stats[:5] = [slog(v.mean(dtype=np.float64)), slog(v.std(dtype=np.float64)), slog(v.min()),
+                 slog(v.max()), np.count_nonzero(v > 0) / v.size]
     stats[5] = 1.0
     return stats, projections(v, "act")
 

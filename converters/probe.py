@@ -64,17 +64,17 @@ def _activation_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def _runnable(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of the model that also outputs the wanted tensors."""
-    run = onnx.ModelProto()
-    run.CopyFrom(model)
-    known = {v.name: v for v in run.graph.value_info}
-    present = {o.name for o in run.graph.output}
-    for name in tensors:
-        if name not in present:
-            run.graph.output.append(known[name] if name in known else onnx.ValueInfoProto(name=name))
-            present.add(name)
-    return run
+def _serialized_with_outputs(model: onnx.ModelProto, tensors: list[str]) -> bytes:
+    """The model's bytes with the wanted tensors added as outputs (the model is left as it was)."""
+    known = {v.name: v for v in model.graph.value_info}
+    present = {o.name for o in model.graph.output}
+    extra = [n for n in dict.fromkeys(tensors) if n not in present]
+    before = len(model.graph.output)
+    model.graph.output.extend(known[n] if n in known else onnx.ValueInfoProto(name=n) for n in extra)
+    try:
+        return model.SerializeToString()
+    finally:
+        del model.graph.output[before:]
 
 
 def run_probe(model: onnx.ModelProto, tensors: list[str], timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -91,8 +91,7 @@ def run_probe(model: onnx.ModelProto, tensors: list[str], timeout_s: float = DEF
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3
-        runnable = _runnable(model, tensors)
-        session = ort.InferenceSession(runnable.SerializeToString(), options,
+        session = ort.InferenceSession(_serialized_with_outputs(model, tensors), options,
                                        providers=["CPUExecutionProvider"])
         wanted = [o.name for o in session.get_outputs() if o.name in set(tensors)]
         run_options = ort.RunOptions()

@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test bench examples clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[all]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install  ## hash the bundled example models, print codes, distances and neighbours
+	$(PY) -m hnn_jax.demo
+
+test: install  ## the whole test suite
+	$(PY) -m pytest -q
+
+bench: install  ## benchmark tables (see benchmarks/)
+	$(PY) benchmarks/bench_convert.py
+
+examples: install  ## rebuild the bundled example models in hnn_jax/examples/
+	$(PY) examples/make_examples.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
