@@ -41,7 +41,7 @@ class HashCode:
         arr = np.asarray(bits)
         if arr.ndim != 1 or arr.size == 0:
             raise MalformedCodeError(f"bits must be a non-empty 1-D array, got shape {arr.shape}")
-        if not np.isin(arr, (0, 1)).all():
+        if arr.dtype != np.bool_ and not np.isin(arr, (0, 1)).all():
             raise MalformedCodeError("bits must all be 0 or 1")
         arr = arr.astype(np.uint8)
         arr.flags.writeable = False

@@ -89,10 +89,11 @@ def validate_graph(graph, where: str = "graph") -> jraph.GraphsTuple:
     if np.any(ops != np.round(ops)) or ops.min() < 0 or ops.max() >= schema.VOCAB_SIZE:
         raise HNNError(f"{where}: op ids must be integers in [0, {schema.VOCAB_SIZE})")
     return jraph.GraphsTuple(
-        nodes=g.nodes.astype(np.float32), edges=g.edges.astype(np.float32),
-        globals=g.globals.astype(np.float32), senders=g.senders.astype(np.int32),
-        receivers=g.receivers.astype(np.int32), n_node=g.n_node.astype(np.int32),
-        n_edge=g.n_edge.astype(np.int32))
+        nodes=g.nodes.astype(np.float32, copy=False), edges=g.edges.astype(np.float32, copy=False),
+        globals=g.globals.astype(np.float32, copy=False),
+        senders=g.senders.astype(np.int32, copy=False),
+        receivers=g.receivers.astype(np.int32, copy=False),
+        n_node=g.n_node.astype(np.int32, copy=False), n_edge=g.n_edge.astype(np.int32, copy=False))
 
 
 def _pack(graphs: Sequence[jraph.GraphsTuple], node_budget: int, edge_budget: int,

@@ -1,0 +1,69 @@
+"""Hashing throughput, first-call compile time and compile count of the default-size hasher.
+
+Usage: python benchmarks/bench_hash.py [--runs 7] [--nodes 300] [--node-budget 4096] ...
+Graphs are synthetic (tests/synthetic.py), ~300 nodes each, so the figures measure the hasher,
+not the converters.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from hnn_jax import Hasher, HasherConfig  # noqa: E402
+from synthetic import mixed_sizes, random_graph  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--nodes", type=int, default=300)
+    parser.add_argument("--bits", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--node-budget", type=int, default=4096)
+    parser.add_argument("--edge-budget", type=int, default=8192)
+    parser.add_argument("--max-graphs", type=int, default=64)
+    args = parser.parse_args()
+
+    config = HasherConfig(bits=args.bits, hidden=args.hidden, layers=args.layers)
+    budgets = dict(node_budget=args.node_budget, edge_budget=args.edge_budget,
+                   max_graphs=args.max_graphs)
+    graphs = [random_graph(i, args.nodes + i % 21 - 10) for i in range(256)]
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; {config}; {budgets}")
+    print(f"graphs: {args.nodes} +- 10 nodes, "
+          f"{sum(int(g.n_edge[0]) for g in graphs) / len(graphs):.0f} edges on average\n")
+
+    print(f"{'batch':>6} {'first call s':>13} {'median s':>10} {'graphs/s':>10}")
+    for batch in (1, 16, 256):
+        hasher = Hasher.init(config, seed=0, **budgets)  # fresh: first call includes compiling
+        chunk = graphs[:batch]
+        first = timed(lambda: hasher.hash(chunk))
+        runs = [timed(lambda: hasher.hash(chunk)) for _ in range(args.runs)]
+        median = statistics.median(runs)
+        print(f"{batch:>6} {first:>13.2f} {median:>10.4f} {batch / median:>10.0f}")
+
+    hasher = Hasher.init(config, seed=0, **budgets)
+    workload = mixed_sizes(200, seed=1, low=5, high=1500)
+    for g in workload[:50]:
+        hasher.hash(g)
+    for start in range(0, 200, 16):
+        hasher.hash(workload[start:start + 16])
+    hasher.hash(workload)
+    print(f"\ncompilations for 200 mixed graphs (5-1500 nodes) hashed alone, by 16 and all at "
+          f"once: {hasher.trace_count}")
+
+
+if __name__ == "__main__":
+    main()
