@@ -130,11 +130,11 @@ class Hasher:
         self.version = fingerprint(self.config, nnx.to_pure_dict(self._state))
         self.node_budget, self.edge_budget, self.max_graphs = node_budget, edge_budget, max_graphs
         self.trace_count = 0
-        self._bits = jax.jit(self._bits_fn, compiler_options=_compiler_options())
+        self._forward = jax.jit(self._forward_fn, compiler_options=_compiler_options())
 
-    def _bits_fn(self, state, graph):
+    def _forward_fn(self, state, graph):
         self.trace_count += 1  # runs only while tracing, i.e. once per compiled bucket
-        return nnx.merge(self._graphdef, state)(graph) >= 0
+        return nnx.merge(self._graphdef, state)(graph)
 
     @property
     def model(self) -> HashNet:
@@ -181,6 +181,13 @@ class Hasher:
         """
         if isinstance(graphs, jraph.GraphsTuple):
             return self.hash([graphs])[0]
+        return [HashCode(row >= 0, self.version) for row in self.embed(graphs)]
+
+    def embed(self, graphs) -> np.ndarray:
+        """The continuous pre-sign values, float32 [len(graphs), bits]; codes are their signs
+        (0 counts as 1). Values near 0 mark bits that small model changes may flip."""
+        if isinstance(graphs, jraph.GraphsTuple):
+            return self.embed([graphs])[0]
         if not isinstance(graphs, (list, tuple)):
             raise HNNError("expected a jraph.GraphsTuple or a list of them, got "
                            f"{type(graphs).__name__}")
@@ -188,9 +195,10 @@ class Hasher:
         pending = []  # dispatch every chunk before reading any back, so host and device overlap
         for chunk in _pack(checked, self.node_budget, self.edge_budget, self.max_graphs):
             padded = pad_batch(chunk, n_graph=self.max_graphs + 1)
-            pending.append((len(chunk), self._bits(self._state, padded)))
-        return [HashCode(row, self.version)
-                for count, bits in pending for row in np.asarray(bits)[:count]]
+            pending.append((len(chunk), self._forward(self._state, padded)))
+        if not pending:
+            return np.zeros((0, self.config.bits), np.float32)
+        return np.concatenate([np.asarray(out)[:count] for count, out in pending])
 
 
 @functools.cache

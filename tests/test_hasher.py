@@ -50,6 +50,23 @@ def test_same_graph_same_bits_alone_in_batches_and_repeated():
     assert len(set(alone)) > len(alone) // 2  # not one constant code
 
 
+def test_pre_sign_values_identical_in_every_bucket():
+    """Stricter than bits: the float32 values before the sign match exactly, so no bit can
+    flip with the padding bucket, the chunk neighbours or n_graph."""
+    hasher = default_hasher()
+    graphs = mixed_sizes(16, seed=4)
+    alone = np.stack([hasher.embed(g) for g in graphs])
+    extra = [random_graph(900 + i, 500) for i in range(6)]
+    np.testing.assert_array_equal(hasher.embed(graphs), alone)
+    np.testing.assert_array_equal(hasher.embed(extra + graphs[::-1])[len(extra):], alone[::-1])
+    wide = Hasher(hasher.model, node_budget=1 << 15, edge_budget=1 << 16, max_graphs=128)
+    assert wide.version == hasher.version
+    np.testing.assert_array_equal(wide.embed(extra * 8 + graphs)[len(extra) * 8:], alone)
+    assert padded_sizes(extra * 8 + graphs)[0] == 1 << 15
+    codes = hasher.hash(graphs)
+    assert [c.bits.tolist() for c in codes] == (alone >= 0).astype(int).tolist()
+
+
 def test_same_bits_in_a_fresh_process():
     graphs = [random_graph(i) for i in range(4)]
     script = (
