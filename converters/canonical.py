@@ -705,7 +705,7 @@ def drop_layout_transposes(w: _Work) -> None:
             p = prod.get(x)
             if p is not None and p[0].op == "Transpose" and len(uses.get(x, [])) == 1 and x not in w.outputs:
                 inner, outer = list(p[0].attrs.get("perm", [])), list(n.attrs.get("perm", []))
-                if inner and outer:
+                if inner and outer and len(inner) == len(outer):  # a dropped reshape may sit between
                     n.attrs["perm"] = [inner[i] for i in outer]
                     n.inputs = [p[0].inputs[0]]
                     w.remove([p[0]])

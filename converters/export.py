@@ -28,6 +28,8 @@ def torch_to_onnx(module, example_inputs, *, dynamo: bool = False, opset: int | 
     if hasattr(module, "eval"):
         module.eval()
     buffer = io.BytesIO()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused eval-mode encoder op has no ONNX export
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -41,6 +43,7 @@ def torch_to_onnx(module, example_inputs, *, dynamo: bool = False, opset: int | 
     except Exception as e:  # noqa: BLE001 - exporters raise many types
         raise UnsupportedModelError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from e
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         if was_training and hasattr(module, "train"):
             module.train()
     return onnx.load_from_string(buffer.getvalue())

@@ -8,7 +8,6 @@ Relations among them, as DESIGN.md orders them:
 """
 
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def main():
         "cnn_a": a,
         "cnn_a_dynamo": export.torch_to_onnx(cnn, x, dynamo=True),
         "cnn_a_fp16": transforms.fp16_weights(a),
-        "cnn_a_int8": transforms.int8_dynamic(a, Path(tempfile.mkdtemp())),
+        "cnn_a_int8": transforms.int8_dynamic(a),
         "cnn_a_pruned": transforms.prune(a, 0.3),
         "cnn_b": export.torch_to_onnx(*models.torch_cnn(1)),
         "cnn_wide": export.torch_to_onnx(*models.torch_cnn(0, width=16)),

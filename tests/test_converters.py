@@ -95,7 +95,7 @@ def test_variants_keep_topology_and_stay_closer_than_another_init(fixture, reque
     far = feature_distance(original, other_init)
     variants = {
         "fp16": (transforms.fp16_weights(proto), 0.01),
-        "int8": (transforms.int8_dynamic(proto, tmp_path), 0.05),
+        "int8": (transforms.int8_dynamic(proto), 0.05),
         "noise": (transforms.perturb(proto, 0.01), 0.05),
         "prune30": (transforms.prune(proto, 0.3), 0.25),
     }

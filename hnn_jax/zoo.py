@@ -1,0 +1,439 @@
+"""The model zoo: a labelled set of converted graphs to train and evaluate the hasher on.
+
+Every parent model (an architecture with one seeded initialisation) is exported once; its
+derivatives (fp16, int8, pruning, weight noise, real fine-tuning steps, the other exporter or
+another opset) come from it. Each graph is saved as one .npz under graphs/ and one JSON line in
+manifest.jsonl with its labels: source, family, arch, parent, transform. The build runs parents in
+parallel processes, shows a progress bar, and resumes after an interruption: a parent whose
+graphs are all in the manifest is skipped.
+
+Sources: `generated` (MLP, CNN, ResNet-like, RNN, transformer and encoder-decoder families with
+random depth/width/kernels, torch), `timm` (family = timm module), `keras` (keras.applications,
+weights=None), `torchvision` (classifiers, family = builder module; the held-out evaluation set,
+never used for training). timm and torchvision need `pip install torch==2.14.1 torchvision==0.29.1
+timm`, kept out of the core install.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import re
+import sys
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jraph
+import numpy as np
+
+TORCH_TRANSFORMS = ("original", "fp16", "int8", "prune10", "prune30", "prune50", "noise",
+                    "finetune", "dynamo")
+KERAS_TRANSFORMS = ("original", "fp16", "int8", "prune10", "prune30", "prune50", "noise", "opset13")
+GENERATED_FAMILIES = ("mlp", "cnn", "resnet", "rnn", "transformer", "encdec")
+
+
+@dataclass(frozen=True)
+class Parent:
+    """One architecture with one initialisation, and the derivatives to make of it."""
+    source: str                # generated | timm | keras | torchvision
+    family: str
+    arch: str                  # unique architecture name within the zoo
+    seed: int
+    spec: dict = field(default_factory=dict, hash=False, compare=False)
+    transforms: tuple[str, ...] = ("original",)
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}.{self.arch}.s{self.seed}"
+
+    def graph_id(self, transform: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.name}.{transform}")
+
+
+# ----------------------------------------------------------------------------- generated families
+
+def _generated_spec(family: str, rng: np.random.Generator) -> dict:
+    pick = lambda *xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    if family == "mlp":
+        return dict(depth=int(rng.integers(2, 7)), width=pick(32, 64, 128, 256),
+                    act=pick("relu", "gelu", "tanh", "silu"), norm=pick(False, True))
+    if family == "cnn":
+        return dict(stages=int(rng.integers(2, 5)), width=pick(8, 16, 32), kernel=pick(3, 5),
+                    bn=pick(True, False), act=pick("relu", "silu"))
+    if family == "resnet":
+        return dict(blocks=int(rng.integers(2, 7)), width=pick(8, 16, 32), bottleneck=pick(False, True))
+    if family == "rnn":
+        return dict(cell=pick("lstm", "gru"), layers=int(rng.integers(1, 3)), hidden=pick(32, 64, 128))
+    if family == "transformer":
+        return dict(layers=int(rng.integers(1, 5)), d_model=pick(32, 64, 128), heads=pick(2, 4),
+                    ff=pick(2, 4), act=pick("gelu", "relu"))
+    if family == "encdec":
+        return dict(depth=int(rng.integers(2, 4)), width=pick(8, 16, 32), kernel=pick(3, 5))
+    raise ValueError(f"unknown generated family {family!r}")
+
+
+def _generated_model(family: str, spec: dict):
+    """(torch module, example inputs) for a generated family member."""
+    import torch
+    from torch import nn
+
+    act = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+    ResNet, RNN, Transformer, AutoEncoder = _torch_classes()
+    if family == "mlp":
+        layers, width = [], 32
+        for _ in range(spec["depth"]):
+            layers += [nn.Linear(width, spec["width"])]
+            layers += [nn.LayerNorm(spec["width"])] if spec["norm"] else []
+            layers += [act[spec["act"]]()]
+            width = spec["width"]
+        return nn.Sequential(*layers, nn.Linear(width, 10)), torch.randn(1, 32)
+    if family == "cnn":
+        layers, cin = [], 3
+        for s in range(spec["stages"]):
+            cout = spec["width"] * 2 ** s
+            layers += [nn.Conv2d(cin, cout, spec["kernel"], padding=spec["kernel"] // 2)]
+            layers += [nn.BatchNorm2d(cout)] if spec["bn"] else []
+            layers += [act[spec["act"]](), nn.MaxPool2d(2)]
+            cin = cout
+        return (nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10)),
+                torch.randn(1, 3, 32, 32))
+    if family == "resnet":
+        return ResNet(spec), torch.randn(1, 3, 32, 32)
+    if family == "rnn":
+        return RNN(spec), torch.randn(1, 16, 16)
+    if family == "transformer":
+        return Transformer(spec), torch.randint(0, 1000, (1, 16))
+    if family == "encdec":
+        return AutoEncoder(spec), torch.randn(1, 3, 32, 32)
+    raise ValueError(f"unknown generated family {family!r}")
+
+
+def _torch_classes():
+    """Module classes of the generated families, defined lazily so torch loads only when used."""
+    from torch import nn
+
+    class ResNet(nn.Module):
+        def __init__(self, spec):
+            super().__init__()
+            w = spec["width"]
+            self.stem = nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU())
+            self.blocks = nn.ModuleList()
+            for _ in range(spec["blocks"]):
+                if spec["bottleneck"]:
+                    body = nn.Sequential(nn.Conv2d(w, w // 2, 1), nn.BatchNorm2d(w // 2), nn.ReLU(),
+                                         nn.Conv2d(w // 2, w // 2, 3, padding=1), nn.BatchNorm2d(w // 2),
+                                         nn.ReLU(), nn.Conv2d(w // 2, w, 1), nn.BatchNorm2d(w))
+                else:
+                    body = nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+                                         nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w))
+                self.blocks.append(body)
+            self.fc = nn.Linear(w, 10)
+
+        def forward(self, x):
+            x = self.stem(x)
+            for body in self.blocks:
+                x = nn.functional.relu(x + body(x))
+            return self.fc(x.mean(dim=(2, 3)))
+
+    class RNN(nn.Module):
+        def __init__(self, spec):
+            super().__init__()
+            cell = nn.LSTM if spec["cell"] == "lstm" else nn.GRU
+            self.rnn = cell(16, spec["hidden"], num_layers=spec["layers"], batch_first=True)
+            self.fc = nn.Linear(spec["hidden"], 10)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    class Transformer(nn.Module):
+        def __init__(self, spec):
+            super().__init__()
+            d = spec["d_model"]
+            self.embed = nn.Embedding(1000, d)
+            layer = nn.TransformerEncoderLayer(d, spec["heads"], spec["ff"] * d, dropout=0.0,
+                                               activation=spec["act"], batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, spec["layers"], enable_nested_tensor=False)
+            self.fc = nn.Linear(d, 10)
+
+        def forward(self, ids):
+            return self.fc(self.encoder(self.embed(ids)).mean(dim=1))
+
+    class AutoEncoder(nn.Module):
+        def __init__(self, spec):
+            super().__init__()
+            enc, dec, c, k = [], [], 3, spec["kernel"]
+            for i in range(spec["depth"]):
+                w = spec["width"] * 2 ** i
+                enc += [nn.Conv2d(c, w, k, stride=2, padding=k // 2), nn.ReLU()]
+                dec = [nn.ConvTranspose2d(w, c, 4, stride=2, padding=1)] + ([nn.ReLU()] if i else []) + dec
+                c = w
+            self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec, nn.Sigmoid())
+
+        def forward(self, x):
+            return self.decoder(self.encoder(x))
+
+    return ResNet, RNN, Transformer, AutoEncoder
+
+
+# ----------------------------------------------------------------------------- planning
+
+KERAS_MODELS = {  # keras.applications constructor -> family (its module)
+    "MobileNet": "mobilenet", "MobileNetV2": "mobilenet_v2", "MobileNetV3Small": "mobilenet_v3",
+    "MobileNetV3Large": "mobilenet_v3", "EfficientNetB0": "efficientnet", "EfficientNetB1": "efficientnet",
+    "EfficientNetV2B0": "efficientnet_v2", "EfficientNetV2B1": "efficientnet_v2",
+    "ResNet50": "resnet", "ResNet101": "resnet", "ResNet50V2": "resnet_v2", "DenseNet121": "densenet",
+    "DenseNet169": "densenet", "NASNetMobile": "nasnet", "ConvNeXtTiny": "convnext",
+    "InceptionV3": "inception_v3", "Xception": "xception", "RegNetX002": "regnet", "RegNetY002": "regnet",
+    "RegNetX004": "regnet", "VGG16": "vgg",
+}
+
+TORCHVISION_MODELS = {  # torchvision.models builder -> family (its module); held out
+    "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet", "resnext50_32x4d": "resnet",
+    "wide_resnet50_2": "resnet", "densenet121": "densenet", "densenet169": "densenet",
+    "mobilenet_v2": "mobilenet_v2", "mobilenet_v3_small": "mobilenet_v3", "mobilenet_v3_large": "mobilenet_v3",
+    "efficientnet_b0": "efficientnet", "efficientnet_b1": "efficientnet", "efficientnet_v2_s": "efficientnet",
+    "regnet_x_400mf": "regnet", "regnet_y_400mf": "regnet", "regnet_x_800mf": "regnet",
+    "shufflenet_v2_x0_5": "shufflenetv2", "shufflenet_v2_x1_0": "shufflenetv2",
+    "squeezenet1_0": "squeezenet", "squeezenet1_1": "squeezenet", "mnasnet0_5": "mnasnet",
+    "mnasnet1_0": "mnasnet", "convnext_tiny": "convnext", "googlenet": "googlenet",
+    "inception_v3": "inception", "alexnet": "alexnet", "vgg11": "vgg", "vgg16": "vgg",
+    "vit_b_16": "vision_transformer", "swin_t": "swin_transformer", "maxvit_t": "maxvit",
+}
+
+
+def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
+         timm_models: list[tuple[str, str]] | None = None, keras_models: dict | None = None,
+         torchvision_models: dict | None = None, seed: int = 0, transforms=None) -> list[Parent]:
+    """The parents to build. Every initialisation of an architecture gets all derivatives."""
+    parents: list[Parent] = []
+    rng = np.random.default_rng(seed)
+    for source in sources:
+        if source == "generated":
+            for family in GENERATED_FAMILIES:
+                specs = []
+                while len(specs) < archs_per_family:
+                    spec = _generated_spec(family, rng)
+                    if spec not in specs:
+                        specs.append(spec)
+                for spec in specs:
+                    arch = family + "-" + "-".join(f"{k}{v}" for k, v in spec.items())
+                    parents += [Parent("generated", family, arch, s, dict(spec),
+                                       tuple(transforms or TORCH_TRANSFORMS)) for s in range(inits)]
+        elif source == "timm":
+            for name, family in timm_models or []:
+                parents += [Parent("timm", family, name, s, {}, tuple(transforms or TORCH_TRANSFORMS))
+                            for s in range(inits)]
+        elif source == "keras":
+            for name, family in (keras_models or KERAS_MODELS).items():
+                parents += [Parent("keras", family, name, s, {}, tuple(transforms or KERAS_TRANSFORMS))
+                            for s in range(inits)]
+        elif source == "torchvision":
+            for name, family in (torchvision_models or TORCHVISION_MODELS).items():
+                parents += [Parent("torchvision", family, name, s, {}, tuple(transforms or TORCH_TRANSFORMS))
+                            for s in range(inits)]
+        else:
+            raise ValueError(f"unknown zoo source {source!r} (generated, timm, keras, torchvision)")
+    return parents
+
+
+def timm_choice(per_module: int = 2, max_params: float = 30e6) -> list[tuple[str, str]]:
+    """The `per_module` smallest timm models of every timm module (family), at most max_params,
+    counted on the meta device (no memory, no download)."""
+    import timm
+    import torch
+    from timm.models import _registry
+
+    chosen: dict[str, list[tuple[int, str]]] = {}
+    for name in timm.list_models():
+        family = _registry.model_entrypoint(name).__module__.split(".")[-1]
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                params = sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
+        except Exception:  # noqa: BLE001 - models that need extra args are skipped
+            continue
+        if params <= max_params:
+            chosen.setdefault(family, []).append((params, name))
+    return [(name, family) for family, models in sorted(chosen.items())
+            for _, name in sorted(models)[:per_module]]
+
+
+# ----------------------------------------------------------------------------- building
+
+def _torch_parent(parent: Parent):
+    import torch
+
+    torch.manual_seed(parent.seed)
+    if parent.source == "generated":
+        model, x = _generated_model(parent.family, parent.spec)
+    elif parent.source == "timm":
+        import timm
+
+        model = timm.create_model(parent.arch, pretrained=False)
+        size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+        x = torch.randn(1, *size)
+    elif parent.source == "torchvision":
+        import torchvision
+
+        model = getattr(torchvision.models, parent.arch)(weights=None)
+        size = 299 if parent.arch == "inception_v3" else 224
+        x = torch.randn(1, 3, size, size)
+    else:
+        raise ValueError(parent.source)
+    return model.eval(), x
+
+
+def _finetune(model, x, steps: int = 5, lr: float = 1e-4, seed: int = 0):
+    """A copy of the model after a few real Adam steps on synthetic data."""
+    import copy
+
+    import torch
+
+    tuned = copy.deepcopy(model).train()
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(tuned.parameters(), lr=lr)
+    for _ in range(steps):
+        xb = (torch.randint(0, 1000, (4, *x.shape[1:]), generator=g) if not x.is_floating_point()
+              else torch.randn((4, *x.shape[1:]), generator=g))
+        out = tuned(xb)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        loss = torch.nn.functional.mse_loss(out, torch.randn(out.shape, generator=g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return tuned.eval()
+
+
+def _keras_parent(parent: Parent):
+    import keras
+
+    keras.utils.set_random_seed(parent.seed)
+    return getattr(keras.applications, parent.arch)(weights=None)
+
+
+def _variant_models(parent: Parent):
+    """(transform, onnx.ModelProto) for every derivative of the parent, original first."""
+    from hnn_jax import variants
+    from hnn_jax.converters import export
+
+    if parent.source == "keras":
+        model = _keras_parent(parent)
+        original = export.keras_to_onnx(model)
+        torch_model = None
+    else:
+        torch_model, x = _torch_parent(parent)
+        original = export.torch_to_onnx(torch_model, x)
+    out = {"original": original}
+    for t in parent.transforms:
+        if t == "original":
+            continue
+        if t == "fp16":
+            out[t] = variants.fp16_weights(original)
+        elif t == "int8":
+            out[t] = variants.int8_dynamic(original)
+        elif t.startswith("prune"):
+            out[t] = variants.prune(original, int(t[5:]) / 100)
+        elif t == "noise":
+            out[t] = variants.perturb(original, 0.01, seed=parent.seed)
+        elif t == "finetune" and torch_model is not None:
+            out[t] = export.torch_to_onnx(_finetune(torch_model, x, seed=parent.seed), x)
+        elif t == "dynamo" and torch_model is not None:
+            out[t] = export.torch_to_onnx(torch_model, x, dynamo=True)
+        elif t.startswith("opset") and parent.source == "keras":
+            out[t] = export.keras_to_onnx(model, opset=int(t[5:]))
+        else:
+            raise ValueError(f"transform {t!r} does not apply to {parent.source} models")
+    return out
+
+
+def save_graph(path: Path, graph: jraph.GraphsTuple) -> None:
+    np.savez(path, **{k: np.asarray(v) for k, v in graph._asdict().items()})
+
+
+def load_graph(path: Path) -> jraph.GraphsTuple:
+    with np.load(path) as data:
+        return jraph.GraphsTuple(**{k: data[k] for k in jraph.GraphsTuple._fields})
+
+
+def _build_parent(parent: Parent, out_dir: str) -> list[dict]:
+    """Worker: export, derive and convert one parent; return manifest rows (or an error row)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.simplefilter("ignore")
+    from hnn_jax import converters, schema
+
+    graphs_dir = Path(out_dir) / "graphs"
+    rows = []
+    try:
+        for transform, proto in _variant_models(parent).items():
+            graph = converters.from_onnx(proto)
+            gid = parent.graph_id(transform)
+            save_graph(graphs_dir / f"{gid}.npz", graph)
+            rows.append(dict(id=gid, source=parent.source, family=parent.family, arch=parent.arch,
+                             parent=parent.name, seed=parent.seed, transform=transform,
+                             nodes=int(graph.n_node[0]), edges=int(graph.n_edge[0]),
+                             probe=float(graph.globals[0, schema.GLOBAL_PROBE])))
+    except Exception as e:  # noqa: BLE001 - one broken model must not stop the zoo
+        return [dict(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                     parent=parent.name, trace=traceback.format_exc(limit=3))]
+    return rows
+
+
+def read_manifest(zoo_dir) -> list[dict]:
+    path = Path(zoo_dir) / "manifest.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build(zoo_dir, parents: list[Parent], *, workers: int = 2, progress: bool = True) -> dict:
+    """Build (or resume) a zoo in zoo_dir; returns counts of built, skipped and failed parents."""
+    from tqdm import tqdm
+
+    zoo_dir = Path(zoo_dir)
+    (zoo_dir / "graphs").mkdir(parents=True, exist_ok=True)
+    done = {row["id"] for row in read_manifest(zoo_dir)}
+    todo = [p for p in parents if not all(p.graph_id(t) in done for t in p.transforms)]
+    stats = dict(built=0, skipped=len(parents) - len(todo), failed=0)
+    (zoo_dir / "plan.json").write_text(json.dumps([asdict(p) for p in parents], indent=0))
+    if not todo:
+        return stats
+    if workers > 1:  # spawned processes: torch and tensorflow are not fork-safe
+        pool = cf.ProcessPoolExecutor(max_workers=workers, max_tasks_per_child=8,
+                                      mp_context=multiprocessing.get_context("spawn"))
+        results = (f.result() for f in cf.as_completed([pool.submit(_build_parent, p, str(zoo_dir)) for p in todo]))
+    else:
+        pool = None
+        results = (_build_parent(p, str(zoo_dir)) for p in todo)
+    with open(zoo_dir / "manifest.jsonl", "a") as manifest, open(zoo_dir / "errors.jsonl", "a") as errors, \
+            tqdm(total=len(todo), desc="zoo", unit="model", disable=not progress, file=sys.stderr) as bar:
+        for rows in results:
+            if rows and "error" in rows[0]:
+                errors.write(json.dumps(rows[0]) + "\n")
+                errors.flush()
+                stats["failed"] += 1
+                bar.set_postfix_str(f"failed: {rows[0]['parent']}")
+            else:
+                for row in rows:
+                    if row["id"] not in done:
+                        manifest.write(json.dumps(row) + "\n")
+                manifest.flush()
+                stats["built"] += 1
+            bar.update()
+    if pool is not None:
+        pool.shutdown()
+    return stats
+
+
+def load(zoo_dir, *, sources=None) -> tuple[list[jraph.GraphsTuple], list[dict]]:
+    """All graphs of a zoo with their manifest rows (optionally only some sources)."""
+    rows = [r for r in read_manifest(zoo_dir) if sources is None or r["source"] in sources]
+    seen, unique = set(), []
+    for r in rows:  # a resumed build may repeat a row
+        if r["id"] not in seen:
+            seen.add(r["id"])
+            unique.append(r)
+    return [load_graph(Path(zoo_dir) / "graphs" / f"{r['id']}.npz") for r in unique], unique
