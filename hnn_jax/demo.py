@@ -1,5 +1,5 @@
 """`python -m hnn_jax.demo`: hash the example models bundled with the package, print their codes,
-the table of Hamming distances and each model's nearest neighbour."""
+the table of Hamming distances and each model's nearest neighbours (from a HammingIndex)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def example_paths() -> list[Path]:
 def main() -> int:
     import hnn_jax
     from hnn_jax import converters
+    from hnn_jax.index import HammingIndex
 
     paths = example_paths()
     graphs = []
@@ -36,9 +37,13 @@ def main() -> int:
     for i, (name, a) in enumerate(zip(names, codes)):
         print(f"  {name:<{width}}" + "".join(f"{a - b:>4d}" for b in codes) + f"   [{i}]")
     print("\nNearest neighbours:")
-    for name, a in zip(names, codes):
-        others = sorted((a - b, other) for other, b in zip(names, codes) if other != name)
-        print(f"  {name:<{width}}  -> {others[0][1]} ({others[0][0]} bits), then {others[1][1]} ({others[1][0]} bits)")
+    index = HammingIndex()
+    index.add_many(codes, names)
+    for name, code in zip(names, codes):
+        # ties come back in insertion order (names are sorted); the model itself is among them
+        (d1, n1), (d2, n2) = [(m.distance, m.id) for m in index.search(code, k=3)
+                              if m.id != name][:2]
+        print(f"  {name:<{width}}  -> {n1} ({d1} bits), then {n2} ({d2} bits)")
     return 0
 
 

@@ -1,0 +1,464 @@
+"""The `hnn-jax` command line: hash models, compare them, build and search Hamming indexes.
+
+Exit codes: 0 success; 1 nothing matched where a match was asked for (e.g. `search --radius`);
+2 bad input (missing or corrupt file, unsupported model, mismatched index, bad arguments), reported
+as one line `hnn-jax: error: ...` on stderr; `--debug` adds the traceback.
+
+Adding subcommands from another module (zoo, train, eval, ...): put the module's name in
+COMMAND_MODULES and give it a function
+
+    def add_subcommands(subparsers):          # an argparse subparsers action
+        p = subparsers.add_parser("train", help="...", description="...", epilog="examples...")
+        p.add_argument(...)
+        p.set_defaults(func=run_train)       # run_train(args) -> int exit code (None means 0)
+
+Parsers made this way get `--debug` and the one-line error style automatically. Keep the
+module's top-level imports light (import jax/torch inside the handler) so `hnn-jax --help` stays
+fast. A listed module that does not exist yet is skipped; one that fails to import prints a
+warning and the other commands still work. Handlers signal bad input by raising
+hnn_jax.HNNError (exit 2) and "no match" by returning 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+PROG = "hnn-jax"
+MODEL_SUFFIXES = (".onnx", ".keras", ".pt2")
+"""File suffixes that `hash`, `index build` and `index add` pick up when walking folders
+(TensorFlow SavedModel folders, with a saved_model.pb, are picked up too)."""
+
+COMMAND_MODULES: tuple[str, ...] = ("hnn_jax.zoo", "hnn_jax.train", "hnn_jax.evaluate")
+"""Modules whose `add_subcommands(subparsers)` adds subcommands (see the module docstring)."""
+
+EXIT_OK, EXIT_NO_MATCH, EXIT_BAD_INPUT = 0, 1, 2
+_CHUNK = 64  # models converted before each batched hash call (bounds memory on big folders)
+
+_EPILOG = """\
+examples:
+  hnn-jax demo                                  hash the example models bundled with hnn-jax
+  hnn-jax hash model.onnx                       print the code of one model
+  hnn-jax hash models/ --json                   every .onnx/.keras/.pt2/SavedModel under models/
+  hnn-jax compare a.onnx b.keras                Hamming distance and what it suggests
+  hnn-jax index build models/ -o models.hnnidx  hash a folder into an index file
+  hnn-jax index add models.hnnidx new.onnx      add models to an existing index
+  hnn-jax search models.hnnidx query.onnx -k 5  the 5 indexed models nearest to query.onnx
+  hnn-jax search models.hnnidx query.onnx --radius 4 || echo "no near copy"
+
+A model is a path to a .onnx, .keras or torch.export .pt2 file, or a TensorFlow SavedModel folder.
+Wherever a single model is expected, a code printed by `hnn-jax hash` (hnn1:...) works too.
+Pickled PyTorch files (.pt/.pth) are refused: export with torch.onnx.export or torch.export.
+
+exit status: 0 ok, 1 no match found where one was asked for, 2 bad input.
+"""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps one-paragraph descriptions; keeps multi-line text (examples) as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser with a shared --debug flag and one-line errors, exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show warnings and full tracebacks")
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _CLIError(Exception):
+    """Bad command-line input found after parsing (exit 2)."""
+
+
+# ------------------------------------------------------------------------------- helpers
+def _stderr(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def find_models(paths) -> list[Path]:
+    """Model files and SavedModel folders named by `paths`, folders walked recursively in sorted
+    order. A path that does not exist, or a folder holding no model, is an error."""
+    from hnn_jax.errors import CorruptFileError, UnsupportedModelError
+
+    found: list[Path] = []
+    for arg in paths:
+        path = Path(arg)
+        if not path.exists():
+            raise CorruptFileError(f"no such file or folder: {arg}")
+        if path.is_file() or (path / "saved_model.pb").is_file():
+            found.append(path)
+            continue
+        before = len(found)
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            root = Path(root)
+            for d in list(dirs):
+                if (root / d / "saved_model.pb").is_file():
+                    found.append(root / d)
+                    dirs.remove(d)
+            found.extend(root / f for f in sorted(files)
+                         if Path(f).suffix.lower() in MODEL_SUFFIXES and not f.startswith("."))
+        if len(found) == before:
+            raise UnsupportedModelError(
+                f"no model files ({', '.join(MODEL_SUFFIXES)} or SavedModel folders) in {arg}")
+    return found
+
+
+_PROBE_NAMES = {1: "ok", -1: "failed", -2: "timeout", -3: "skipped"}
+
+
+def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_errors: bool = False):
+    """Yield (path, HashCode, probe status) for the models named by `paths` (see find_models),
+    converting up to _CHUNK models before each batched hash call. With skip_errors, a model that
+    fails to convert is reported on stderr and skipped instead of stopping the run."""
+    import hnn_jax
+    from hnn_jax import converters, schema
+    from tqdm import tqdm
+
+    models = find_models(paths)
+    pending: list = []
+
+    def flush():
+        codes = hnn_jax.hash([g for _, g, _ in pending])
+        out = [(p, c, s) for (p, _, s), c in zip(pending, codes)]
+        pending.clear()
+        return out
+
+    bar = tqdm(models, desc="hashing", unit="model", file=sys.stderr,
+               disable=None if progress else True, leave=False)
+    for path in bar:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                graph = converters.from_file(path)
+            except hnn_jax.HNNError as e:
+                if not skip_errors:
+                    raise
+                bar.clear()
+                _stderr(f"warning: skipped {path}: {e}")
+                continue
+        status = _PROBE_NAMES.get(int(round(float(graph.globals[0, schema.GLOBAL_PROBE]))),
+                                  "unknown")
+        for w in caught:
+            if debug:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        if status != "ok":
+            bar.clear()
+            _stderr(f"warning: {path}: execution probe {status}; code from static features only")
+        pending.append((path, graph, status))
+        if len(pending) == _CHUNK:
+            yield from flush()
+    bar.close()
+    if pending:
+        yield from flush()
+
+
+def _looks_like_code(text: str) -> bool:
+    return text.startswith("hnn1:") and not Path(text).exists()
+
+
+def _code_of(model: str, args):
+    """HashCode for a model path or a code text; returns (label, code)."""
+    from hnn_jax import HashCode
+    if _looks_like_code(model):
+        return model, HashCode.from_str(model)
+    results = list(hash_models([model], progress=False, debug=args.debug))
+    if len(results) != 1:
+        raise _CLIError(f"{model} holds {len(results)} models; give one model file here")
+    return str(results[0][0]), results[0][1]
+
+
+def _bits_text(code) -> str:
+    return "".join(map(str, code.bits.tolist()))
+
+
+# ------------------------------------------------------------------------------- commands
+def _cmd_demo(args) -> int:
+    from hnn_jax import demo
+    return demo.main()
+
+
+def _cmd_hash(args) -> int:
+    results = []
+    for path, code, probe in hash_models(args.paths, progress=not args.quiet, debug=args.debug,
+                                         skip_errors=args.skip_errors):
+        if args.json:
+            entry = {"path": str(path), "code": str(code), "nbits": len(code),
+                     "version": code.version, "probe": probe}
+            if args.bits:
+                entry["bits"] = _bits_text(code)
+            results.append(entry)
+        else:
+            print(f"{_bits_text(code) if args.bits else code}  {path}", flush=True)
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+    return EXIT_OK
+
+
+def _cmd_compare(args) -> int:
+    from hnn_jax.index import RELATIONS, relation
+    label_a, a = _code_of(args.a, args)
+    label_b, b = _code_of(args.b, args)
+    distance = a - b
+    key, description = relation(distance, len(a))
+    if args.json:
+        json.dump({"a": label_a, "b": label_b, "code_a": str(a), "code_b": str(b),
+                   "distance": distance, "nbits": len(a), "relation": key,
+                   "description": description, "provisional": True}, sys.stdout, indent=2)
+        print()
+    else:
+        bounds = ", ".join(f"<= {int(f * len(a))} {k}" for f, k, _ in RELATIONS[:-1])
+        print(f"distance: {distance} of {len(a)} bits")
+        print(f"relation: {key} ({description})")
+        print(f"note: provisional thresholds ({bounds}); the default hasher is untrained")
+    return EXIT_OK
+
+
+def _entries(args, index=None):
+    """(ids, codes, metadata) for the models in args.paths, checked against `index`."""
+    ids, codes, metas = [], [], []
+    for path, code, probe in hash_models(args.paths, progress=not args.quiet, debug=args.debug,
+                                         skip_errors=args.skip_errors):
+        ids.append(str(path))
+        codes.append(code)
+        fmt = path.suffix.lower().lstrip(".") if path.is_file() else "savedmodel"
+        metas.append({"path": str(path.resolve()), "format": fmt, "probe": probe})
+    if not codes:
+        raise _CLIError("no model could be hashed")
+    return ids, codes, metas
+
+
+def _cmd_index_build(args) -> int:
+    from hnn_jax.index import HammingIndex
+    ids, codes, metas = _entries(args)
+    index = HammingIndex()
+    index.add_many(codes, ids, metas)
+    index.save(args.output)
+    _stderr(f"indexed {len(index)} models ({index.nbits}-bit codes) in {args.output}")
+    return EXIT_OK
+
+
+def _cmd_index_add(args) -> int:
+    from hnn_jax.index import HammingIndex
+    index = HammingIndex.load(args.index)
+    ids, codes, metas = _entries(args)
+    present = [i for i in ids if i in index]
+    if present and not args.replace:
+        raise _CLIError(f"{present[0]} is already in {args.index} (use --replace to update it)")
+    index.remove_many(present)
+    index.add_many(codes, ids, metas)
+    index.save(args.index)
+    _stderr(f"added {len(ids)} models to {args.index} ({len(index)} in all)")
+    return EXIT_OK
+
+
+def _cmd_index_info(args) -> int:
+    from hnn_jax.index import FORMAT_VERSION, HammingIndex
+    index = HammingIndex.load(args.index)
+    info = {"path": args.index, "count": len(index), "nbits": index.nbits,
+            "code_version": index.version, "format_version": FORMAT_VERSION}
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return EXIT_OK
+
+
+def _cmd_search(args) -> int:
+    from hnn_jax.index import HammingIndex
+    if args.k < 1:
+        raise _CLIError(f"-k must be at least 1, got {args.k}")
+    if args.radius is not None and args.radius < 0:
+        raise _CLIError(f"--radius must be >= 0, got {args.radius}")
+    index = HammingIndex.load(args.index)  # a bad index fails before the model is hashed
+    label, query = _code_of(args.model, args)
+    matches = index.search(query, k=args.k, radius=args.radius)
+    if args.json:
+        json.dump({"query": label, "code": str(query), "index": args.index,
+                   "results": [{"rank": r, "id": m.id, "distance": m.distance,
+                                "code": str(m.code), "metadata": m.metadata}
+                               for r, m in enumerate(matches, 1)]}, sys.stdout, indent=2)
+        print()
+    else:
+        if matches:
+            print(f"{'rank':>4}  {'distance':>8}  id")
+        for r, m in enumerate(matches, 1):
+            print(f"{r:>4}  {m.distance:>8}  {m.id}")
+    if not matches:
+        where = (f"within {args.radius} bits of {label}" if args.radius is not None
+                 else f"for {label} (the index is empty)")
+        _stderr(f"no match {where}")
+        return EXIT_NO_MATCH
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- parser
+def _add_hash_inputs(p, *, paths_help: str) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--skip-errors", action="store_true",
+                   help="skip models that cannot be read or converted (warn on stderr)")
+
+
+def _add_builtin_commands(sub) -> None:
+    p = sub.add_parser("demo", help="hash the example models bundled with hnn-jax",
+                       description="Hash the example ONNX models bundled with hnn-jax and print "
+                       "their codes, the Hamming-distance table and each model's nearest "
+                       "neighbours (same as `python -m hnn_jax.demo`).")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "hash", help="print the code of each model",
+        description="Print one line per model: its code (hnn1:<version>:<bits>:<hex>) and its "
+        "path. Folders are searched recursively for .onnx, .keras, .pt2 files and SavedModel "
+        "folders. A progress bar goes to stderr when it is a terminal.",
+        epilog="examples:\n  hnn-jax hash model.onnx\n  hnn-jax hash models/ --json > codes.json"
+               "\n  hnn-jax hash a.onnx b.pt2 --bits        # 0/1 bits instead of hex\n")
+    _add_hash_inputs(p, paths_help="model files or folders")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of {path, code, nbits, version, probe}")
+    p.add_argument("--bits", action="store_true", help="print the bits as 0/1 characters")
+    p.set_defaults(func=_cmd_hash)
+
+    p = sub.add_parser(
+        "compare", help="Hamming distance between two models and what it suggests",
+        description="Hash two models (or take their codes) and print the Hamming distance and "
+        "the relation it suggests, from hnn_jax.index.RELATIONS. The thresholds are provisional "
+        "until trained default weights ship.",
+        epilog="examples:\n  hnn-jax compare resnet.onnx resnet_int8.onnx\n"
+               "  hnn-jax compare model.onnx hnn1:s1-0123456789ab:64:0f0f0f0f0f0f0f0f --json\n")
+    p.add_argument("a", metavar="A", help="model path or code")
+    p.add_argument("b", metavar="B", help="model path or code")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("index", help="build, extend or describe an index file",
+                       description="Hamming index files: one file holding the codes, ids "
+                       "(model paths) and metadata of many models.",
+                       epilog="examples:\n  hnn-jax index build models/ -o models.hnnidx\n"
+                              "  hnn-jax index add models.hnnidx new/ other.onnx\n"
+                              "  hnn-jax index info models.hnnidx\n")
+    isub = p.add_subparsers(dest="index_command", metavar="COMMAND", required=True)
+    q = isub.add_parser("build", help="hash models into a new index file",
+                        description="Hash every model under the given paths into a new index "
+                        "file (overwritten if it exists). Each entry's id is the model's path as "
+                        "found from the arguments; its metadata holds the absolute path, the "
+                        "format and the probe status.",
+                        epilog="example:\n  hnn-jax index build models/ extra.onnx -o models.hnnidx\n")
+    _add_hash_inputs(q, paths_help="model files or folders")
+    q.add_argument("-o", "--output", required=True, metavar="FILE", help="index file to write")
+    q.set_defaults(func=_cmd_index_build)
+    q = isub.add_parser("add", help="add models to an existing index file",
+                        description="Hash models and add them to an index file made by "
+                        "`index build`. The codes must come from the same hasher as the index.",
+                        epilog="example:\n  hnn-jax index add models.hnnidx new_model.onnx\n")
+    q.add_argument("index", metavar="FILE", help="index file")
+    _add_hash_inputs(q, paths_help="model files or folders to add")
+    q.add_argument("--replace", action="store_true",
+                   help="re-hash models already in the index instead of refusing")
+    q.set_defaults(func=_cmd_index_add)
+    q = isub.add_parser("info", help="size, code length and hasher version of an index",
+                        epilog="example:\n  hnn-jax index info models.hnnidx\n")
+    q.add_argument("index", metavar="FILE", help="index file")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_cmd_index_info)
+
+    p = sub.add_parser(
+        "search", help="nearest models in an index",
+        description="Print the k indexed models nearest to MODEL by Hamming distance (nearest "
+        "first, ties in insertion order). With --radius, only those within R bits; exit "
+        "status 1 when there are none.",
+        epilog="examples:\n  hnn-jax search models.hnnidx query.onnx -k 5\n"
+               "  hnn-jax search models.hnnidx query.onnx --radius 0   # exact duplicates\n"
+               "  hnn-jax search models.hnnidx hnn1:s1-0123456789ab:64:0f0f0f0f0f0f0f0f --json\n")
+    p.add_argument("index", metavar="FILE", help="index file (from `hnn-jax index build`)")
+    p.add_argument("model", metavar="MODEL", help="model path or code")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--radius", "-r", type=int, metavar="R",
+                   help="only results within R bits")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_search)
+
+
+def _add_module_commands(sub) -> None:
+    import importlib
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue  # not written yet
+            _stderr(f"warning: commands from {name} unavailable ({e})")
+            continue
+        except Exception as e:  # noqa: BLE001 - one broken plugin must not break the CLI
+            _stderr(f"warning: commands from {name} unavailable ({type(e).__name__}: {e})")
+            continue
+        add = getattr(module, "add_subcommands", None)
+        if add is not None:
+            add(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `hnn-jax` parser (built-in commands plus those of COMMAND_MODULES)."""
+    from hnn_jax import __version__
+    parser = _Parser(
+        prog=PROG, epilog=_EPILOG,
+        description="hnn-jax: a perceptual hash for neural networks. Related models get nearby "
+        "binary codes; the Hamming distance between codes (number of differing bits) tells how "
+        "related two models are.")
+    parser.set_defaults(debug=False)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
+    _add_builtin_commands(sub)
+    _add_module_commands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.debug:
+        warnings.simplefilter("ignore")
+    from hnn_jax.errors import HNNError
+    try:
+        status = args.func(args)
+    except KeyboardInterrupt:
+        _stderr("interrupted")
+        return 130
+    except (HNNError, _CLIError, OSError) as e:
+        if args.debug:
+            traceback.print_exc()
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _stderr(f"error: {message}")
+        return EXIT_BAD_INPUT
+    except Exception as e:  # noqa: BLE001 - converters can meet anything in a foreign file
+        if args.debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        _stderr(f"error: unexpected {type(e).__name__}: {first} (rerun with --debug for details)")
+        return EXIT_BAD_INPUT
+    return EXIT_OK if status is None else int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,546 @@
+"""HammingIndex: exact nearest-neighbour search over HashCodes by Hamming distance.
+
+Codes are packed into 64-bit words, one contiguous uint64 column per word position, so a query is
+one XOR and one popcount (``np.bitwise_count``) per word over the whole column, then a histogram of
+the distances picks the k-th smallest distance in linear time. Results are exact, and ties are
+returned in insertion order (an id that is removed and added again counts as newly inserted).
+
+Everything per entry lives in numpy arrays (packed words, ids) except the optional metadata, which
+is a list touched only for the entries a search returns.
+
+One index holds codes of a single hasher: the first code added fixes the code length and version,
+and adding or querying with a code of another length or version raises SchemaMismatchError.
+
+File format (``save``/``load``): one uncompressed ``.npz`` (a zip, read without pickle) holding
+``header`` (JSON text: format name, ``format_version``, ``nbits``, ``code_version``, ``count``,
+``id_kind``, ``next_auto_id``), ``words`` (uint64, shape [words per code, count], big-endian
+word = the code's bits most significant first, padding bits zero), ``ids`` (int64 or unicode) and
+``metadata`` (JSON text: ``[[row, {...}], ...]`` for the entries that have metadata).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hnn_jax.errors import CorruptFileError, HNNError, SchemaMismatchError
+from hnn_jax.hashcode import HashCode
+
+FORMAT = "hnn-jax-index"
+FORMAT_VERSION = 1
+_MAX_BITS = 65535  # distances are accumulated in uint16
+
+# Provisional match thresholds, as fractions of the code length (64-bit equivalents in brackets).
+RELATIONS: tuple[tuple[float, str, str], ...] = (
+    (4 / 64, "same-model",
+     "the same model or a near copy: re-export, fp16/int8, light pruning or fine-tuning"),
+    (12 / 64, "same-architecture", "the same architecture with other weights"),
+    (20 / 64, "same-family", "the same architecture family, another size or depth"),
+    (1.0, "unrelated", "unrelated models"),
+)
+"""What a Hamming distance suggests about two models, as (max fraction of differing bits, key,
+description), checked in order: the first row whose fraction is >= distance / code length wins.
+For 64-bit codes: 0-4 bits same model, 5-12 same architecture, 13-20 same family, 21+ unrelated.
+
+PROVISIONAL: these follow the ordering the design asks of the codes (DESIGN.md, "relations") with
+gaps chosen by hand. Until trained default weights ship, hnn_jax.hash uses a seeded *untrained*
+network, whose distances between different models are not yet meaningful, so treat any relation
+other than "same-model" at distance 0 as a placeholder. The training work is to replace these
+numbers with thresholds measured on held-out models.
+"""
+
+
+def relation(distance: int, nbits: int) -> tuple[str, str]:
+    """(key, description) of the relation RELATIONS suggests for `distance` out of `nbits` bits."""
+    if nbits <= 0 or not 0 <= distance <= nbits:
+        raise ValueError(f"distance must be in [0, {nbits}], got {distance}")
+    for fraction, key, description in RELATIONS:
+        if distance <= fraction * nbits + 1e-9:
+            return key, description
+    return RELATIONS[-1][1], RELATIONS[-1][2]
+
+
+class UnknownIdError(HNNError, KeyError):
+    """An id that is not in the index."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateIdError(HNNError, ValueError):
+    """An id that is already in the index (or twice in one batch)."""
+
+
+class IndexFormatError(SchemaMismatchError):
+    """An index file written in a format version this hnn-jax cannot read."""
+
+
+class Match:
+    """One search result: `id`, `distance` (bits), `metadata` (a copy, or None) and `code`
+    (the stored HashCode, decoded on first access so large result lists stay cheap)."""
+
+    __slots__ = ("id", "distance", "metadata", "_words", "_nbits", "_version", "_code")
+
+    def __init__(self, id, distance: int, metadata, words, nbits: int, version: str):
+        self.id, self.distance, self.metadata = id, distance, metadata
+        self._words, self._nbits, self._version, self._code = words, nbits, version, None
+
+    @property
+    def code(self) -> HashCode:
+        if self._code is None:
+            self._code = HashCode(_unpack_words(self._words, self._nbits), self._version)
+        return self._code
+
+    def _key(self):
+        return (self.id, self.distance, self.metadata, self._version, self._nbits,
+                tuple(self._words.tolist()))
+
+    def __eq__(self, other):
+        return self._key() == other._key() if isinstance(other, Match) else NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"Match(id={self.id!r}, distance={self.distance}, metadata={self.metadata!r})"
+
+
+def _words_per_code(nbits: int) -> int:
+    return -(-nbits // 64)
+
+
+def _pack_bits(bits: np.ndarray, nwords: int) -> np.ndarray:
+    """[m, nbits] 0/1 -> [nwords, m] uint64; each word holds 64 bits, most significant first."""
+    m, nbits = bits.shape
+    padded = np.zeros((m, nwords * 64), np.uint8)
+    padded[:, :nbits] = bits
+    words = np.packbits(padded, axis=1).view(">u8").astype(np.uint64)
+    return np.ascontiguousarray(words.T)
+
+
+def _unpack_words(words: np.ndarray, nbits: int) -> np.ndarray:
+    """[nwords] uint64 -> [nbits] 0/1 (inverse of _pack_bits for one code)."""
+    return np.unpackbits(np.asarray(words, np.uint64).astype(">u8").view(np.uint8))[:nbits]
+
+
+def _check_json(metadata, where: str):
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise HNNError(f"{where}: metadata must be a dict or None, got {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(metadata, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise HNNError(f"{where}: metadata is not JSON-serialisable: {e}") from None
+
+
+def _id_kind(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        raise HNNError(f"ids must be str or int, got bool {value!r}")
+    if isinstance(value, (int, np.integer)):
+        if not -2**63 <= int(value) < 2**63:
+            raise HNNError(f"integer ids must fit in int64, got {value}")
+        return "int"
+    if isinstance(value, str):
+        return "str"
+    raise HNNError(f"ids must be str or int, got {type(value).__name__}")
+
+
+class HammingIndex:
+    """Exact Hamming-distance index over HashCodes of one hasher.
+
+    >>> index = HammingIndex()
+    >>> index.add(code, "resnet18", {"source": "torchvision"})
+    >>> index.search(query, k=5)               # 5 nearest, ties in insertion order
+    >>> index.search(query, k=None, radius=4)  # everything within 4 bits
+    >>> index.save("models.hnnidx"); HammingIndex.load("models.hnnidx")
+
+    Ids are all str or all int (ints are auto-assigned 0, 1, ... when omitted); metadata are
+    JSON-able dicts, stored as copies.
+    """
+
+    def __init__(self, nbits: int | None = None, version: str | None = None):
+        if nbits is not None and (not isinstance(nbits, int) or not 0 < nbits <= _MAX_BITS):
+            raise HNNError(f"nbits must be an int in [1, {_MAX_BITS}], got {nbits!r}")
+        if version is not None:
+            HashCode(np.zeros(1, np.uint8), version)  # validates the version string
+        self._nbits = nbits
+        self._version = version
+        self._n = 0
+        self._words = np.zeros((_words_per_code(nbits) if nbits else 1, 0), np.uint64)
+        self._id_kind: str | None = None
+        self._ids = np.zeros(0, np.int64)
+        self._metadata: list = []
+        self._rows: dict | None = {}  # id -> row; None when stale (rebuilt on demand)
+        self._next_auto_id = 0
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def nbits(self) -> int | None:
+        """Code length in bits (None until the first code is added)."""
+        return self._nbits
+
+    @property
+    def version(self) -> str | None:
+        """HashCode.version of every code in the index (None until the first code is added)."""
+        return self._version
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, id) -> bool:
+        try:
+            return id in self._lookup()
+        except TypeError:
+            return False
+
+    @property
+    def ids(self) -> list:
+        """All ids, in insertion order."""
+        return self._ids[:self._n].tolist()
+
+    def __repr__(self) -> str:
+        return f"HammingIndex({self._n} codes, nbits={self._nbits}, version={self._version!r})"
+
+    def get(self, id) -> tuple[HashCode, dict | None]:
+        """(code, metadata) stored under `id`."""
+        row = self._row(id)
+        meta = self._metadata[row]
+        return self._code(row), (json.loads(json.dumps(meta)) if meta is not None else None)
+
+    # ---------------------------------------------------------------- internals
+    def _lookup(self) -> dict:
+        if self._rows is None:
+            self._rows = dict(zip(self._ids[:self._n].tolist(), range(self._n)))
+        return self._rows
+
+    def _row(self, id) -> int:
+        try:
+            return self._lookup()[id]
+        except (KeyError, TypeError):
+            raise UnknownIdError(f"no id {id!r} in the index") from None
+
+    def _code(self, row: int) -> HashCode:
+        return HashCode(_unpack_words(self._words[:, row], self._nbits), self._version)
+
+    def _check_code(self, code, where: str) -> None:
+        if not isinstance(code, HashCode):
+            raise HNNError(f"{where}: expected a HashCode, got {type(code).__name__}")
+        if self._version is not None and code.version != self._version:
+            raise SchemaMismatchError(
+                f"{where}: code version {code.version!r} differs from the index's "
+                f"{self._version!r}: the codes come from different hashers (rebuild the index "
+                "with the current hasher)")
+        if self._nbits is not None and len(code) != self._nbits:
+            raise SchemaMismatchError(
+                f"{where}: code has {len(code)} bits, the index holds {self._nbits}-bit codes")
+
+    def _query_words(self, query) -> np.ndarray:
+        if isinstance(query, str):
+            query = HashCode.from_str(query)
+        self._check_code(query, "query")
+        return _pack_bits(query.bits[None, :], self._words.shape[0])[:, 0]
+
+    def _reserve(self, extra: int) -> None:
+        need = self._n + extra
+        if need > self._words.shape[1]:
+            cap = max(need, 2 * self._words.shape[1], 16)
+            words = np.zeros((self._words.shape[0], cap), np.uint64)
+            words[:, :self._n] = self._words[:, :self._n]
+            ids = np.zeros(cap, self._ids.dtype)
+            ids[:self._n] = self._ids[:self._n]
+            self._words, self._ids = words, ids
+
+    # ---------------------------------------------------------------- adding and removing
+    def add(self, code: HashCode, id=None, metadata: dict | None = None):
+        """Add one code; returns its id (auto-assigned int when `id` is None)."""
+        return self.add_many([code], None if id is None else [id],
+                             None if metadata is None else [metadata])[0]
+
+    def add_many(self, codes, ids: Sequence | np.ndarray | None = None,
+                 metadata: Sequence[dict | None] | None = None) -> list:
+        """Add codes; all-or-nothing. Returns the ids.
+
+        `codes` is a sequence of HashCode, or (fast path, for millions of codes) a 2-D array of
+        0/1 bits [m, nbits] when the index already knows its version (HammingIndex(nbits,
+        version) or after a first add). `ids` defaults to consecutive ints.
+        """
+        if isinstance(codes, np.ndarray):
+            if self._version is None:
+                raise HNNError("adding a bit array needs the index's version: create it with "
+                               "HammingIndex(nbits, version) or add a HashCode first")
+            bits = codes
+            if bits.ndim != 2 or bits.shape[1] != (self._nbits or bits.shape[1]):
+                raise SchemaMismatchError(f"bit array has shape {bits.shape}, the index holds "
+                                          f"{self._nbits}-bit codes")
+            if bits.dtype != np.bool_ and bits.size and not ((bits == 0) | (bits == 1)).all():
+                raise HNNError("bit array must contain only 0 and 1")
+            bits = bits.astype(np.uint8, copy=False)
+            nbits, version = bits.shape[1], self._version
+            if not 0 < nbits <= _MAX_BITS:
+                raise HNNError(f"codes must have 1 to {_MAX_BITS} bits, got {nbits}")
+        else:
+            codes = list(codes)
+            for i, c in enumerate(codes):
+                self._check_code(c, f"code {i}")
+            for i, c in enumerate(codes):  # one hasher per batch too (index may be empty)
+                if (c.version, len(c)) != (codes[0].version, len(codes[0])):
+                    raise SchemaMismatchError(
+                        f"code {i} ({len(c)} bits, version {c.version!r}) differs from code 0 "
+                        f"({len(codes[0])} bits, version {codes[0].version!r})")
+            if codes and len(codes[0]) > _MAX_BITS:
+                raise HNNError(f"codes must have at most {_MAX_BITS} bits")
+            bits = (np.stack([c.bits for c in codes]) if codes
+                    else np.zeros((0, self._nbits or 1), np.uint8))
+            nbits = len(codes[0]) if codes else self._nbits
+            version = codes[0].version if codes else self._version
+        m = bits.shape[0]
+        if m == 0:
+            return []
+
+        # ids
+        if ids is None:
+            if self._id_kind == "str":
+                raise HNNError("this index has str ids: pass ids explicitly")
+            new_ids = np.arange(self._next_auto_id, self._next_auto_id + m, dtype=np.int64)
+            kind = "int"
+        else:
+            id_list = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+            if len(id_list) != m:
+                raise HNNError(f"{m} codes but {len(id_list)} ids")
+            kinds = {_id_kind(i) for i in id_list}
+            if len(kinds) > 1 or (self._id_kind and kinds != {self._id_kind}):
+                raise HNNError(f"ids must all be of one kind (str or int); this index has "
+                               f"{self._id_kind or 'no'} ids, got {sorted(kinds)}")
+            kind = kinds.pop()
+            new_ids = (np.array(id_list, np.int64) if kind == "int"
+                       else np.array(id_list, dtype=object))
+        lookup = self._lookup()
+        fresh = dict(zip(new_ids.tolist(), range(self._n, self._n + m)))
+        if len(fresh) != m:
+            seen = set()
+            dup = next(i for i in new_ids.tolist() if i in seen or seen.add(i))
+            raise DuplicateIdError(f"id {dup!r} appears twice in the batch")
+        if len(lookup) < len(fresh):
+            clash = next((i for i in lookup if i in fresh), None)
+        else:
+            clash = next((i for i in fresh if i in lookup), None)
+        if clash is not None:
+            raise DuplicateIdError(f"id {clash!r} is already in the index")
+
+        # metadata
+        if metadata is None:
+            metas = [None] * m
+        else:
+            metas = list(metadata)
+            if len(metas) != m:
+                raise HNNError(f"{m} codes but {len(metas)} metadata entries")
+            metas = [_check_json(meta, f"entry {i}") for i, meta in enumerate(metas)]
+
+        # commit (nothing above changed the index)
+        if self._nbits is None:
+            self._nbits = nbits
+            self._words = np.zeros((_words_per_code(nbits), 0), np.uint64)
+        self._version = version
+        if self._id_kind is None:
+            self._id_kind = kind
+            self._ids = np.zeros(0, np.int64 if kind == "int" else object)
+        self._reserve(m)
+        self._words[:, self._n:self._n + m] = _pack_bits(bits, self._words.shape[0])
+        self._ids[self._n:self._n + m] = new_ids
+        self._metadata.extend(metas)
+        self._n += m
+        lookup.update(fresh)
+        if kind == "int":
+            self._next_auto_id = max(self._next_auto_id, int(new_ids.max()) + 1)
+        return new_ids.tolist()
+
+    def remove(self, id) -> None:
+        """Remove the entry `id` (UnknownIdError if absent)."""
+        self.remove_many([id])
+
+    def remove_many(self, ids: Iterable) -> None:
+        """Remove several entries at once (one pass over the arrays); all-or-nothing."""
+        rows = sorted({self._row(i) for i in ids})
+        if not rows:
+            return
+        keep = np.ones(self._n, bool)
+        keep[rows] = False
+        n = int(keep.sum())
+        self._words[:, :n] = self._words[:, :self._n][:, keep]
+        self._ids[:n] = self._ids[:self._n][keep]
+        if self._id_kind == "str":
+            self._ids[n:self._n] = None
+        dropped = set(rows)
+        self._metadata = [m for r, m in enumerate(self._metadata) if r not in dropped]
+        self._n = n
+        self._rows = None
+
+    # ---------------------------------------------------------------- search
+    def distances(self, query) -> np.ndarray:
+        """Hamming distance from `query` (HashCode or its text) to every entry, in insertion
+        order (uint8 for codes up to 255 bits, else uint16)."""
+        q = self._query_words(query) if self._nbits is not None else None
+        if q is None or self._n == 0:
+            return np.zeros(0, np.uint8)
+        words = self._words
+        dist = np.bitwise_count(np.bitwise_xor(words[0, :self._n], q[0]))
+        if len(q) > 1:
+            if self._nbits > 255:
+                dist = dist.astype(np.uint16)
+            for j in range(1, len(q)):
+                dist += np.bitwise_count(np.bitwise_xor(words[j, :self._n], q[j]))
+        return dist
+
+    def search(self, query, k: int | None = 10, *, radius: int | None = None) -> list[Match]:
+        """The k entries nearest to `query` (a HashCode or its text form), nearest first.
+
+        radius: only entries within that many bits. k=None: no limit (with radius: every entry
+        within it). Ties are ordered by insertion. Results are exact.
+        """
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer))
+                              or k < 1):
+            raise HNNError(f"k must be a positive int or None, got {k!r}")
+        if radius is not None and (isinstance(radius, bool)
+                                   or not isinstance(radius, (int, np.integer)) or radius < 0):
+            raise HNNError(f"radius must be a non-negative int or None, got {radius!r}")
+        if self._nbits is None:  # never held a code: nothing to match, nothing to check against
+            if isinstance(query, str):
+                query = HashCode.from_str(query)
+            self._check_code(query, "query")
+            return []
+        dist = self.distances(query)
+        if dist.size == 0:
+            return []
+        limit = self._nbits if radius is None else min(int(radius), self._nbits)
+        if k is not None and k < dist.size:
+            # k-th smallest distance from a histogram (linear time, no partition/sort of n)
+            counts = np.cumsum(np.bincount(dist, minlength=self._nbits + 1))
+            limit = min(limit, int(np.searchsorted(counts, k)))
+        if limit >= self._nbits:
+            candidates = np.arange(dist.size)
+        else:
+            candidates = np.flatnonzero(dist <= limit)
+        order = np.argsort(dist[candidates], kind="stable")  # ties keep insertion order
+        if k is not None:
+            order = order[:k]
+        rows = candidates[order]
+        ids = self._ids[rows].tolist()
+        words = self._words[:, rows].T
+        return [Match(i, int(dist[r]), None if self._metadata[r] is None
+                      else json.loads(json.dumps(self._metadata[r])),
+                      w, self._nbits, self._version)
+                for i, r, w in zip(ids, rows.tolist(), words)]
+
+    # ---------------------------------------------------------------- files
+    def save(self, path) -> Path:
+        """Write the index to one file (atomically: a temporary file renamed over `path`)."""
+        path = Path(path)
+        header = {"format": FORMAT, "format_version": FORMAT_VERSION, "nbits": self._nbits,
+                  "code_version": self._version, "count": self._n, "id_kind": self._id_kind,
+                  "next_auto_id": self._next_auto_id}
+        ids = self._ids[:self._n]
+        if self._id_kind == "str":
+            ids = np.array(ids.tolist() or [""], dtype=str)[:self._n]
+        metadata = [[r, m] for r, m in enumerate(self._metadata) if m is not None]
+        arrays = {"header": np.array(json.dumps(header)),
+                  "words": self._words[:, :self._n].astype("<u8"),
+                  "ids": ids.astype("<i8") if self._id_kind != "str" else ids,
+                  "metadata": np.array(json.dumps(metadata, allow_nan=False))}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    @classmethod
+    def load(cls, path, *, nbits: int | None = None,
+             version: str | None = None) -> "HammingIndex":
+        """Read a file written by save(). `nbits`/`version`, when given, are what the caller
+        expects (e.g. its hasher's); an index of other codes raises SchemaMismatchError."""
+        path = Path(path)
+        if not path.is_file():
+            raise CorruptFileError(f"no such index file: {path}")
+        if not zipfile.is_zipfile(path):
+            raise CorruptFileError(f"{path} is not an hnn-jax index file (not an .npz archive)")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if not isinstance(npz, np.lib.npyio.NpzFile):
+                    raise ValueError("not an npz archive")
+                missing = {"header", "words", "ids", "metadata"} - set(npz.files)
+                if missing:
+                    raise ValueError(f"missing {sorted(missing)}")
+                header = json.loads(str(npz["header"]))
+                if not isinstance(header, dict) or header.get("format") != FORMAT:
+                    raise ValueError("not an hnn-jax index")
+                if header.get("format_version") != FORMAT_VERSION:
+                    raise IndexFormatError(
+                        f"{path}: index file format version {header.get('format_version')!r}; "
+                        f"this hnn-jax reads version {FORMAT_VERSION} (rebuild the index or "
+                        "use the hnn-jax that wrote it)")
+                words, ids = npz["words"], npz["ids"]
+                metadata = json.loads(str(npz["metadata"]))
+        except HNNError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError,
+                io.UnsupportedOperation) as e:
+            raise CorruptFileError(f"{path}: not a readable hnn-jax index file ({e})") from None
+
+        try:
+            n, file_bits, file_version = header["count"], header["nbits"], header["code_version"]
+            id_kind = header["id_kind"]
+            if n == 0 and file_bits is None:
+                index = cls(nbits, version)
+                return index
+            if not (isinstance(n, int) and n >= 0 and isinstance(file_bits, int)
+                    and 0 < file_bits <= _MAX_BITS and isinstance(file_version, str)):
+                raise ValueError("bad header")
+            nwords = _words_per_code(file_bits)
+            if words.dtype != np.dtype("<u8") or words.shape != (nwords, n):
+                raise ValueError(f"words have shape {words.shape}, expected {(nwords, n)}")
+            if id_kind == "int" and (ids.dtype != np.dtype("<i8") or ids.shape != (n,)):
+                raise ValueError("bad int ids")
+            if id_kind == "str" and (ids.dtype.kind != "U" or ids.shape != (n,)):
+                raise ValueError("bad str ids")
+            if id_kind not in ("int", "str") and n:
+                raise ValueError(f"unknown id kind {id_kind!r}")
+            pad = nwords * 64 - file_bits
+            if pad and n and (words[-1] & np.uint64((1 << pad) - 1)).any():
+                raise ValueError("padding bits are not zero")
+            if not isinstance(metadata, list) or not all(
+                    isinstance(e, list) and len(e) == 2 and isinstance(e[0], int)
+                    and 0 <= e[0] < n and isinstance(e[1], dict) for e in metadata):
+                raise ValueError("bad metadata")
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptFileError(f"{path}: damaged hnn-jax index file ({e})") from None
+
+        if nbits is not None and nbits != file_bits:
+            raise SchemaMismatchError(
+                f"{path} holds {file_bits}-bit codes, expected {nbits}-bit codes")
+        if version is not None and version != file_version:
+            raise SchemaMismatchError(
+                f"{path} holds codes of version {file_version!r}, expected {version!r}: the index "
+                "was built by another hasher (rebuild it with the current one)")
+        index = cls(file_bits, file_version)
+        index._n = n
+        index._words = np.ascontiguousarray(words.astype(np.uint64))
+        index._id_kind = id_kind
+        index._ids = (ids.astype(np.int64) if id_kind == "int"
+                      else np.array(ids.tolist(), dtype=object))
+        index._metadata = [None] * n
+        for row, meta in metadata:
+            index._metadata[row] = meta
+        index._next_auto_id = int(header.get("next_auto_id", 0))
+        index._rows = None
+        if len(index._lookup()) != n:
+            raise CorruptFileError(f"{path}: damaged hnn-jax index file (duplicate ids)")
+        return index

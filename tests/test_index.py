@@ -1,0 +1,266 @@
+"""HammingIndex: exact results against brute force, stable ties, removal, files, clear errors."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from hnn_jax import CorruptFileError, HashCode, HNNError, SchemaMismatchError
+from hnn_jax.index import (RELATIONS, DuplicateIdError, HammingIndex, IndexFormatError,
+                           UnknownIdError, relation)
+
+V = "s1-test0"
+
+
+def random_codes(n, nbits, seed, *, clustered=False):
+    """Random codes; clustered ones are near copies of a few centres, so distances tie a lot."""
+    rng = np.random.default_rng(seed)
+    if not clustered:
+        bits = rng.integers(0, 2, (n, nbits), dtype=np.uint8)
+    else:
+        centres = rng.integers(0, 2, (4, nbits), dtype=np.uint8)
+        bits = centres[rng.integers(0, 4, n)]
+        flips = rng.random((n, nbits)) < 0.03
+        bits = bits ^ flips.astype(np.uint8)
+    return [HashCode(b, V) for b in bits]
+
+
+def brute_force(codes, ids, query, k=None, radius=None, _cache={}):
+    """Reference: (distance, insertion position) sorted, filtered, truncated."""
+    key = (id(codes), str(query))
+    if key not in _cache:
+        _cache.clear()
+        _cache[key] = ranked = sorted((query - c, pos) for pos, c in enumerate(codes))
+    ranked = _cache[key]
+    if radius is not None:
+        ranked = [(d, pos) for d, pos in ranked if d <= radius]
+    if k is not None:
+        ranked = ranked[:k]
+    return [(ids[pos], d) for d, pos in ranked]
+
+
+@pytest.mark.parametrize("nbits", [7, 64, 100, 256, 300])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_search_equals_brute_force(nbits, clustered):
+    codes = random_codes(300, nbits, seed=nbits, clustered=clustered)
+    ids = [f"model-{i}" for i in range(len(codes))]
+    index = HammingIndex()
+    index.add_many(codes, ids)
+    queries = codes[:5] + random_codes(5, nbits, seed=nbits + 1, clustered=clustered)
+    for q in queries:
+        dist = index.distances(q)
+        assert dist.tolist() == [q - c for c in codes]
+        for k in (1, 3, 10, 299, 300, 1000):
+            got = [(m.id, m.distance) for m in index.search(q, k=k)]
+            assert got == brute_force(codes, ids, q, k=k)
+        median = int(np.median(dist))
+        for radius in (0, 1, median, nbits, nbits + 5):
+            got = [(m.id, m.distance) for m in index.search(q, k=None, radius=radius)]
+            assert got == brute_force(codes, ids, q, radius=radius)
+            got = [(m.id, m.distance) for m in index.search(q, k=7, radius=radius)]
+            assert got == brute_force(codes, ids, q, k=7, radius=radius)
+        assert [(m.id, m.distance) for m in index.search(q, k=None)] == brute_force(codes, ids, q)
+
+
+def test_ties_follow_insertion_order_and_results_carry_codes_and_metadata():
+    a = HashCode([0] * 64, V)
+    b = HashCode([1] + [0] * 63, V)
+    index = HammingIndex()
+    index.add(b, "b2", {"n": 2})
+    index.add(a, "a", {"n": 0})
+    index.add(b, "b1", {"n": 1})  # equal to b2: must come after it
+    index.add(b, "b0")
+    got = index.search(a, k=4)
+    assert [(m.id, m.distance) for m in got] == [("a", 0), ("b2", 1), ("b1", 1), ("b0", 1)]
+    assert got[1].code == b and got[1].metadata == {"n": 2} and got[3].metadata is None
+    # removing and re-adding an id puts it last among its ties
+    index.remove("b2")
+    index.add(b, "b2")
+    assert [m.id for m in index.search(a, k=None)] == ["a", "b1", "b0", "b2"]
+    assert [m.id for m in index.search(a, k=2)] == ["a", "b1"]
+
+
+def test_query_as_text_and_metadata_is_copied():
+    codes = random_codes(20, 64, seed=3)
+    index = HammingIndex()
+    meta = {"path": "/m/0.onnx", "tags": ["cnn", 1, None, 2.5]}
+    index.add_many(codes, metadata=[meta] + [None] * 19)
+    meta["path"] = "changed"
+    top = index.search(str(codes[0]), k=1)[0]
+    assert top.id == 0 and top.distance == 0 and top.metadata["path"] == "/m/0.onnx"
+    top.metadata["path"] = "changed too"
+    code, stored = index.get(0)
+    assert code == codes[0] and stored == {"path": "/m/0.onnx", "tags": ["cnn", 1, None, 2.5]}
+
+
+def test_auto_ids_add_remove_contains():
+    codes = random_codes(10, 32, seed=4)
+    index = HammingIndex()
+    assert index.add_many(codes[:5]) == [0, 1, 2, 3, 4]
+    assert index.add(codes[5], 10) == 10
+    assert index.add(codes[6]) == 11  # auto ids continue after the largest given
+    assert len(index) == 7 and 3 in index and 5 not in index and "3" not in index
+    index.remove_many([1, 3])
+    assert index.ids == [0, 2, 4, 10, 11] and len(index) == 5 and 3 not in index
+    assert [m.id for m in index.search(codes[3], k=None, radius=0)] == []
+    assert index.search(codes[4], k=1)[0].id == 4
+    with pytest.raises(UnknownIdError, match="no id 3"):
+        index.remove(3)
+    with pytest.raises(UnknownIdError):
+        index.get("zzz")
+    assert isinstance(UnknownIdError("x"), KeyError)
+
+
+def test_bit_array_fast_path_matches_hashcodes():
+    codes = random_codes(50, 100, seed=5)
+    bits = np.stack([c.bits for c in codes])
+    fast = HammingIndex(100, V)
+    fast.add_many(bits)
+    slow = HammingIndex()
+    slow.add_many(codes)
+    for q in codes[:5]:
+        assert fast.search(q, k=None) == slow.search(q, k=None)
+    with pytest.raises(HNNError, match="version"):
+        HammingIndex().add_many(bits)
+    with pytest.raises(SchemaMismatchError):
+        fast.add_many(bits[:, :64])
+    with pytest.raises(HNNError, match="0 and 1"):
+        fast.add_many(bits * 2)
+
+
+def test_mismatched_codes_are_refused():
+    index = HammingIndex()
+    index.add_many(random_codes(5, 64, seed=6))
+    other_version = HashCode(np.zeros(64, np.uint8), "s1-other")
+    other_length = HashCode(np.zeros(32, np.uint8), V)
+    for bad in (other_version, other_length):
+        with pytest.raises(SchemaMismatchError):
+            index.add(bad)
+        with pytest.raises(SchemaMismatchError):
+            index.search(bad)
+    with pytest.raises(SchemaMismatchError, match="code 1"):
+        HammingIndex().add_many([HashCode([0] * 8, V), HashCode([0] * 8, "s1-x")])
+    assert len(index) == 5  # nothing was added by the failed calls
+
+
+def test_bad_ids_metadata_and_arguments_change_nothing():
+    codes = random_codes(4, 16, seed=7)
+    index = HammingIndex()
+    index.add_many(codes[:2], ["a", "b"])
+    with pytest.raises(DuplicateIdError, match="'a' is already"):
+        index.add_many(codes[2:], ["c", "a"])
+    with pytest.raises(DuplicateIdError, match="twice"):
+        index.add_many(codes[2:], ["c", "c"])
+    with pytest.raises(HNNError, match="one kind"):
+        index.add(codes[2], 5)
+    with pytest.raises(HNNError, match="pass ids"):
+        index.add(codes[2])
+    with pytest.raises(HNNError, match="JSON"):
+        index.add(codes[2], "c", {"x": object()})
+    with pytest.raises(HNNError, match="JSON"):
+        index.add(codes[2], "c", {"x": float("nan")})
+    with pytest.raises(HNNError, match="dict"):
+        index.add(codes[2], "c", ["not", "a", "dict"])
+    with pytest.raises(HNNError, match="str or int"):
+        index.add(codes[2], 1.5)
+    assert index.ids == ["a", "b"] and len(index) == 2
+    for bad_k in (0, -1, 1.5, True):
+        with pytest.raises(HNNError, match="k must"):
+            index.search(codes[0], k=bad_k)
+    with pytest.raises(HNNError, match="radius"):
+        index.search(codes[0], radius=-1)
+
+
+def test_empty_index_searches_return_nothing():
+    assert HammingIndex().search(HashCode([1, 0], V), k=3) == []
+    index = HammingIndex(64, V)
+    assert index.search(HashCode([1] * 64, V), radius=64) == []
+    with pytest.raises(SchemaMismatchError):
+        index.search(HashCode([1] * 32, V))
+
+
+@pytest.mark.parametrize("id_kind", ["int", "str"])
+def test_save_load_round_trip(tmp_path, id_kind):
+    codes = random_codes(200, 100, seed=8, clustered=True)
+    ids = list(range(200)) if id_kind == "int" else [f"m/{i}.onnx" for i in range(200)]
+    metas = [{"i": i, "name": f"é{i}"} if i % 3 == 0 else None for i in range(200)]
+    index = HammingIndex()
+    index.add_many(codes, ids, metas)
+    index.remove_many(ids[10:20])
+    path = index.save(tmp_path / "models.hnnidx")
+    assert path.is_file() and not list(tmp_path.glob(".*tmp*"))
+    loaded = HammingIndex.load(path, nbits=100, version=V)
+    assert loaded.ids == index.ids and loaded.nbits == 100 and loaded.version == V
+    for q in codes[:30:3]:
+        assert loaded.search(q, k=None) == index.search(q, k=None)
+    assert loaded.get(ids[30]) == (codes[30], {"i": 30, "name": "é30"})
+    # the loaded index keeps working: add, remove, auto ids
+    if id_kind == "int":
+        assert loaded.add(codes[10]) == 200
+    else:
+        loaded.add(codes[10], ids[10])
+    assert loaded.search(codes[10], k=1)[0].distance == 0
+
+
+def test_save_load_empty_and_typed_index(tmp_path):
+    HammingIndex().save(tmp_path / "empty")
+    assert len(HammingIndex.load(tmp_path / "empty")) == 0
+    HammingIndex(64, V).save(tmp_path / "typed")
+    typed = HammingIndex.load(tmp_path / "typed")
+    assert (typed.nbits, typed.version, len(typed)) == (64, V, 0)
+
+
+def test_load_refuses_other_hashers_and_damaged_files(tmp_path):
+    index = HammingIndex()
+    index.add_many(random_codes(10, 64, seed=9))
+    path = index.save(tmp_path / "i.hnnidx")
+    with pytest.raises(SchemaMismatchError, match="32-bit"):
+        HammingIndex.load(path, nbits=32)
+    with pytest.raises(SchemaMismatchError, match="another hasher"):
+        HammingIndex.load(path, version="s1-other")
+
+    def rewrite(name, **changes):
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        header = json.loads(str(arrays["header"]))
+        header.update(changes.pop("header", {}))
+        arrays["header"] = np.array(json.dumps(header))
+        arrays.update(changes)
+        out = tmp_path / name
+        with open(out, "wb") as f:
+            np.savez(f, **arrays)
+        return out
+
+    with pytest.raises(IndexFormatError, match="format version 2"):
+        HammingIndex.load(rewrite("v2", header={"format_version": 2}))
+    assert issubclass(IndexFormatError, SchemaMismatchError)
+    damaged = {
+        "count": rewrite("count", header={"count": 11}),
+        "words": rewrite("words", words=np.zeros((2, 10), "<u8")),
+        "ids": rewrite("ids", ids=np.zeros(10, "<i8")),  # duplicate ids
+        "meta": rewrite("meta", metadata=np.array("[[99, {}]]")),
+        "format": rewrite("format", header={"format": "something-else"}),
+    }
+    for name, bad in damaged.items():
+        with pytest.raises(CorruptFileError):
+            HammingIndex.load(bad)
+    (tmp_path / "text").write_text("not an index")
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with zipfile.ZipFile(tmp_path / "zip", "w") as z:
+        z.writestr("hello.txt", "hi")
+    for bad in ("text", "truncated", "zip", "missing"):
+        with pytest.raises(CorruptFileError):
+            HammingIndex.load(tmp_path / bad)
+
+
+def test_relation_thresholds_are_ordered_and_cover_every_distance():
+    fractions = [f for f, _, _ in RELATIONS]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    keys = [relation(d, 64)[0] for d in range(65)]
+    assert keys[0] == keys[4] == "same-model" and keys[5] == keys[12] == "same-architecture"
+    assert keys[13] == keys[20] == "same-family" and keys[21] == keys[64] == "unrelated"
+    assert relation(8, 128)[0] == "same-model" and relation(9, 128)[0] == "same-architecture"
+    with pytest.raises(ValueError):
+        relation(65, 64)
