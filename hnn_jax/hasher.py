@@ -80,7 +80,8 @@ def validate_graph(graph, where: str = "graph") -> jraph.GraphsTuple:
     if not (g.edges.shape[0] == e == g.senders.shape[0] == g.receivers.shape[0]):
         raise HNNError(f"{where}: n_edge={e} disagrees with edges/senders/receivers lengths")
     for name, idx in (("senders", g.senders), ("receivers", g.receivers)):
-        if idx.ndim != 1 or (e and (idx.min() < 0 or idx.max() >= n)):
+        if (idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer)
+                or (e and (idx.min() < 0 or idx.max() >= n))):
             raise HNNError(f"{where}: {name} must be node indices in [0, {n})")
     for name, arr in (("node", g.nodes), ("edge", g.edges), ("global", g.globals)):
         if not np.all(np.isfinite(arr)):
@@ -126,7 +127,7 @@ class Hasher:
     def __init__(self, model: HashNet, *, node_budget: int = 4096, edge_budget: int = 8192,
                  max_graphs: int = 64):
         self.config: HasherConfig = model.config
-        self._graphdef, self._state = nnx.split(model)
+        self._graphdef, self._state = nnx.split(nnx.clone(model))  # later edits to model: no effect
         self.version = fingerprint(self.config, nnx.to_pure_dict(self._state))
         self.node_budget, self.edge_budget, self.max_graphs = node_budget, edge_budget, max_graphs
         self.trace_count = 0
@@ -139,7 +140,7 @@ class Hasher:
     @property
     def model(self) -> HashNet:
         """A copy of the network (e.g. to fine-tune); changing it does not change this hasher."""
-        return nnx.merge(self._graphdef, self._state)
+        return nnx.merge(self._graphdef, self._state, copy=True)
 
     @classmethod
     def init(cls, config: HasherConfig | None = None, seed: int = 0, **kwargs) -> "Hasher":

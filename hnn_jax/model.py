@@ -2,7 +2,9 @@
 K pre-sign values per graph, plus the straight-through sign that turns them into bits.
 
 Every operation is either per node row, per edge row, or a segment reduction over one graph, so
-a graph's result does not depend on what else shares its padded batch (the hasher relies on it).
+a graph's result does not depend on what else shares its padded batch. Bit-exactness across
+buckets also needs XLA to keep each row's arithmetic independent of the array size; the hasher
+sets the compiler options for that (see hasher.py) and tests it.
 """
 
 import jax

@@ -98,6 +98,15 @@ def test_large_batches_are_chunked(small):
     assert len(codes) == 40 and small.trace_count - before <= 2
 
 
+def test_hasher_is_isolated_from_its_model(small):
+    g = random_graph(8, 40)
+    before = small.embed(g)
+    copy = small.model
+    copy.to_bits.kernel[...] = 0.0
+    np.testing.assert_array_equal(small.embed(g), before)
+    assert Hasher(copy).version != small.version
+
+
 def test_other_seed_other_version(small):
     other = Hasher.init(SMALL, seed=4)
     g = random_graph(7, 80)
@@ -134,6 +143,7 @@ def test_malformed_inputs_raise_hnn_error(small):
         jraph.batch_np([g, g]), g._replace(globals=None), g._replace(nodes=nan_nodes),
         g._replace(nodes=big_op), g._replace(senders=g.senders + 100),
         g._replace(n_node=np.array([31], np.int32)),
+        g._replace(senders=g.senders.astype(np.float32)),
     ]
     for item in bad:
         with pytest.raises(HNNError):
