@@ -1,0 +1,22 @@
+"""The public names of the hashing half, and that importing hnn_jax stays light."""
+
+import subprocess
+import sys
+
+import hnn_jax
+
+
+def test_public_names():
+    for name in ("hash", "Hasher", "HashCode", "HasherConfig"):
+        assert name in hnn_jax.__all__
+        assert getattr(hnn_jax, name) is not None
+    assert hnn_jax.HasherConfig() == hnn_jax.HasherConfig(bits=64, hidden=128, layers=4)
+
+
+def test_import_is_light():
+    script = ("import sys, hnn_jax; "
+              "heavy = [m for m in ('torch', 'tensorflow', 'flax', 'orbax') "
+              "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
