@@ -4,19 +4,18 @@ Exit codes: 0 success; 1 nothing matched where a match was asked for (e.g. `sear
 2 bad input (missing or corrupt file, unsupported model, mismatched index, bad arguments), reported
 as one line `hnn-jax: error: ...` on stderr; `--debug` adds the traceback.
 
-Adding subcommands from another module (zoo, train, eval, ...): put the module's name in
-COMMAND_MODULES and give it a function
+Subcommands from other modules (zoo, train, eval, ...) are registered in EXTRA_COMMANDS as
+`name: (module, one-line help)`. The module defines
 
-    def add_subcommands(subparsers):          # an argparse subparsers action
-        p = subparsers.add_parser("train", help="...", description="...", epilog="examples...")
-        p.add_argument(...)
-        p.set_defaults(func=run_train)       # run_train(args) -> int exit code (None means 0)
+    def add_arguments(parser):               # the `hnn-jax NAME` subparser, already created
+        parser.add_argument(...)              # or parser.add_subparsers(...) for nested commands
+        parser.set_defaults(func=run)         # run(args) -> int exit code (None means 0)
 
-Parsers made this way get `--debug` and the one-line error style automatically. Keep the
-module's top-level imports light (import jax/torch inside the handler) so `hnn-jax --help` stays
-fast. A listed module that does not exist yet is skipped; one that fails to import prints a
-warning and the other commands still work. Handlers signal bad input by raising
-hnn_jax.HNNError (exit 2) and "no match" by returning 1.
+The module is imported only when its command is used (or its own --help asked for), so heavy
+top-level imports there do not slow down the other commands or `hnn-jax --help`; a command is
+listed once its module exists and defines add_arguments. Parsers get `--debug` and the one-line error style
+automatically. Handlers signal bad input by raising hnn_jax.HNNError (exit 2) and "no match" by
+returning 1.
 """
 
 from __future__ import annotations
@@ -34,8 +33,12 @@ MODEL_SUFFIXES = (".onnx", ".keras", ".pt2")
 """File suffixes that `hash`, `index build` and `index add` pick up when walking folders
 (TensorFlow SavedModel folders, with a saved_model.pb, are picked up too)."""
 
-COMMAND_MODULES: tuple[str, ...] = ("hnn_jax.zoo", "hnn_jax.train", "hnn_jax.evaluate")
-"""Modules whose `add_subcommands(subparsers)` adds subcommands (see the module docstring)."""
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "zoo": ("hnn_jax.zoo", "build and inspect the training model zoo"),
+    "train": ("hnn_jax.train", "train the hashing network"),
+    "eval": ("hnn_jax.evaluate", "retrieval metrics of a hasher and the baselines"),
+}
+"""Subcommands defined in other modules: name -> (module with add_arguments(parser), help)."""
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_BAD_INPUT = 0, 1, 2
 _CHUNK = 64  # models converted before each batched hash call (bounds memory on big folders)
@@ -398,26 +401,50 @@ def _add_builtin_commands(sub) -> None:
     p.set_defaults(func=_cmd_search)
 
 
-def _add_module_commands(sub) -> None:
+def _command_word(argv) -> str | None:
+    """The subcommand named in argv (the first word not starting with '-'), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _defines_add_arguments(module_name: str) -> bool:
+    """Whether the module exists and its source defines add_arguments, without importing it."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(module_name)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return spec is not None and spec.origin is not None  # compiled: assume so
+        return "def add_arguments(" in Path(spec.origin).read_text(encoding="utf-8")
+    except (ImportError, ValueError, OSError):
+        return False
+
+
+def _add_extra_commands(sub, argv) -> None:
     import importlib
-    for name in COMMAND_MODULES:
+    wanted = _command_word(argv)
+    for name, (module_name, help_text) in EXTRA_COMMANDS.items():
+        if not _defines_add_arguments(module_name):
+            continue  # not written yet
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != wanted:
+            continue  # configured only when used: importing the module may be slow
         try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue  # not written yet
-            _stderr(f"warning: commands from {name} unavailable ({e})")
+            module = importlib.import_module(module_name)
+            add_arguments = module.add_arguments
+        except Exception as e:  # noqa: BLE001 - a broken module must not break other commands
+            error = (f"'{name}' is unavailable: {module_name} failed to load "
+                     f"({type(e).__name__}: {e})")
+            p.set_defaults(func=lambda args, error=error: _raise(_CLIError(error)))
             continue
-        except Exception as e:  # noqa: BLE001 - one broken plugin must not break the CLI
-            _stderr(f"warning: commands from {name} unavailable ({type(e).__name__}: {e})")
-            continue
-        add = getattr(module, "add_subcommands", None)
-        if add is not None:
-            add(sub)
+        add_arguments(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full `hnn-jax` parser (built-in commands plus those of COMMAND_MODULES)."""
+def _raise(error):
+    raise error
+
+
+def build_parser(argv=()) -> argparse.ArgumentParser:
+    """The `hnn-jax` parser: built-in commands plus EXTRA_COMMANDS (only the one named in argv
+    is fully configured)."""
     from hnn_jax import __version__
     parser = _Parser(
         prog=PROG, epilog=_EPILOG,
@@ -429,19 +456,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
     _add_builtin_commands(sub)
-    _add_module_commands(sub)
+    _add_extra_commands(sub, argv)
     return parser
 
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
-    if not args.debug:
-        warnings.simplefilter("ignore")
     from hnn_jax.errors import HNNError
     try:
-        status = args.func(args)
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.simplefilter("ignore")
+            func = getattr(args, "func", None)
+            if func is None:
+                raise _CLIError(f"'{args.command}' has no handler (its add_arguments must call "
+                                "parser.set_defaults(func=...))")
+            status = func(args)
     except KeyboardInterrupt:
         _stderr("interrupted")
         return 130

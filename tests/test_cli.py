@@ -1,0 +1,263 @@
+"""The hnn-jax command line, end to end on the bundled example models (real subprocesses where
+the process boundary matters: exit codes, stderr, the installed script)."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hnn_jax import HashCode, cli
+from hnn_jax.index import HammingIndex, relation
+
+EXAMPLES = Path(str(files("hnn_jax") / "examples"))
+
+
+def run_cli(*args, cwd=None, timeout=180):
+    return subprocess.run([sys.executable, "-m", "hnn_jax.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, pattern, code=2):
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("hnn-jax: "), lines[0]
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A folder of copied example models, one in a subfolder, plus a file that is not a model."""
+    root = tmp_path_factory.mktemp("models")
+    for name in ("cnn_a", "cnn_b", "mlp"):
+        shutil.copy(EXAMPLES / f"{name}.onnx", root / f"{name}.onnx")
+    (root / "sub").mkdir()
+    shutil.copy(EXAMPLES / "cnn_a_int8.onnx", root / "sub" / "cnn_a_int8.onnx")
+    (root / "README.txt").write_text("not a model: ignored when walking folders")
+    return root
+
+
+EXPECTED = ["cnn_a.onnx", "cnn_b.onnx", "mlp.onnx", "sub/cnn_a_int8.onnx"]
+
+
+@pytest.fixture(scope="module")
+def hashed(models):
+    """`hnn-jax hash DIR --json --bits` run once for the module."""
+    proc = run_cli("hash", models, "--json", "--bits")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_installed_script_and_help_teach_with_examples():
+    script = Path(sys.executable).with_name("hnn-jax")
+    assert script.is_file(), "pip install -e . installs the hnn-jax console script"
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for command in ("demo", "hash", "compare", "index", "search"):
+        assert re.search(rf"^\s+{command}\s", proc.stdout, re.M), command
+    assert "examples:" in proc.stdout and "hnn-jax search models.hnnidx" in proc.stdout
+    assert "exit status: 0 ok, 1 no match" in proc.stdout
+    sub = subprocess.run([script, "index", "build", "--help"], capture_output=True, text=True)
+    assert sub.returncode == 0 and "-o FILE" in sub.stdout and "example" in sub.stdout
+    version = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert version.stdout.strip() == "hnn-jax 0.1.0"
+
+
+def test_building_the_parser_does_not_import_jax_or_frameworks():
+    code = ("import sys; from hnn_jax import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('jax', 'torch', 'tensorflow', 'onnx') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_hash_folder_json_matches_library(hashed, models, capsys):
+    import hnn_jax
+    from hnn_jax import converters
+
+    assert [Path(e["path"]).relative_to(models).as_posix() for e in hashed] == EXPECTED
+    for entry in hashed:
+        code = HashCode.from_str(entry["code"])
+        assert entry["nbits"] == len(code) == 64 and entry["version"] == code.version
+        assert entry["bits"] == "".join(map(str, code.bits)) and entry["probe"] == "ok"
+    library = hnn_jax.hash(converters.from_file(models / "mlp.onnx"))
+    assert str(library) == hashed[2]["code"]
+
+    # text output (in process): "<code>  <path>" per model, and --bits prints 0/1
+    assert cli.main(["hash", str(models)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{e['code']}  {e['path']}" for e in hashed]
+    assert cli.main(["hash", str(models / "mlp.onnx"), "--bits"]) == 0
+    assert capsys.readouterr().out == f"{hashed[2]['bits']}  {models / 'mlp.onnx'}\n"
+
+
+def test_compare(hashed, models, capsys):
+    proc = run_cli("compare", models / "cnn_a.onnx", models / "cnn_b.onnx", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    a, b = HashCode.from_str(hashed[0]["code"]), HashCode.from_str(hashed[1]["code"])
+    assert (out["code_a"], out["code_b"]) == (str(a), str(b))
+    assert out["distance"] == a - b and out["nbits"] == 64 and out["provisional"] is True
+    assert out["relation"] == relation(a - b, 64)[0]
+
+    # codes work in place of models; text form names the relation and says it is provisional
+    far = HashCode(1 - a.bits, a.version)
+    assert cli.main(["compare", str(a), str(far)]) == 0
+    text = capsys.readouterr().out
+    assert "distance: 64 of 64 bits" in text and "relation: unrelated" in text
+    assert "provisional" in text
+
+
+def test_index_build_search_add(hashed, models, tmp_path, capsys):
+    index_file = tmp_path / "models.hnnidx"
+    proc = run_cli("index", "build", models, "-o", index_file)
+    assert proc.returncode == 0, proc.stderr
+    assert "indexed 4 models" in proc.stderr
+    index = HammingIndex.load(index_file)
+    assert [Path(i).relative_to(models).as_posix() for i in index.ids] == EXPECTED
+    assert [str(index.get(i)[0]) for i in index.ids] == [e["code"] for e in hashed]
+    assert index.get(index.ids[3])[1] == {"path": str((models / EXPECTED[3]).resolve()),
+                                          "format": "onnx", "probe": "ok"}
+
+    proc = run_cli("search", index_file, models / "cnn_b.onnx", "-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)["results"]
+    assert len(results) == 3 and [r["rank"] for r in results] == [1, 2, 3]
+    assert results[0]["id"] == str(models / "cnn_b.onnx") and results[0]["distance"] == 0
+    distances = [r["distance"] for r in results]
+    assert distances == sorted(distances)
+
+    # a code no indexed model is near: radius 0 finds nothing -> exit 1, one line on stderr
+    query = HashCode.from_str(hashed[1]["code"])
+    far = HashCode(1 - query.bits, query.version)
+    assert index.distances(far).min() > 0
+    proc = run_cli("search", index_file, str(far), "--radius", "0")
+    assert_one_line_error(proc, r"no match within 0 bits", code=1)
+    assert proc.stdout == ""
+    # the same query without a radius lists everything, farthest last
+    assert cli.main(["search", str(index_file), str(far), "-k", "10"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split() == ["rank", "distance", "id"] and len(rows) == 5
+
+    # index add: a new file goes in; an id already there needs --replace
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.copy(EXAMPLES / "transformer.onnx", extra / "transformer.onnx")
+    assert cli.main(["index", "add", str(index_file), str(extra)]) == 0
+    assert len(HammingIndex.load(index_file)) == 5
+    assert cli.main(["index", "add", str(index_file), str(extra / "transformer.onnx")]) == 2
+    assert "already in" in capsys.readouterr().err
+    assert cli.main(["index", "add", str(index_file), str(extra), "--replace"]) == 0
+    assert HammingIndex.load(index_file).ids[-1] == str(extra / "transformer.onnx")
+    assert cli.main(["index", "info", str(index_file), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 5 and info["nbits"] == 64 and info["code_version"] == query.version
+
+    # an index of another hasher is refused, not silently searched
+    other = HammingIndex()
+    other.add(HashCode(query.bits, "s1-otherhasher"), "x")
+    other.save(tmp_path / "other.hnnidx")
+    proc = run_cli("search", tmp_path / "other.hnnidx", str(query))
+    assert_one_line_error(proc, r"error: .*different hashers")
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt-model", "empty-folder", "corrupt-index",
+                                  "pickle", "bad-option"])
+def test_bad_input_exits_2_with_one_line(case, tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage that is not a protobuf")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "idx.hnnidx").write_text("not an index")
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04pickle")
+    args, pattern = {
+        "missing": (["hash", tmp_path / "nope.onnx"], r"error: no such file or folder: .*nope"),
+        "corrupt-model": (["hash", tmp_path / "bad.onnx"], r"error: .*bad\.onnx"),
+        "empty-folder": (["index", "build", tmp_path / "empty", "-o", tmp_path / "i"],
+                         r"error: no model files"),
+        "corrupt-index": (["search", tmp_path / "idx.hnnidx", "hnn1:s1-x:8:ff"],
+                          r"error: .*not an hnn-jax index"),
+        "pickle": (["hash", tmp_path / "model.pt"], r"error: .*pickled"),
+        "bad-option": (["search", tmp_path / "idx.hnnidx"], r"error: .*required"),
+    }[case]
+    assert_one_line_error(run_cli(*args), pattern)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    proc = run_cli("hash", tmp_path / "bad.onnx", "--debug")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("hnn-jax: error:")
+
+
+def test_skip_errors_hashes_the_rest(models, tmp_path, hashed, capsys):
+    shutil.copy(models / "mlp.onnx", tmp_path / "mlp.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    assert cli.main(["hash", str(tmp_path), "--skip-errors", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [e["code"] for e in json.loads(captured.out)] == [hashed[2]["code"]]
+    assert re.search(r"warning: skipped .*bad\.onnx", captured.err)
+
+
+def test_demo_neighbours_agree_with_its_distance_table(capsys):
+    assert cli.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    names = sorted(p.stem for p in EXAMPLES.glob("*.onnx"))
+    table = {}
+    for line in out.split("Hamming distances:")[1].split("Nearest neighbours:")[0].splitlines():
+        parts = line.split()
+        if parts and parts[0] in names:
+            table[parts[0]] = dict(zip(names, map(int, parts[1:1 + len(names)])))
+    assert set(table) == set(names)
+    for line in out.split("Nearest neighbours:")[1].strip().splitlines():
+        m = re.match(r"\s*(\S+)\s+-> (\S+) \((\d+) bits\), then (\S+) \((\d+) bits\)", line)
+        name, first, d1, second, d2 = m.groups()
+        others = sorted((d, n) for n, d in table[name].items() if n != name)
+        assert [(int(d1), first), (int(d2), second)] == others[:2]
+
+
+def test_subcommands_from_other_modules(tmp_path, monkeypatch, capsys):
+    (tmp_path / "hnn_plugin_ok.py").write_text(textwrap.dedent("""
+        import sys
+        IMPORTED = sys.modules.setdefault("hnn_plugin_ok_imported", [])  # counts imports
+        IMPORTED.append(1)
+
+        def add_arguments(parser):
+            parser.add_argument("--name", default="world")
+            parser.set_defaults(func=lambda args: print(f"hello {args.name}") or 0)
+    """))
+    (tmp_path / "hnn_plugin_broken.py").write_text(
+        "import a_module_that_does_not_exist\ndef add_arguments(parser): pass\n")
+    (tmp_path / "hnn_plugin_unfinished.py").write_text("X = 1\n")  # no add_arguments yet
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "EXTRA_COMMANDS", {
+        "hello": ("hnn_plugin_ok", "say hello"), "broken": ("hnn_plugin_broken", "broken"),
+        "later": ("hnn_plugin_unfinished", "not yet"), "missing": ("hnn_plugin_nope", "nope")})
+    monkeypatch.delitem(sys.modules, "hnn_plugin_ok_imported", raising=False)
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"^\s+hello\s+say hello", listing, re.M) and "broken" in listing
+    assert "later" not in listing and "missing" not in listing
+    assert "hnn_plugin_ok" not in sys.modules  # listing a command does not import its module
+
+    assert cli.main(["hello", "--name", "zoo", "--debug"]) == 0
+    assert capsys.readouterr().out == "hello zoo\n"
+    assert cli.main(["hash", "/nonexistent"]) == 2  # other commands never import plugins
+    assert "no such file" in capsys.readouterr().err
+    assert sys.modules["hnn_plugin_ok_imported"] == [1]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["hello", "--bogus"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("hnn-jax: error: unrecognized arguments")
+
+    assert cli.main(["broken"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hnn-jax: error: 'broken' is unavailable") and len(err.splitlines()) == 1
