@@ -117,15 +117,25 @@ def _words_per_code(nbits: int) -> int:
 def _pack_bits(bits: np.ndarray, nwords: int) -> np.ndarray:
     """[m, nbits] 0/1 -> [nwords, m] uint64; each word holds 64 bits, most significant first."""
     m, nbits = bits.shape
-    padded = np.zeros((m, nwords * 64), np.uint8)
-    padded[:, :nbits] = bits
-    words = np.packbits(padded, axis=1).view(">u8").astype(np.uint64)
+    if nbits != nwords * 64:
+        padded = np.zeros((m, nwords * 64), np.uint8)
+        padded[:, :nbits] = bits
+        bits = padded
+    words = np.packbits(bits, axis=1).view(">u8").astype(np.uint64)
     return np.ascontiguousarray(words.T)
 
 
 def _unpack_words(words: np.ndarray, nbits: int) -> np.ndarray:
     """[nwords] uint64 -> [nbits] 0/1 (inverse of _pack_bits for one code)."""
     return np.unpackbits(np.asarray(words, np.uint64).astype(">u8").view(np.uint8))[:nbits]
+
+
+def _first_duplicate(values: np.ndarray):
+    """Some value occurring twice in a 1-D int array, or None (sort based: numpy's hash-based
+    unique is slow on millions of int64)."""
+    ordered = np.sort(values)
+    same = np.flatnonzero(ordered[1:] == ordered[:-1])
+    return ordered[same[0]].item() if len(same) else None
 
 
 def _check_json(metadata, where: str):
@@ -176,7 +186,7 @@ class HammingIndex:
         self._id_kind: str | None = None
         self._ids = np.zeros(0, np.int64)
         self._metadata: list = []
-        self._rows: dict | None = {}  # id -> row; None when stale (rebuilt on demand)
+        self._rows: dict | None = None  # id -> row, built on demand (get/remove/contains)
         self._next_auto_id = 0
 
     # ---------------------------------------------------------------- properties
@@ -195,9 +205,10 @@ class HammingIndex:
 
     def __contains__(self, id) -> bool:
         try:
-            return id in self._lookup()
-        except TypeError:
+            self._row(id)
+        except UnknownIdError:
             return False
+        return True
 
     @property
     def ids(self) -> list:
@@ -215,11 +226,19 @@ class HammingIndex:
 
     # ---------------------------------------------------------------- internals
     def _lookup(self) -> dict:
+        """id -> row for str ids (int ids are looked up in the numpy array instead)."""
         if self._rows is None:
             self._rows = dict(zip(self._ids[:self._n].tolist(), range(self._n)))
         return self._rows
 
     def _row(self, id) -> int:
+        if self._id_kind == "int" or self._id_kind is None:
+            if isinstance(id, (bool, np.bool_)) or not isinstance(id, (int, np.integer)):
+                raise UnknownIdError(f"no id {id!r} in the index")
+            hits = np.flatnonzero(self._ids[:self._n] == id) if -2**63 <= id < 2**63 else []
+            if not len(hits):
+                raise UnknownIdError(f"no id {id!r} in the index")
+            return int(hits[0])
         try:
             return self._lookup()[id]
         except (KeyError, TypeError):
@@ -278,7 +297,12 @@ class HammingIndex:
             if bits.ndim != 2 or bits.shape[1] != (self._nbits or bits.shape[1]):
                 raise SchemaMismatchError(f"bit array has shape {bits.shape}, the index holds "
                                           f"{self._nbits}-bit codes")
-            if bits.dtype != np.bool_ and bits.size and not ((bits == 0) | (bits == 1)).all():
+            if bits.dtype.kind in "ui" and bits.size:  # no temporaries the size of the input
+                valid = bits.min() >= 0 and bits.max() <= 1
+            else:
+                valid = bits.dtype == np.bool_ or not bits.size or bool(
+                    ((bits == 0) | (bits == 1)).all())
+            if not valid:
                 raise HNNError("bit array must contain only 0 and 1")
             bits = bits.astype(np.uint8, copy=False)
             nbits, version = bits.shape[1], self._version
@@ -320,18 +344,8 @@ class HammingIndex:
             kind = kinds.pop()
             new_ids = (np.array(id_list, np.int64) if kind == "int"
                        else np.array(id_list, dtype=object))
-        lookup = self._lookup()
-        fresh = dict(zip(new_ids.tolist(), range(self._n, self._n + m)))
-        if len(fresh) != m:
-            seen = set()
-            dup = next(i for i in new_ids.tolist() if i in seen or seen.add(i))
-            raise DuplicateIdError(f"id {dup!r} appears twice in the batch")
-        if len(lookup) < len(fresh):
-            clash = next((i for i in lookup if i in fresh), None)
-        else:
-            clash = next((i for i in fresh if i in lookup), None)
-        if clash is not None:
-            raise DuplicateIdError(f"id {clash!r} is already in the index")
+        if ids is not None:
+            self._check_new_ids(new_ids, kind)
 
         # metadata
         if metadata is None:
@@ -354,11 +368,39 @@ class HammingIndex:
         self._words[:, self._n:self._n + m] = _pack_bits(bits, self._words.shape[0])
         self._ids[self._n:self._n + m] = new_ids
         self._metadata.extend(metas)
+        if self._rows is not None:
+            self._rows.update(zip(new_ids.tolist(), range(self._n, self._n + m)))
         self._n += m
-        lookup.update(fresh)
         if kind == "int":
             self._next_auto_id = max(self._next_auto_id, int(new_ids.max()) + 1)
         return new_ids.tolist()
+
+    @staticmethod
+    def _is_int(value) -> bool:
+        return (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+                and -2**63 <= value < 2**63)
+
+    def _check_new_ids(self, new_ids: np.ndarray, kind: str) -> None:
+        """DuplicateIdError if `new_ids` repeat or clash with the index. Integer ids are checked
+        with sorted numpy arrays, so millions of them need no Python object per entry; auto ids
+        (always above every integer id in the index) need no check at all."""
+        if kind == "int":
+            dup = _first_duplicate(new_ids)
+            if dup is not None:
+                raise DuplicateIdError(f"id {dup!r} appears twice in the batch")
+            clash = new_ids[np.isin(new_ids, self._ids[:self._n])] if self._n else new_ids[:0]
+            if len(clash):
+                raise DuplicateIdError(f"id {clash[0].item()!r} is already in the index")
+            return
+        id_list = new_ids.tolist()
+        if len(set(id_list)) != len(id_list):
+            seen = set()
+            dup = next(i for i in id_list if i in seen or seen.add(i))
+            raise DuplicateIdError(f"id {dup!r} appears twice in the batch")
+        lookup = self._lookup()
+        clash = next((i for i in id_list if i in lookup), None)
+        if clash is not None:
+            raise DuplicateIdError(f"id {clash!r} is already in the index")
 
     def remove(self, id) -> None:
         """Remove the entry `id` (UnknownIdError if absent)."""
@@ -366,7 +408,18 @@ class HammingIndex:
 
     def remove_many(self, ids: Iterable) -> None:
         """Remove several entries at once (one pass over the arrays); all-or-nothing."""
-        rows = sorted({self._row(i) for i in ids})
+        ids = list(ids)
+        if self._id_kind == "int" and len(ids) > 16:  # one vectorised pass instead of a scan each
+            bad = next((i for i in ids if not self._is_int(i)), None)
+            if bad is not None:
+                raise UnknownIdError(f"no id {bad!r} in the index")
+            wanted = np.array(sorted(set(ids)), np.int64)
+            found = np.isin(wanted, self._ids[:self._n])
+            if not found.all():
+                raise UnknownIdError(f"no id {wanted[~found][0].item()!r} in the index")
+            rows = np.flatnonzero(np.isin(self._ids[:self._n], wanted)).tolist()
+        else:
+            rows = sorted({self._row(i) for i in ids})
         if not rows:
             return
         keep = np.ones(self._n, bool)
@@ -541,6 +594,7 @@ class HammingIndex:
             index._metadata[row] = meta
         index._next_auto_id = int(header.get("next_auto_id", 0))
         index._rows = None
-        if len(index._lookup()) != n:
+        if (_first_duplicate(index._ids) is not None if id_kind == "int"
+                else len(set(index._ids.tolist())) != n):
             raise CorruptFileError(f"{path}: damaged hnn-jax index file (duplicate ids)")
         return index

@@ -112,6 +112,32 @@ def test_auto_ids_add_remove_contains():
     assert isinstance(UnknownIdError("x"), KeyError)
 
 
+@pytest.mark.parametrize("kind", ["int", "str"])
+def test_bulk_remove_then_search_equals_brute_force(kind):
+    codes = random_codes(400, 64, seed=11, clustered=True)
+    ids = [7 * i + 3 for i in range(400)] if kind == "int" else [f"id{i}" for i in range(400)]
+    index = HammingIndex()
+    index.add_many(codes, ids)
+    gone = set(range(0, 400, 3))
+    with pytest.raises(UnknownIdError):  # one unknown id: nothing is removed
+        index.remove_many([ids[i] for i in gone] + [("nope" if kind == "int" else 5)])
+    with pytest.raises(UnknownIdError):
+        index.remove_many([ids[i] for i in gone] + [(1 if kind == "int" else "nope")])
+    assert len(index) == 400
+    index.remove_many([ids[i] for i in sorted(gone, reverse=True)])
+    kept = [i for i in range(400) if i not in gone]
+    assert index.ids == [ids[i] for i in kept] and len(index) == len(kept)
+    assert all(ids[i] in index for i in kept) and not any(ids[i] in index for i in gone)
+    kept_codes, kept_ids = [codes[i] for i in kept], [ids[i] for i in kept]
+    for q in codes[:6]:
+        got = [(m.id, m.distance) for m in index.search(q, k=25)]
+        assert got == brute_force(kept_codes, kept_ids, q, k=25)
+    with pytest.raises(DuplicateIdError):
+        index.add(codes[1], ids[1])  # still present
+    index.add(codes[0], ids[0])  # removed earlier: may come back
+    assert index.search(codes[0], k=None, radius=0)[-1].id == ids[0]
+
+
 def test_bit_array_fast_path_matches_hashcodes():
     codes = random_codes(50, 100, seed=5)
     bits = np.stack([c.bits for c in codes])
