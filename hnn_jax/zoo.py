@@ -207,13 +207,14 @@ TORCHVISION_MODELS = {  # torchvision.models builder -> family (its module); hel
 
 def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
          timm_models: list[tuple[str, str]] | None = None, keras_models: dict | None = None,
-         torchvision_models: dict | None = None, seed: int = 0, transforms=None) -> list[Parent]:
+         torchvision_models: dict | None = None, seed: int = 0, transforms=None,
+         families=GENERATED_FAMILIES) -> list[Parent]:
     """The parents to build. Every initialisation of an architecture gets all derivatives."""
     parents: list[Parent] = []
     rng = np.random.default_rng(seed)
     for source in sources:
         if source == "generated":
-            for family in GENERATED_FAMILIES:
+            for family in families:
                 specs = []
                 while len(specs) < archs_per_family:
                     spec = _generated_spec(family, rng)
@@ -402,7 +403,7 @@ def build(zoo_dir, parents: list[Parent], *, workers: int = 2, progress: bool = 
     if not todo:
         return stats
     if workers > 1:  # spawned processes: torch and tensorflow are not fork-safe
-        pool = cf.ProcessPoolExecutor(max_workers=workers, max_tasks_per_child=8,
+        pool = cf.ProcessPoolExecutor(max_workers=workers,
                                       mp_context=multiprocessing.get_context("spawn"))
         results = (f.result() for f in cf.as_completed([pool.submit(_build_parent, p, str(zoo_dir)) for p in todo]))
     else:

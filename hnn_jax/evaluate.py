@@ -1,0 +1,203 @@
+"""Retrieval quality of a hash on held-out models, next to the non-learned baselines.
+
+Tasks (Hamming distance, ties broken fairly: random order among equal distances, averaged):
+- family: every original model queries all other originals; relevant = same family (mAP, P@1);
+- copy detection: every derivative (fp16, int8, pruned, fine-tuned, other exporter ...) queries
+  everything else; relevant = its own parent and that parent's other derivatives only, not other
+  initialisations of the same architecture;
+- distance to the original, per transform;
+- twins: each keras.applications model queries the torchvision originals: family mAP and the
+  rank of its exact torchvision twin.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hnn_jax.baselines import BASELINES
+
+TIE_REPEATS = 32
+
+KERAS_TWINS = {  # keras.applications -> its torchvision twin
+    "ResNet50": "resnet50", "ResNet101": "resnet101", "DenseNet121": "densenet121",
+    "DenseNet169": "densenet169", "MobileNetV2": "mobilenet_v2", "MobileNetV3Small": "mobilenet_v3_small",
+    "MobileNetV3Large": "mobilenet_v3_large", "EfficientNetB0": "efficientnet_b0",
+    "EfficientNetB1": "efficientnet_b1", "ConvNeXtTiny": "convnext_tiny", "InceptionV3": "inception_v3",
+    "VGG16": "vgg16", "RegNetX004": "regnet_x_400mf",
+}
+KERAS_TO_TORCHVISION_FAMILY = {"efficientnet_v2": "efficientnet", "inception_v3": "inception",
+                               "resnet_v2": "resnet"}
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)] Hamming distances between rows of 0/1 bit matrices."""
+    pa, pb = np.packbits(a.astype(np.uint8), axis=1), np.packbits(b.astype(np.uint8), axis=1)
+    return np.bitwise_count(pa[:, None, :] ^ pb[None, :, :]).sum(-1).astype(np.int64)
+
+
+def average_precision(distances: np.ndarray, relevant: np.ndarray, rng: np.random.Generator) -> float:
+    """AP of one ranking by distance, averaged over random orders of tied items."""
+    n_rel = int(relevant.sum())
+    if n_rel == 0:
+        return float("nan")
+    aps = []
+    for _ in range(TIE_REPEATS):
+        order = np.lexsort((rng.random(len(distances)), distances))
+        hits = relevant[order]
+        ranks = np.flatnonzero(hits) + 1
+        aps.append(np.mean(np.arange(1, n_rel + 1) / ranks))
+    return float(np.mean(aps))
+
+
+def precision_at_1(distances: np.ndarray, relevant: np.ndarray) -> float:
+    """Chance that a random pick among the nearest (tied) items is relevant."""
+    nearest = distances == distances.min()
+    return float(relevant[nearest].mean())
+
+
+def expected_rank(distances: np.ndarray, target: int) -> float:
+    """1-based rank of `target`, ties counted fairly (mean position among equals)."""
+    d = distances[target]
+    return float((distances < d).sum() + ((distances == d).sum() + 1) / 2)
+
+
+def _retrieval(d: np.ndarray, relevant: np.ndarray, queries: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    aps, p1s = [], []
+    for q in queries:
+        keep = np.ones(d.shape[1], bool)
+        keep[q] = False
+        aps.append(average_precision(d[q, keep], relevant[q, keep], rng))
+        p1s.append(precision_at_1(d[q, keep], relevant[q, keep]))
+    return float(np.nanmean(aps)), float(np.mean(p1s))
+
+
+def evaluate_codes(bits: np.ndarray, rows: list[dict]) -> dict:
+    """Family and copy-detection retrieval and distance to the original per transform."""
+    d = hamming(bits, bits)
+    fam = np.array([r["family"] for r in rows])
+    parent = np.array([r["parent"] for r in rows])
+    transform = np.array([r["transform"] for r in rows])
+    originals = np.flatnonzero(transform == "original")
+    d_orig = d[np.ix_(originals, originals)]
+    family_map, family_p1 = _retrieval(d_orig, fam[originals][:, None] == fam[originals][None, :],
+                                       np.arange(len(originals)))
+    derivatives = np.flatnonzero(transform != "original")
+    copy_map, copy_p1 = _retrieval(d, parent[:, None] == parent[None, :], derivatives)
+    original_of = {parent[i]: i for i in originals}
+    per_transform = {t: float(np.mean([d[i, original_of[parent[i]]] for i in np.flatnonzero(transform == t)
+                                       if parent[i] in original_of]))
+                     for t in sorted(set(transform) - {"original"})}
+    return dict(family_map=family_map, family_p1=family_p1, copy_map=copy_map, copy_p1=copy_p1,
+                distance_to_original=per_transform)
+
+
+def evaluate_twins(keras_bits, keras_rows, tv_bits, tv_rows) -> dict:
+    """keras.applications queries against torchvision originals: family mAP and twin ranks."""
+    tv_orig = [i for i, r in enumerate(tv_rows) if r["transform"] == "original"]
+    k_orig = [i for i, r in enumerate(keras_rows) if r["transform"] == "original"
+              and r["arch"] in KERAS_TWINS]
+    if not tv_orig or not k_orig:
+        return {}
+    d = hamming(keras_bits[k_orig], tv_bits[tv_orig])
+    tv_family = np.array([tv_rows[i]["family"] for i in tv_orig])
+    tv_arch = np.array([tv_rows[i]["arch"] for i in tv_orig])
+    rng = np.random.default_rng(0)
+    aps, p1s, ranks = [], [], []
+    for row, k in enumerate(k_orig):
+        family = KERAS_TO_TORCHVISION_FAMILY.get(keras_rows[k]["family"], keras_rows[k]["family"])
+        relevant = tv_family == family
+        if relevant.any():
+            aps.append(average_precision(d[row], relevant, rng))
+            p1s.append(precision_at_1(d[row], relevant))
+        twins = np.flatnonzero(tv_arch == KERAS_TWINS[keras_rows[k]["arch"]])
+        if len(twins):
+            ranks.append(min(expected_rank(d[row], t) for t in twins))
+    return dict(twin_family_map=float(np.mean(aps)) if aps else float("nan"),
+                twin_family_p1=float(np.mean(p1s)) if p1s else float("nan"),
+                twin_median_rank=float(np.median(ranks)) if ranks else float("nan"), twin_queries=len(ranks))
+
+
+def relation_distances(bits: np.ndarray, rows: list[dict]) -> dict[str, np.ndarray]:
+    """Distances of all pairs, grouped by relation (same parent / arch / family / other)."""
+    d = hamming(bits, bits)
+    iu = np.triu_indices(len(rows), 1)
+    key = lambda f: np.array([r[f] for r in rows])  # noqa: E731
+    same = lambda a: (a[:, None] == a[None, :])[iu]  # noqa: E731
+    p, a, f = same(key("parent")), same(key("arch")), same(key("family"))
+    dist = d[iu]
+    return {"same model (derivative)": dist[p], "same architecture, other init": dist[a & ~p],
+            "same family, other architecture": dist[f & ~a], "other family": dist[~f]}
+
+
+def codes_of(graphs, method) -> np.ndarray:
+    """0/1 matrix for a list of graphs: method is a Hasher or a baseline function."""
+    if callable(method) and not hasattr(method, "hash"):
+        return np.stack([method(g) for g in graphs])
+    return np.stack([c.bits for c in method.hash(list(graphs))])
+
+
+def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True) -> dict:
+    """Evaluate `hasher` and the baselines; write results.json, results.md and plots to out_dir."""
+    from hnn_jax import zoo
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    graphs, rows = zoo.load(eval_zoo)
+    k_graphs, k_rows = zoo.load(keras_zoo) if keras_zoo else ([], [])
+    methods = {"hnn-jax (learned)": hasher, **BASELINES}
+    results, learned_bits = {}, None
+    for name, method in methods.items():
+        bits = codes_of(graphs, method)
+        res = evaluate_codes(bits, rows)
+        if k_graphs:
+            res.update(evaluate_twins(codes_of(k_graphs, method), k_rows, bits, rows))
+        results[name] = res
+        if learned_bits is None:
+            learned_bits = bits
+    summary = dict(models=len({r['parent'] for r in rows}), graphs=len(rows),
+                   families=len({r['family'] for r in rows}), results=results)
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    (out / "results.md").write_text(markdown_table(summary))
+    if plots:
+        _plots(out, learned_bits, rows, results)
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    results = summary["results"]
+    cols = ["family_map", "family_p1", "copy_map", "copy_p1", "twin_family_map", "twin_median_rank"]
+    lines = [f"{summary['graphs']} graphs of {summary['models']} held-out parents, {summary['families']} families\n",
+             "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r.get(c, float('nan')):.3f}" for c in cols) + " |")
+    transforms = sorted(next(iter(results.values()))["distance_to_original"])
+    lines += ["", "Mean Hamming distance to the original:", "",
+              "| method | " + " | ".join(transforms) + " |", "|---" * (len(transforms) + 1) + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r['distance_to_original'][t]:.2f}" for t in transforms) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(out: Path, bits, rows, results) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = relation_distances(bits, rows)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    top = bits.shape[1] + 1
+    for label, dist in groups.items():
+        if len(dist):
+            ax.hist(dist, bins=np.arange(top + 1) - 0.5, density=True, alpha=0.5, label=f"{label} ({len(dist)})")
+    ax.set_xlabel("Hamming distance (bits)")
+    ax.set_ylabel("share of pairs")
+    ax.set_title("Learned hash: distance by relation (held-out models)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "distance_histograms.png", dpi=120)
+    plt.close(fig)

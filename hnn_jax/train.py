@@ -1,0 +1,296 @@
+"""Training the hasher on a zoo: data-parallel over every device JAX sees, resumable exactly.
+
+Each step draws a batch hierarchically (families -> architectures -> parents -> derivatives) so
+every relation level of DESIGN.md appears in it; the batch is split over the devices of a 1-D
+mesh ("data"), each device's share padded to a power-of-two bucket, and the loss is the paper's
+classification + quantization losses plus a graded margin loss over relation levels and
+bit-balance/decorrelation terms (hnn_jax.losses). Parameters are replicated; XLA inserts the
+gradient all-reduce. The batch of step s depends only on (seed, s), so a run resumed from an
+orbax checkpoint continues exactly as if it had never stopped. On a TPU pod, pass
+distributed=True (CLI: --distributed) to call jax.distributed.initialize() first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+import optax
+from flax import nnx
+
+from hnn_jax import losses
+from hnn_jax.config import HasherConfig
+from hnn_jax.hasher import Hasher, validate_graph
+from hnn_jax.model import HashNet, ste_sign
+from hnn_jax.padding import bucket_size, pad_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs besides the zoo. Config as code: see default() and tiny_cpu()."""
+    hasher: HasherConfig = HasherConfig()
+    steps: int = 3000
+    families_per_batch: int = 8
+    archs_per_family: int = 2
+    parents_per_arch: int = 2
+    variants_per_parent: int = 2
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    w_class: float = 0.5
+    w_quant: float = 0.1
+    w_margin: float = 1.0
+    w_balance: float = 0.5
+    w_decor: float = 0.5
+    margin: float = 3.0         # bits of distance between neighbouring relation levels
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    seed: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.families_per_batch * self.archs_per_family * self.parents_per_arch * self.variants_per_parent
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hasher"] = self.hasher.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["hasher"] = HasherConfig.from_dict(d.get("hasher", {}))
+        return cls(**d)
+
+
+def default() -> TrainConfig:
+    """The shipped 64-bit default: batch 64, a few thousand steps (under an hour on 2 CPU cores)."""
+    return TrainConfig()
+
+
+def tiny_cpu() -> TrainConfig:
+    """Seconds on a CPU: for tests, notebooks and checking a set-up."""
+    return TrainConfig(hasher=HasherConfig(bits=32, hidden=32, layers=2), steps=12,
+                       families_per_batch=2, archs_per_family=1, parents_per_arch=2,
+                       variants_per_parent=2, warmup_steps=2, checkpoint_every=4, log_every=2)
+
+
+# ----------------------------------------------------------------------------- data
+
+class Dataset:
+    """Zoo graphs with integer labels, and the hierarchical batch sampler."""
+
+    def __init__(self, graphs: list[jraph.GraphsTuple], rows: list[dict]):
+        if not graphs:
+            raise ValueError("the zoo is empty: build it first (hnn-jax zoo build)")
+        self.graphs = [validate_graph(g, r["id"]) for g, r in zip(graphs, rows)]
+        self.rows = rows
+        self.families = sorted({r["family"] for r in rows})
+        family_index = {f: i for i, f in enumerate(self.families)}
+        self.family = np.array([family_index[r["family"]] for r in rows])
+        self.tree: dict[str, dict[str, dict[str, list[int]]]] = {}
+        for i, r in enumerate(rows):
+            self.tree.setdefault(r["family"], {}).setdefault(r["arch"], {}).setdefault(r["parent"], []).append(i)
+
+    def sample(self, config: TrainConfig, step: int) -> np.ndarray:
+        """Indices of the batch of `step`; depends only on (config.seed, step)."""
+        rng = np.random.default_rng([config.seed, step])
+
+        def take(options, k):
+            options = sorted(options)
+            return [options[i] for i in rng.choice(len(options), k, replace=len(options) < k)]
+
+        picked = []
+        for family in take(self.tree, config.families_per_batch):
+            for arch in take(self.tree[family], config.archs_per_family):
+                for parent in take(self.tree[family][arch], config.parents_per_arch):
+                    picked += take(self.tree[family][arch][parent], config.variants_per_parent)
+        return np.array(picked)
+
+    def levels(self, idx: np.ndarray) -> np.ndarray:
+        """Relation level of every pair: 0 same parent, 1 same arch, 2 same family, 3 other."""
+        rows = [self.rows[i] for i in idx]
+        key = lambda f: np.array([r[f] for r in rows])  # noqa: E731
+        parent, arch, family = key("parent"), key("arch"), key("family")
+        same = lambda a: a[:, None] == a[None, :]  # noqa: E731
+        return np.where(same(parent), 0, np.where(same(arch), 1, np.where(same(family), 2, 3))).astype(np.int32)
+
+
+def _device_batch(graphs: list[jraph.GraphsTuple], n_devices: int, min_nodes: int = 0,
+                  min_edges: int = 0) -> jraph.GraphsTuple:
+    """Split graphs over devices, pad every share to one common bucket, stack: leading axis D."""
+    per = len(graphs) // n_devices
+    shares = [graphs[d * per:(d + 1) * per] for d in range(n_devices)]
+    n_node = bucket_size(max(sum(int(g.n_node[0]) for g in s) for s in shares) + 1, min_nodes)
+    n_edge = bucket_size(max(sum(int(g.n_edge[0]) for g in s) for s in shares), min_edges)
+    padded = [pad_batch(s, n_graph=per + 1, n_node=n_node, n_edge=n_edge) for s in shares]
+    return jax.tree.map(lambda *xs: np.stack(xs), *padded)
+
+
+# ----------------------------------------------------------------------------- the step
+
+def _loss(params, head, graphdef, batch, labels, levels, config: TrainConfig):
+    model = nnx.merge(graphdef, params)
+    per_device = jax.vmap(model)(batch)                 # [D, per + 1, bits]; last row is padding
+    h = per_device[:, :-1].reshape(-1, per_device.shape[-1])
+    soft = jnp.tanh(h)
+    bits = ste_sign(soft)                               # exact codes forward, tanh gradient back
+    parts = dict(
+        classification=losses.classification_loss(bits, labels, head["w"], head["b"]),
+        quantization=losses.quantization_loss(soft),
+        margin=losses.graded_margin_loss(bits, levels, config.margin),
+        balance=losses.bit_balance_loss(soft),
+        decorrelation=losses.decorrelation_loss(soft))
+    total = (config.w_class * parts["classification"] + config.w_quant * parts["quantization"]
+             + config.w_margin * parts["margin"] + config.w_balance * parts["balance"]
+             + config.w_decor * parts["decorrelation"])
+    return total, parts
+
+
+def _optimizer(config: TrainConfig):
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                                  max(config.steps, config.warmup_steps + 1))
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.adamw(schedule, weight_decay=config.weight_decay)), schedule
+
+
+TRACES = 0  # train_step compilations in this process (one per padding bucket and config)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config"), donate_argnums=0)
+def train_step(state, batch, labels, levels, *, graphdef, config: TrainConfig):
+    """One AdamW step on the replicated state; batch has a leading device axis."""
+    global TRACES
+    TRACES += 1  # runs only while tracing
+    optimizer, _ = _optimizer(config)
+    grad_fn = jax.value_and_grad(lambda p, h: _loss(p, h, graphdef, batch, labels, levels, config),
+                                 argnums=(0, 1), has_aux=True)
+    (total, parts), grads = grad_fn(state["params"], state["head"])
+    updates, opt = optimizer.update(grads, state["opt"], (state["params"], state["head"]))
+    params, head = optax.apply_updates((state["params"], state["head"]), updates)
+    return {"params": params, "head": head, "opt": opt}, dict(parts, total=total)
+
+
+def mesh() -> jax.sharding.Mesh:
+    """A 1-D data-parallel mesh over every device (Auto axes: gather-heavy GNN code wants them)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+class Trainer:
+    """Holds the state of one run; `run()` trains to config.steps, resuming from checkpoints."""
+
+    def __init__(self, config: TrainConfig, data: Dataset, workdir, *, progress: bool = True):
+        import orbax.checkpoint as ocp
+
+        self.config, self.data, self.workdir = config, data, Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.mesh = mesh()
+        self.n_devices = self.mesh.size
+        if config.batch_size % self.n_devices:
+            raise ValueError(f"batch of {config.batch_size} graphs does not split over {self.n_devices} devices")
+        self.progress = progress
+        model = HashNet(config.hasher, rngs=nnx.Rngs(config.seed))
+        self.graphdef, params = nnx.split(model)
+        key = jax.random.key(config.seed + 1)
+        head = {"w": 0.1 * jax.random.normal(key, (config.hasher.bits, len(data.families))),
+                "b": jnp.zeros(len(data.families))}
+        self.optimizer, self.schedule = _optimizer(config)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.state = jax.device_put({"params": params, "head": head,
+                                     "opt": self.optimizer.init((params, head))}, replicated)
+        self.step = 0
+        self.manager = ocp.CheckpointManager(
+            self.workdir.resolve() / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+        (self.workdir / "config.json").write_text(json.dumps(
+            dict(train=config.to_dict(), families=data.families), indent=1))
+        self._traces_at_start = TRACES
+        nodes = np.array([int(g.n_node[0]) for g in data.graphs])
+        edges = np.array([int(g.n_edge[0]) for g in data.graphs])
+        per = config.batch_size // self.n_devices
+        # one bucket fits almost every batch, so a run compiles once or twice, not per batch size
+        self.min_bucket = (bucket_size(per * np.percentile(nodes, 90) + 1),
+                           bucket_size(per * np.percentile(edges, 90)))
+        self._restore()
+
+    @property
+    def compiles(self) -> int:
+        return TRACES - self._traces_at_start
+
+    def _restore(self) -> None:
+        import orbax.checkpoint as ocp
+
+        latest = self.manager.latest_step()
+        if latest is None:
+            return
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.state)
+        self.state = self.manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+        self.step = latest
+
+    def _batch(self, step: int):
+        idx = self.data.sample(self.config, step)
+        batch = _device_batch([self.data.graphs[i] for i in idx], self.n_devices, *self.min_bucket)
+        sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+        return (jax.device_put(batch, sharding), jnp.asarray(self.data.family[idx]),
+                jnp.asarray(self.data.levels(idx)))
+
+    def run(self, stop_at: int | None = None) -> dict:
+        """Train until config.steps (or stop_at); returns the last metrics."""
+        import orbax.checkpoint as ocp
+        from tqdm import tqdm
+
+        end = min(self.config.steps, stop_at or self.config.steps)
+        metrics = {}
+        with open(self.workdir / "metrics.jsonl", "a") as log, tqdm(
+                total=end, initial=self.step, desc="train", unit="step", disable=not self.progress,
+                file=sys.stderr) as bar:
+            t0, since = time.perf_counter(), self.step
+            while self.step < end:
+                batch, labels, levels = self._batch(self.step)
+                self.state, parts = train_step(self.state, batch, labels, levels,
+                                               graphdef=self.graphdef, config=self.config)
+                self.step += 1
+                if self.step % self.config.log_every == 0 or self.step == end:
+                    metrics = {k: float(v) for k, v in parts.items()}  # waits for the step
+                    step_s = (time.perf_counter() - t0) / (self.step - since)
+                    t0, since = time.perf_counter(), self.step
+                    metrics.update(step=self.step, lr=float(self.schedule(self.step)), step_s=step_s,
+                                   graphs_per_s=self.config.batch_size / step_s, devices=self.n_devices,
+                                   compiles=self.compiles)
+                    log.write(json.dumps(metrics) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{metrics['total']:.3f}", margin=f"{metrics['margin']:.3f}")
+                if self.step % self.config.checkpoint_every == 0 or self.step == end:
+                    self.manager.save(self.step, args=ocp.args.StandardSave(self.state))
+                bar.update()
+        self.manager.wait_until_finished()
+        return metrics
+
+    def hasher(self, **kwargs) -> Hasher:
+        """The trained network as a Hasher (save it with .save(dir) to ship or share it)."""
+        params = jax.device_get(self.state["params"])
+        return Hasher(nnx.merge(self.graphdef, params), **kwargs)
+
+
+def train(zoo_dir, workdir, config: TrainConfig | None = None, *, distributed: bool = False,
+          progress: bool = True, sources=None) -> Trainer:
+    """Load the zoo, train (resuming if workdir has checkpoints), save the hasher to workdir/hasher."""
+    from hnn_jax import zoo
+
+    if distributed:
+        jax.distributed.initialize()
+    graphs, rows = zoo.load(zoo_dir, sources=sources)
+    trainer = Trainer(config or default(), Dataset(graphs, [dict(r) for r in rows]), workdir, progress=progress)
+    trainer.run()
+    if jax.process_index() == 0:
+        trainer.hasher().save(Path(workdir) / "hasher")
+    return trainer

@@ -1,0 +1,79 @@
+"""Retrieval metrics and baselines on hand-made codes and graphs."""
+
+import jraph
+import numpy as np
+
+from hnn_jax import baselines, evaluate, schema
+
+
+def test_average_precision_and_fair_ties():
+    rng = np.random.default_rng(0)
+    relevant = np.array([True, False, True, False])
+    # ranking 0 (rel), 1, 2 (rel), 3: AP = (1/1 + 2/3) / 2
+    assert np.isclose(evaluate.average_precision(np.array([0, 1, 2, 3]), relevant, rng), (1 + 2 / 3) / 2)
+    # all tied: random order; the expected AP of 2 relevant among 4 is 0.6458...
+    tied = evaluate.average_precision(np.zeros(4), relevant, np.random.default_rng(1))
+    assert 0.55 < tied < 0.75
+    assert evaluate.precision_at_1(np.array([1, 1, 2]), np.array([True, False, True])) == 0.5
+    assert evaluate.expected_rank(np.array([3, 1, 1, 1]), 1) == 2.0
+
+
+def test_hamming_matrix():
+    a = np.array([[0, 0, 1, 1], [1, 1, 1, 1]], np.uint8)
+    np.testing.assert_array_equal(evaluate.hamming(a, a), [[0, 2], [2, 0]])
+
+
+def _rows(spec):
+    return [dict(family=f, arch=a, parent=p, transform=t) for f, a, p, t in spec]
+
+
+def test_perfect_codes_score_one_and_shuffled_codes_do_not():
+    spec = [("f1", "a1", "p1", "original"), ("f1", "a1", "p1", "fp16"), ("f1", "a1", "p2", "original"),
+            ("f1", "a2", "p3", "original"), ("f2", "b1", "p4", "original"), ("f2", "b1", "p4", "int8"),
+            ("f2", "b2", "p5", "original")]
+    rows = _rows(spec)
+    # bits 0-3: family, 4-7: parent; derivatives equal their parent
+    family_code = {"f1": [0, 0, 0, 0], "f2": [1, 1, 1, 1]}
+    parent_code = {"p1": [0, 0, 0, 0], "p2": [1, 1, 0, 0], "p3": [0, 0, 1, 1], "p4": [0, 1, 0, 1], "p5": [1, 0, 1, 0]}
+    bits = np.array([family_code[r["family"]] + parent_code[r["parent"]] for r in rows], np.uint8)
+    res = evaluate.evaluate_codes(bits, rows)
+    assert res["family_map"] == 1.0 and res["family_p1"] == 1.0
+    assert res["copy_map"] == 1.0 and res["copy_p1"] == 1.0
+    assert res["distance_to_original"] == {"fp16": 0.0, "int8": 0.0}
+    shuffled = evaluate.evaluate_codes(bits[[4, 2, 6, 0, 1, 5, 3]], rows)
+    assert shuffled["family_map"] < 0.9 and shuffled["copy_map"] < 0.9
+
+
+def test_twins_rank_the_exact_twin():
+    tv = _rows([("resnet", "resnet50", "tv1", "original"), ("resnet", "resnet18", "tv2", "original"),
+                ("vgg", "vgg16", "tv3", "original")])
+    keras = _rows([("resnet", "ResNet50", "k1", "original"), ("vgg", "VGG16", "k2", "original")])
+    tv_bits = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1]], np.uint8)
+    keras_bits = np.array([[0, 0, 0, 0], [1, 1, 1, 0]], np.uint8)
+    res = evaluate.evaluate_twins(keras_bits, keras, tv_bits, tv)
+    assert res["twin_median_rank"] == 1.0 and res["twin_family_map"] == 1.0 and res["twin_queries"] == 2
+
+
+def _graph(ops, edges, weight_seed=None):
+    n = len(ops)
+    nodes = np.zeros((n, schema.NODE_WIDTH), np.float32)
+    nodes[:, 0] = ops
+    if weight_seed is not None:
+        nodes[:, schema.NODE_WEIGHT_PROJ] = np.random.default_rng(weight_seed).standard_normal((n, 16))
+    s, r = (np.array(x, np.int32) for x in zip(*edges))
+    return jraph.GraphsTuple(nodes=nodes, edges=np.zeros((len(s), schema.EDGE_WIDTH), np.float32),
+                             senders=s, receivers=r, n_node=np.array([n]), n_edge=np.array([len(s)]),
+                             globals=np.zeros((1, schema.GLOBAL_WIDTH), np.float32))
+
+
+def test_baselines_see_what_they_are_meant_to_see():
+    chain = _graph([1, 2, 14, 2, 14], [(0, 1), (1, 2), (2, 3), (3, 4)], weight_seed=0)
+    reordered = _graph([1, 2, 2, 14, 14], [(0, 1), (0, 2), (1, 3), (2, 4)], weight_seed=0)
+    other_init = _graph([1, 2, 14, 2, 14], [(0, 1), (1, 2), (2, 3), (3, 4)], weight_seed=1)
+    # op histograms ignore wiring; WL does not
+    assert np.array_equal(baselines.op_histogram_hash(chain), baselines.op_histogram_hash(reordered))
+    assert not np.array_equal(baselines.wl_subtree_hash(chain), baselines.wl_subtree_hash(reordered))
+    # structure hashes cannot tell initialisations apart; weight signs can
+    assert np.array_equal(baselines.wl_subtree_hash(chain), baselines.wl_subtree_hash(other_init))
+    d = np.sum(baselines.weight_sign_hash(chain) != baselines.weight_sign_hash(other_init))
+    assert d > 10

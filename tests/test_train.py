@@ -1,0 +1,114 @@
+"""Zoo, training and evaluation on a tiny generated zoo, on 4 virtual CPU devices."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from hnn_jax import evaluate, train, zoo
+from hnn_jax.config import HasherConfig
+
+TRANSFORMS = ("original", "fp16", "noise", "prune30")
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("zoo")
+    parents = zoo.plan(["generated"], archs_per_family=2, inits=2, transforms=TRANSFORMS,
+                       families=("mlp", "cnn", "rnn"))
+    stats = zoo.build(path, parents, workers=1, progress=False)
+    assert stats == dict(built=len(parents), skipped=0, failed=0)
+    return path
+
+
+def config(**overrides):
+    base = dict(hasher=HasherConfig(bits=32, hidden=32, layers=2), steps=40, families_per_batch=3,
+                archs_per_family=2, parents_per_arch=2, variants_per_parent=2, learning_rate=3e-3,
+                warmup_steps=4, checkpoint_every=4, log_every=2)
+    base.update(overrides)
+    return train.TrainConfig(**base)
+
+
+def test_tiny_zoo_has_labelled_graphs_and_resumes(tiny_zoo):
+    graphs, rows = zoo.load(tiny_zoo)
+    assert len(graphs) == len(rows) == 3 * 2 * 2 * len(TRANSFORMS)
+    assert {r["family"] for r in rows} == {"mlp", "cnn", "rnn"}
+    assert {r["transform"] for r in rows} == set(TRANSFORMS)
+    assert all(r["probe"] == 1.0 for r in rows)
+    assert len({r["arch"] for r in rows}) == 6 and len({r["parent"] for r in rows}) == 12
+    again = zoo.build(tiny_zoo, zoo.plan(["generated"], archs_per_family=2, inits=2, transforms=TRANSFORMS,
+                                         families=("mlp", "cnn", "rnn")), workers=1, progress=False)
+    assert again == dict(built=0, skipped=12, failed=0)
+
+
+def test_sampler_covers_every_relation_level(tiny_zoo):
+    data = train.Dataset(*zoo.load(tiny_zoo))
+    cfg = config()
+    idx = data.sample(cfg, 7)
+    assert len(idx) == cfg.batch_size and np.array_equal(idx, data.sample(cfg, 7))
+    assert set(np.unique(data.levels(idx))) == {0, 1, 2, 3}
+
+
+def test_training_on_4_devices_lowers_the_loss_and_orders_relations(tiny_zoo, tmp_path):
+    assert jax.device_count() == 4
+    data = train.Dataset(*zoo.load(tiny_zoo))
+    trainer = train.Trainer(config(), data, tmp_path, progress=False)
+    assert trainer.n_devices == 4
+    trainer.run()
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first, last = np.mean([m["total"] for m in log[:3]]), np.mean([m["total"] for m in log[-3:]])
+    assert last < 0.8 * first, (first, last)
+    assert log[-1]["devices"] == 4 and log[-1]["compiles"] <= 4
+    bits = np.stack([c.bits for c in trainer.hasher().hash(data.graphs)])
+    groups = evaluate.relation_distances(bits, data.rows)
+    variants = groups["same model (derivative)"].mean()
+    families = groups["other family"].mean()
+    assert variants + 2 < families, (variants, families)
+
+
+CHILD = """
+import jax, json, sys
+jax.config.update("jax_num_cpu_devices", 4)
+from hnn_jax import train, zoo
+cfg = train.TrainConfig.from_dict(json.loads(sys.argv[3]))
+train.Trainer(cfg, train.Dataset(*zoo.load(sys.argv[1])), sys.argv[2], progress=False).run()
+"""
+
+
+def test_kill_and_resume_restores_the_same_step_and_parameters(tiny_zoo, tmp_path):
+    cfg = config(steps=2000)  # far more than we let it run
+    killed = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tiny_zoo), str(killed),
+                              json.dumps(cfg.to_dict())])
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if metrics.exists() and any(json.loads(x)["step"] >= 10 for x in metrics.read_text().splitlines()):
+            break
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    data = train.Dataset(*zoo.load(tiny_zoo))
+    resumed = train.Trainer(cfg, data, killed, progress=False)
+    # the last checkpoint that finished writing before the kill (a half-written one is ignored)
+    assert 4 <= resumed.step <= 12 and resumed.step % cfg.checkpoint_every == 0
+    start = resumed.step
+    resumed.run(stop_at=start + 4)
+    reference = train.Trainer(cfg, data, tmp_path / "reference", progress=False)
+    reference.run(stop_at=start + 4)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                        resumed.state["params"], reference.state["params"])
+    assert all(jax.tree.leaves(same))
+
+
+def test_config_round_trips_through_json():
+    cfg = config(seed=5)
+    assert train.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert dataclasses.replace(train.tiny_cpu()).batch_size == 8
