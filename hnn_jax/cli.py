@@ -94,8 +94,9 @@ def _stderr(message: str) -> None:
 
 
 def find_models(paths) -> list[Path]:
-    """Model files and SavedModel folders named by `paths`, folders walked recursively in sorted
-    order. A path that does not exist, or a folder holding no model, is an error."""
+    """Model files and SavedModel folders named by `paths`: files as given, folders walked
+    recursively (sorted by path; SavedModel folders are not searched inside). A path that does
+    not exist, or a folder holding no model, is an error."""
     from hnn_jax.errors import CorruptFileError, UnsupportedModelError
 
     found: list[Path] = []
@@ -116,6 +117,7 @@ def find_models(paths) -> list[Path]:
                     dirs.remove(d)
             found.extend(root / f for f in sorted(files)
                          if Path(f).suffix.lower() in MODEL_SUFFIXES and not f.startswith("."))
+        found[before:] = sorted(found[before:], key=lambda p: p.parts)
         if len(found) == before:
             raise UnsupportedModelError(
                 f"no model files ({', '.join(MODEL_SUFFIXES)} or SavedModel folders) in {arg}")

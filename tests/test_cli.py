@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hnn_jax import HashCode, cli
+from hnn_jax import HashCode, HNNError, cli
 from hnn_jax.index import HammingIndex, relation
 
 EXAMPLES = Path(str(files("hnn_jax") / "examples"))
@@ -261,3 +261,25 @@ def test_subcommands_from_other_modules(tmp_path, monkeypatch, capsys):
     assert cli.main(["broken"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hnn-jax: error: 'broken' is unavailable") and len(err.splitlines()) == 1
+
+
+def test_find_models_walks_folders_for_every_format(tmp_path):
+    for rel in ("b.onnx", "a.KERAS", "sub/c.pt2", "sub/notes.txt", "sub/.hidden.onnx",
+                "sub/weights.pt", "saved/saved_model.pb", "saved/variables/v.onnx",
+                "z/deeper/m.onnx"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in cli.find_models([tmp_path])]
+    # sorted walk; SavedModel folders are models (not searched inside); other files ignored
+    assert found == ["a.KERAS", "b.onnx", "saved", "sub/c.pt2", "z/deeper/m.onnx"]
+    # files named explicitly are taken as they are (the converter judges them), in given order
+    explicit = cli.find_models([tmp_path / "sub/weights.pt", tmp_path / "saved", tmp_path / "b.onnx"])
+    assert [p.name for p in explicit] == ["weights.pt", "saved", "b.onnx"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "model.pt").write_bytes(b"")  # pickles are never picked up by a walk
+    for folder in ("empty", "docs"):
+        with pytest.raises(HNNError, match="no model files"):
+            cli.find_models([tmp_path / folder])
+    with pytest.raises(HNNError, match="no such file"):
+        cli.find_models([tmp_path / "b.onnx", tmp_path / "missing.onnx"])
