@@ -124,6 +124,20 @@ def find_models(paths) -> list[Path]:
     return found
 
 
+def _about(path, error: Exception) -> Exception:
+    """`error` as an HNNError whose message names `path` (unexpected errors say their type)."""
+    from hnn_jax.errors import HNNError
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not isinstance(error, HNNError):
+        return HNNError(f"{path}: unexpected {type(error).__name__}: {message}")
+    if str(path) in message:
+        return error
+    try:
+        return type(error)(f"{path}: {message}")
+    except Exception:  # noqa: BLE001 - a subclass with another constructor
+        return HNNError(f"{path}: {message}")
+
+
 _PROBE_NAMES = {1: "ok", -1: "failed", -2: "timeout", -3: "skipped"}
 
 
@@ -151,11 +165,14 @@ def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_error
             warnings.simplefilter("always")
             try:
                 graph = converters.from_file(path)
-            except hnn_jax.HNNError as e:
+            except Exception as e:  # noqa: BLE001 - foreign files can fail anywhere
+                error = _about(path, e)
                 if not skip_errors:
-                    raise
+                    if error is e:
+                        raise
+                    raise error from e
                 bar.clear()
-                _stderr(f"warning: skipped {path}: {e}")
+                _stderr(f"warning: skipped {error}")
                 continue
         status = _PROBE_NAMES.get(int(round(float(graph.globals[0, schema.GLOBAL_PROBE]))),
                                   "unknown")
