@@ -845,7 +845,7 @@ def canonical_pools(w: _Work) -> None:
         spatial_last = list(range(1, len(shape) - 1))       # NHWC
         if axes in (spatial_first, spatial_last):
             n.kind = "global_avg_pool" if n.op == "ReduceMean" else "global_max_pool"
-            n.inputs = n.inputs[:1]
+            n.inputs, n.attrs = n.inputs[:1], {}
 
 
 # ----------------------------------------------------------------------------- region fusion
@@ -1069,6 +1069,14 @@ def _digest(*parts) -> bytes:
     return h.digest()
 
 
+def _weights(w: _Work, n: Node, kind: str) -> list[np.ndarray]:
+    """The node's constants; an all-zero bias is no bias (one exporter drops it, one keeps it)."""
+    weights = [np.asarray(w.consts[x]) for x in n.inputs if x in w.consts]
+    if kind in ("conv", "conv_transpose", "linear") and len(weights) == 2 and not weights[1].any():
+        weights = weights[:1]
+    return weights
+
+
 def _fingerprint(v: np.ndarray) -> np.ndarray:
     """At most ~4k evenly spaced values of a weight: enough to tell tied nodes apart, cheap to hash."""
     flat = np.asarray(v).reshape(-1)
@@ -1089,13 +1097,15 @@ def build(w: _Work) -> CanonicalGraph:
     key_of_tensor: dict[str, bytes] = {x: _digest("input", i, w.shape(x)) for i, x in enumerate(used_inputs)}
     kinds = {id(n): _kind(w, n) for n in w.nodes}
     for n in w.nodes:  # a native LayerNormalization/Softmax/Gelu reads like its fused twin
-        if kinds[id(n)] in FUSED_KINDS:
+        if kinds[id(n)] in FUSED_KINDS or kinds[id(n)] == "reshape":  # a reshape is its output shape
             n.attrs = {}
+            if kinds[id(n)] == "reshape":
+                n.inputs = n.inputs[:1]
     for n in w.nodes:
         ins = [(key_of_tensor.get(x, b"?"), prod[x][1] if x in prod else 0) for x in w.dynamic_inputs(n)]
         if n.op in COMMUTATIVE or kinds[id(n)] in ("add", "mul", "max", "min", "equal"):
             ins = sorted(ins)
-        weights = [w.consts[x] for x in n.inputs if x in w.consts]
+        weights = _weights(w, n, kinds[id(n)])
         # Structure first (op, attributes, inputs, weight shapes); weight values only break ties
         # between structurally identical nodes, so two inits of one architecture order alike.
         keys[id(n)] = _digest(kinds[id(n)], _attr_key(n.attrs), ins, [v.shape for v in weights])
@@ -1139,7 +1149,7 @@ def build(w: _Work) -> CanonicalGraph:
         if isinstance(item, str):
             nodes.append(CanonicalNode("input", item, w.shape(item), [], {}, 1))
             continue
-        weights = [np.asarray(w.consts[x]) for x in item.inputs if x in w.consts]
+        weights = _weights(w, item, kinds[id(item)])
         nodes.append(CanonicalNode(kinds[id(item)], item.outputs[0], w.shape(item.outputs[0]),
                                    weights, item.attrs, len([o for o in item.outputs if o])))
         dyn = [x for x in w.dynamic_inputs(item) if x in tensor_owner]

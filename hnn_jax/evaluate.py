@@ -149,21 +149,19 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True) -> dic
     graphs, rows = zoo.load(eval_zoo)
     k_graphs, k_rows = zoo.load(keras_zoo) if keras_zoo else ([], [])
     methods = {"hnn-jax (learned)": hasher, **BASELINES}
-    results, learned_bits = {}, None
+    results, all_bits = {}, {}
     for name, method in methods.items():
-        bits = codes_of(graphs, method)
+        bits = all_bits[name] = codes_of(graphs, method)
         res = evaluate_codes(bits, rows)
         if k_graphs:
             res.update(evaluate_twins(codes_of(k_graphs, method), k_rows, bits, rows))
         results[name] = res
-        if learned_bits is None:
-            learned_bits = bits
     summary = dict(models=len({r['parent'] for r in rows}), graphs=len(rows),
                    families=len({r['family'] for r in rows}), results=results)
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     (out / "results.md").write_text(markdown_table(summary))
     if plots:
-        _plots(out, learned_bits, rows, results)
+        _plots(out, all_bits, rows)
     return summary
 
 
@@ -182,15 +180,29 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(out: Path, bits, rows, results) -> None:
+def pr_curve(bits: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall of "distance <= t" over all pairs, for t = 0..bits."""
+    d = hamming(bits, bits)
+    iu = np.triu_indices(len(bits), 1)
+    d, rel = d[iu], relevant[iu]
+    precision, recall = [], []
+    for t in range(bits.shape[1] + 1):
+        hit = d <= t
+        precision.append(rel[hit].mean() if hit.any() else 1.0)
+        recall.append(rel[hit].sum() / max(rel.sum(), 1))
+    return np.array(precision), np.array(recall)
+
+
+def _plots(out: Path, all_bits: dict[str, np.ndarray], rows) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = relation_distances(bits, rows)
+    learned = next(iter(all_bits.values()))
+    groups = relation_distances(learned, rows)
     fig, ax = plt.subplots(figsize=(7, 4))
-    top = bits.shape[1] + 1
+    top = learned.shape[1] + 1
     for label, dist in groups.items():
         if len(dist):
             ax.hist(dist, bins=np.arange(top + 1) - 0.5, density=True, alpha=0.5, label=f"{label} ({len(dist)})")
@@ -200,4 +212,21 @@ def _plots(out: Path, bits, rows, results) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "distance_histograms.png", dpi=120)
+    plt.close(fig)
+
+    family = np.array([r["family"] for r in rows])
+    parent = np.array([r["parent"] for r in rows])
+    tasks = {"family (same family)": family[:, None] == family[None, :],
+             "copy detection (same parent)": parent[:, None] == parent[None, :]}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (task, relevant) in zip(axes, tasks.items()):
+        for name, bits in all_bits.items():
+            precision, recall = pr_curve(bits, relevant)
+            ax.plot(recall, precision, marker=".", label=name)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title(f"PR by distance threshold: {task}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "pr_curves.png", dpi=120)
     plt.close(fig)

@@ -77,3 +77,10 @@ def test_baselines_see_what_they_are_meant_to_see():
     assert np.array_equal(baselines.wl_subtree_hash(chain), baselines.wl_subtree_hash(other_init))
     d = np.sum(baselines.weight_sign_hash(chain) != baselines.weight_sign_hash(other_init))
     assert d > 10
+
+
+def test_pr_curve_ends_at_full_recall():
+    bits = np.array([[0, 0], [0, 1], [1, 1]], np.uint8)
+    relevant = np.array([[True, True, False], [True, True, False], [False, False, True]])
+    precision, recall = evaluate.pr_curve(bits, relevant)
+    assert recall[-1] == 1.0 and precision[0] == 1.0 and precision[-1] == 1 / 3
