@@ -230,3 +230,27 @@ def _plots(out: Path, all_bits: dict[str, np.ndarray], rows) -> None:
     fig.tight_layout()
     fig.savefig(out / "pr_curves.png", dpi=120)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def add_arguments(parser) -> None:
+    """`hnn-jax eval ZOO -o OUT`."""
+    parser.description = ("Retrieval metrics of a hasher and the non-learned baselines on a held-out "
+                          "zoo (e.g. torchvision). Example: hnn-jax eval zoo/torchvision --keras zoo/keras "
+                          "-o benchmarks/results")
+    parser.add_argument("zoo", help="held-out zoo folder")
+    parser.add_argument("-o", "--out", required=True, help="folder for results.json, results.md, plots")
+    parser.add_argument("--hasher", help="checkpoint folder (default: the shipped hasher)")
+    parser.add_argument("--keras", help="zoo of keras.applications models, for the twins table")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.set_defaults(func=_cli_eval)
+
+
+def _cli_eval(args) -> int:
+    from hnn_jax.hasher import Hasher, default_hasher
+
+    hasher = Hasher.load(args.hasher) if args.hasher else default_hasher()
+    summary = run(hasher, args.zoo, args.out, args.keras, plots=not args.no_plots)
+    print(markdown_table(summary))
+    return 0

@@ -294,3 +294,42 @@ def train(zoo_dir, workdir, config: TrainConfig | None = None, *, distributed: b
     if jax.process_index() == 0:
         trainer.hasher().save(Path(workdir) / "hasher")
     return trainer
+
+
+# ----------------------------------------------------------------------------- command line
+
+def add_arguments(parser) -> None:
+    """`hnn-jax train ZOO... -o WORKDIR`."""
+    parser.description = ("Train the hashing network on one or more zoo folders, data-parallel "
+                          "over every device JAX sees; rerun the same command to resume. Example: "
+                          "hnn-jax train zoo/gen zoo/timm -o runs/default")
+    parser.add_argument("zoo", nargs="+", help="zoo folders (hnn-jax zoo build)")
+    parser.add_argument("-o", "--workdir", required=True, help="checkpoints, metrics.jsonl, hasher/")
+    parser.add_argument("--config", choices=("default", "tiny"), default="default",
+                        help="default: the shipped 64-bit setting; tiny: seconds on a CPU")
+    parser.add_argument("--steps", type=int, help="override the number of steps")
+    parser.add_argument("--bits", type=int, help="override the code length (16..256)")
+    parser.add_argument("--seed", type=int, help="override the seed")
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() first (multi-host TPU pods)")
+    parser.set_defaults(func=_cli_train)
+
+
+def _cli_train(args) -> int:
+    from hnn_jax.errors import HNNError
+
+    config = default() if args.config == "default" else tiny_cpu()
+    overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed).items() if v is not None}
+    if args.bits is not None:
+        try:
+            overrides["hasher"] = dataclasses.replace(config.hasher, bits=args.bits)
+        except ValueError as e:
+            raise HNNError(str(e)) from None
+    config = dataclasses.replace(config, **overrides)
+    missing = [z for z in args.zoo if not (Path(z) / "manifest.jsonl").exists()]
+    if missing:
+        raise HNNError(f"not a zoo (no manifest.jsonl): {missing[0]}")
+    trainer = train(args.zoo, args.workdir, config, distributed=args.distributed)
+    print(f"trained {trainer.step} steps on {trainer.n_devices} device(s); hasher saved to "
+          f"{Path(args.workdir) / 'hasher'}")
+    return 0

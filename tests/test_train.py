@@ -112,3 +112,25 @@ def test_config_round_trips_through_json():
     cfg = config(seed=5)
     assert train.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert dataclasses.replace(train.tiny_cpu()).batch_size == 8
+
+
+def test_zoo_train_eval_from_the_command_line(tmp_path):
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "hnn_jax.cli", *map(str, args)], capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    zoo_dir, run_dir, results = tmp_path / "zoo", tmp_path / "run", tmp_path / "results"
+    cli("zoo", "build", zoo_dir, "--archs-per-family", 1, "--inits", 2, "--transforms", "original,fp16",
+        "--workers", 1)
+    assert "24 graphs, 12 parents" in cli("zoo", "info", zoo_dir)
+    assert "trained 12 steps" in cli("train", zoo_dir, "-o", run_dir, "--config", "tiny")
+    assert (run_dir / "hasher" / "hasher.json").exists()
+    table = cli("eval", zoo_dir, "-o", results, "--hasher", run_dir / "hasher", "--no-plots")
+    assert "WL-subtree SimHash" in table
+    summary = json.loads((results / "results.json").read_text())
+    assert summary["graphs"] == 24 and 0 <= summary["results"]["hnn-jax (learned)"]["copy_map"] <= 1
+    bad = subprocess.run([sys.executable, "-m", "hnn_jax.cli", "train", tmp_path / "nothing", "-o", run_dir],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a zoo" in bad.stderr and "Traceback" not in bad.stderr
