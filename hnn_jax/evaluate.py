@@ -88,7 +88,7 @@ def evaluate_codes(bits: np.ndarray, rows: list[dict]) -> dict:
     derivatives = np.flatnonzero(transform != "original")
     copy_map, copy_p1 = _retrieval(d, parent[:, None] == parent[None, :], derivatives)
     original_of = {parent[i]: i for i in originals}
-    per_transform = {t: float(np.mean([d[i, original_of[parent[i]]] for i in np.flatnonzero(transform == t)
+    per_transform = {str(t): float(np.mean([d[i, original_of[parent[i]]] for i in np.flatnonzero(transform == t)
                                        if parent[i] in original_of]))
                      for t in sorted(set(transform) - {"original"})}
     return dict(family_map=family_map, family_p1=family_p1, copy_map=copy_map, copy_p1=copy_p1,

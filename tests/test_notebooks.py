@@ -29,3 +29,14 @@ def test_quickstart_runs_and_shows_codes_heatmap_and_search(tmp_path):
               if "image/png" in out.get("data", {})]
     assert len(images) == 1  # the distance heatmap
     assert elapsed < 120, f"quickstart took {elapsed:.0f} s; keep it under a minute"
+
+
+def test_train_on_tpu_runs_on_4_virtual_cpu_devices(tmp_path):
+    nb = nbformat.read(NOTEBOOKS / "train_on_tpu.ipynb", as_version=4)
+    assert "colab.research.google.com/github/" in nb.cells[0].source
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                     for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+    assert "cpu 4 devices" in text and "mesh: {'data': 4}" in text
+    assert "restored HasherConfig" in text and "family_map" in text
