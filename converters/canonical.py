@@ -690,6 +690,31 @@ def remove_noops(w: _Work) -> None:
     w.outputs = [resolve(o) for o in w.outputs]
 
 
+def fold_pads(w: _Work) -> None:
+    """Zero padding of spatial dims before a Conv or pooling is that op's own `pads`
+    (Keras writes ZeroPadding2D layers, PyTorch a padding argument)."""
+    uses = w.consumers()
+    for n in list(w.nodes):
+        if n.op != "Pad" or n.domain != "" or n.attrs.get("mode", "constant") not in ("constant", b"constant"):
+            continue
+        pads = w.consts.get(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else n.attrs.get("pads")
+        value = w.consts.get(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
+        readers = uses.get(n.outputs[0], [])
+        if pads is None or (value is not None and np.any(value)) or len(readers) != 1:
+            continue
+        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+        rank = len(pads) // 2
+        consumer = readers[0][0]
+        if (readers[0][1] != 0 or consumer.op not in ("Conv", "MaxPool", "AveragePool") or rank < 3
+                or any(pads[i] or pads[rank + i] for i in range(2))
+                or consumer.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")):
+            continue
+        own = list(consumer.attrs.get("pads") or [0] * (2 * (rank - 2)))
+        consumer.attrs["pads"] = [a + b for a, b in zip(own, pads[2:rank] + pads[rank + 2:])]
+        consumer.inputs[0] = n.inputs[0]
+        w.remove([n])
+
+
 def drop_layout_transposes(w: _Work) -> None:
     """Compose Transpose chains; drop transposes right after a graph input or before an output
     (tf2onnx puts them around NHWC models); the input keeps the transposed shape."""
@@ -1185,6 +1210,7 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalGraph:
     drop_shape_arithmetic(w)
     remove_noops(w)
     drop_layout_transposes(w)
+    fold_pads(w)
     form_linear(w)
     fold_into_producers(w)
     fuse_regions(w)

@@ -192,3 +192,17 @@ def test_slices_covering_a_tensor_become_one_split():
     graph = canonicalize(model)
     assert [n.op for n in graph.nodes] == ["input", "split", "mul", "add"]
     assert node(graph, "split").n_outputs == 3
+
+
+def test_zero_padding_folds_into_the_following_pool():
+    model = onnx_model(
+        [helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant"),
+         helper.make_node("MaxPool", ["p"], ["y"], kernel_shape=[3, 3], strides=[2, 2])],
+        [float_input("x", [1, 4, 8, 8])], [float_input("y", None)],
+        [("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))])
+    reference = onnx_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                             pads=[1, 1, 1, 1])],
+                           [float_input("x", [1, 4, 8, 8])], [float_input("y", None)])
+    a, b = canonicalize(model), canonicalize(reference)
+    assert [n.op for n in a.nodes] == [n.op for n in b.nodes] == ["input", "max_pool"]
+    assert a.nodes[1].attrs["pads"] == [1, 1, 1, 1] and a.nodes[1].shape == b.nodes[1].shape
