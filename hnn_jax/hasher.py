@@ -4,6 +4,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import jax
 import jraph
@@ -202,18 +203,21 @@ class Hasher:
         return np.concatenate([np.asarray(out)[:count] for count, out in pending])
 
 
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default"
+
+
 @functools.cache
 def default_hasher() -> Hasher:
-    """The hasher behind hnn_jax.hash, built once per process (see hash())."""
-    return Hasher.init(HasherConfig(), seed=0)
+    """The hasher behind hnn_jax.hash, loaded once per process: the trained 64-bit weights
+    shipped in hnn_jax/weights/default (see README, "Training and evaluation")."""
+    if not (DEFAULT_WEIGHTS / "hasher.json").is_file():
+        raise HNNError(f"the shipped weights are missing from {DEFAULT_WEIGHTS}: reinstall hnn-jax, "
+                       "or pass hasher=Hasher.load(dir)")
+    return Hasher.load(DEFAULT_WEIGHTS)
 
 
 def hash(graphs, *, hasher: Hasher | None = None):  # noqa: A001 - the public name is hnn_jax.hash
-    """HashCode(s) for a jraph.GraphsTuple or a list of them.
-
-    Until trained weights ship, the default hasher is the untrained default network
-    (HasherConfig(): 64 bits, 4 layers, 128 wide) initialised with seed 0: its codes are
-    deterministic and comparable with each other, but not yet trained to be perceptual.
-    Its version string (on every code) will change when trained weights replace it.
-    """
+    """HashCode(s) for a jraph.GraphsTuple or a list of them, by `hasher` or the shipped default
+    (64 bits, trained on the zoo of generated, timm and keras.applications models; its version
+    string is on every code, so codes of other hashers are never compared silently)."""
     return (hasher or default_hasher()).hash(graphs)
