@@ -656,12 +656,8 @@ def remove_noops(w: _Work) -> None:
     When x has no other reader its producer writes the no-op's output itself, so readers keep the
     shape they expect (a squeezed pool output stays squeezed); else readers read x."""
     w.topo_sort()
-    readers: dict[str, int] = {}
-    for n in w.nodes:
-        for i in n.inputs:
-            if i:
-                readers[i] = readers.get(i, 0) + 1
-    producer = {o: n for n in w.nodes for o in n.outputs if o}
+    readers = {t: len(uses) for t, uses in w.consumers().items()}
+    producer = {t: p for t, (p, _) in w.producers().items()}
     alias: dict[str, str] = {}
     outputs = set(w.outputs)
 
@@ -787,12 +783,8 @@ def fold_into_producers(w: _Work) -> None:
     """Fold BatchNormalization and per-channel Mul/Add constants into the preceding conv or
     linear; a BatchNormalization left alone becomes `batch_norm` with weights [scale, shift]."""
     w.topo_sort()
-    readers: dict[str, int] = {}
-    for n in w.nodes:
-        for i in n.inputs:
-            if i:
-                readers[i] = readers.get(i, 0) + 1
-    producer = {o: n for n in w.nodes for o in n.outputs if o}
+    readers = {t: len(uses) for t, uses in w.consumers().items()}
+    producer = {t: p for t, (p, _) in w.producers().items()}
     folded: set[int] = set()
     for n in w.nodes:
         dyn = w.dynamic_inputs(n)
