@@ -53,7 +53,8 @@ def int8_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(copy(model), src)
-        quantize_dynamic(str(src), str(dst))
+        # ops shape inference does not know (tf2onnx's Erfc) leave tensors untyped: assume float
+        quantize_dynamic(str(src), str(dst), extra_options={"DefaultTensorType": TensorProto.FLOAT})
         return onnx.load(dst)
 
 

@@ -317,7 +317,8 @@ def _keras_parent(parent: Parent):
 
 
 def _variant_models(parent: Parent):
-    """(transform, onnx.ModelProto) for every derivative of the parent, original first."""
+    """Yield (transform, onnx.ModelProto, error) for every derivative of the parent, original
+    first; a derivative that cannot be made yields its error instead of stopping the others."""
     from hnn_jax import variants
     from hnn_jax.converters import export
 
@@ -328,27 +329,28 @@ def _variant_models(parent: Parent):
     else:
         torch_model, x = _torch_parent(parent)
         original = export.torch_to_onnx(torch_model, x)
-    out = {"original": original}
+    makers = {
+        "original": lambda: original,
+        "fp16": lambda: variants.fp16_weights(original),
+        "int8": lambda: variants.int8_dynamic(original),
+        "noise": lambda: variants.perturb(original, 0.01, seed=parent.seed),
+    }
+    if torch_model is not None:
+        makers["finetune"] = lambda: export.torch_to_onnx(_finetune(torch_model, x, seed=parent.seed), x)
+        makers["dynamo"] = lambda: export.torch_to_onnx(torch_model, x, dynamo=True)
     for t in parent.transforms:
-        if t == "original":
-            continue
-        if t == "fp16":
-            out[t] = variants.fp16_weights(original)
-        elif t == "int8":
-            out[t] = variants.int8_dynamic(original)
-        elif t.startswith("prune"):
-            out[t] = variants.prune(original, int(t[5:]) / 100)
-        elif t == "noise":
-            out[t] = variants.perturb(original, 0.01, seed=parent.seed)
-        elif t == "finetune" and torch_model is not None:
-            out[t] = export.torch_to_onnx(_finetune(torch_model, x, seed=parent.seed), x)
-        elif t == "dynamo" and torch_model is not None:
-            out[t] = export.torch_to_onnx(torch_model, x, dynamo=True)
+        if t.startswith("prune"):
+            make = lambda t=t: variants.prune(original, int(t[5:]) / 100)  # noqa: E731
         elif t.startswith("opset") and parent.source == "keras":
-            out[t] = export.keras_to_onnx(model, opset=int(t[5:]))
+            make = lambda t=t: export.keras_to_onnx(model, opset=int(t[5:]))  # noqa: E731
+        elif t in makers:
+            make = makers[t]
         else:
             raise ValueError(f"transform {t!r} does not apply to {parent.source} models")
-    return out
+        try:
+            yield t, make(), None
+        except Exception as e:  # noqa: BLE001 - e.g. quantize_dynamic on an op it does not know
+            yield t, None, e
 
 
 def save_graph(path: Path, graph: jraph.GraphsTuple) -> None:
@@ -369,7 +371,11 @@ def _build_parent(parent: Parent, out_dir: str) -> list[dict]:
     graphs_dir = Path(out_dir) / "graphs"
     rows = []
     try:
-        for transform, proto in _variant_models(parent).items():
+        for transform, proto, error in _variant_models(parent):
+            if error is not None:
+                if transform == "original":
+                    raise error
+                continue  # the parent stays without this derivative (retried on resume)
             graph = converters.from_onnx(proto)
             gid = parent.graph_id(transform)
             save_graph(graphs_dir / f"{gid}.npz", graph)
