@@ -21,6 +21,9 @@ test: install  ## the whole test suite
 
 bench: install  ## benchmark tables (see benchmarks/)
 	$(PY) benchmarks/bench_convert.py
+	$(PY) benchmarks/bench_hash.py
+	$(PY) benchmarks/bench_index.py
+	$(PY) benchmarks/bench_train.py
 
 examples: install  ## rebuild the bundled example models in hnn_jax/examples/
 	$(PY) examples/make_examples.py
