@@ -25,8 +25,7 @@ KERAS_TWINS = {  # keras.applications -> its torchvision twin
     "ResNet50": "resnet50", "ResNet101": "resnet101", "DenseNet121": "densenet121",
     "DenseNet169": "densenet169", "MobileNetV2": "mobilenet_v2", "MobileNetV3Small": "mobilenet_v3_small",
     "MobileNetV3Large": "mobilenet_v3_large", "EfficientNetB0": "efficientnet_b0",
-    "EfficientNetB1": "efficientnet_b1", "ConvNeXtTiny": "convnext_tiny", "InceptionV3": "inception_v3",
-    "VGG16": "vgg16", "RegNetX004": "regnet_x_400mf",
+    "EfficientNetB1": "efficientnet_b1", "InceptionV3": "inception_v3", "VGG16": "vgg16",
 }
 KERAS_TO_TORCHVISION_FAMILY = {"efficientnet_v2": "efficientnet", "inception_v3": "inception",
                                "resnet_v2": "resnet"}
