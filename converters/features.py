@@ -48,6 +48,12 @@ def projections(values: np.ndarray, tag: str) -> np.ndarray:
     return np.clip(proj, -8, 8).astype(np.float32)
 
 
+def _finite(v: np.ndarray) -> np.ndarray:
+    """Masks (-inf), overflowed activations (inf) and NaN as large finite numbers; squares of
+    these stay finite in float64 (the statistics below accumulate in float64)."""
+    return v if np.isfinite(v).all() else np.nan_to_num(v, nan=0.0, posinf=1e15, neginf=-1e15)
+
+
 def _shape_features(shape) -> np.ndarray:
     out = np.zeros(6, np.float32)
     if shape is None:
@@ -82,20 +88,20 @@ def _attr_features(node: CanonicalNode) -> np.ndarray:
 
 def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     stats = np.zeros(8, np.float32)
-    floats = [np.asarray(v, np.float32) for v in weights if np.issubdtype(np.asarray(v).dtype, np.number)]
+    floats = [_finite(np.asarray(v, np.float32)) for v in weights if np.issubdtype(np.asarray(v).dtype, np.number)]
     if not floats:
         return stats, np.zeros(N_PROJ, np.float32)
     primary = max(floats, key=lambda v: v.size)
     stats[0] = np.log1p(sum(v.size for v in floats))
     stats[1] = len(floats)
     stats[2] = np.log1p(primary.size)
-    stats[3] = slog(np.sqrt(np.mean(np.square(primary), dtype=np.float64)))
+    stats[3] = slog(np.sqrt(np.mean(np.square(primary, dtype=np.float64))))
     stats[4] = slog(primary.mean(dtype=np.float64))
     stats[5] = slog(np.abs(primary).mean(dtype=np.float64))
     rest = [v for v in floats if v is not primary]
     stats[6] = float(bool(rest))
     if rest:
-        stats[7] = slog(np.sqrt(np.mean(np.square(np.concatenate([v.reshape(-1) for v in rest])), dtype=np.float64)))
+        stats[7] = slog(np.sqrt(np.mean(np.square(np.concatenate([v.reshape(-1) for v in rest]), dtype=np.float64))))
     return stats, projections(primary, "weight")
 
 
@@ -103,9 +109,7 @@ def _activation_features(value: np.ndarray | None) -> tuple[np.ndarray, np.ndarr
     stats = np.zeros(6, np.float32)
     if value is None or value.size == 0 or not np.issubdtype(value.dtype, np.number):
         return stats, np.zeros(N_PROJ, np.float32)
-    v = value if value.dtype == np.float32 else value.astype(np.float32)
-    if not np.isfinite(v).all():
-        v = np.nan_to_num(v, nan=0.0, posinf=1e30, neginf=-1e30)
+    v = _finite(value if value.dtype == np.float32 else value.astype(np.float32))
     stats[:5] = [slog(v.mean(dtype=np.float64)), slog(v.std(dtype=np.float64)), slog(v.min()),
                  slog(v.max()), np.count_nonzero(v > 0) / v.size]
     stats[5] = 1.0

@@ -17,6 +17,7 @@ import functools
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -90,10 +91,21 @@ class Dataset:
     """Zoo graphs with integer labels, and the hierarchical batch sampler."""
 
     def __init__(self, graphs: list[jraph.GraphsTuple], rows: list[dict]):
-        if not graphs:
+        from hnn_jax.errors import HNNError
+
+        kept_graphs, kept_rows, dropped = [], [], []
+        for g, r in zip(graphs, rows):
+            try:
+                kept_graphs.append(validate_graph(g, r["id"]))
+                kept_rows.append(r)
+            except HNNError as e:  # e.g. a graph from an older converter with non-finite features
+                dropped.append(str(e))
+        if dropped:
+            warnings.warn(f"{len(dropped)} zoo graphs skipped, first: {dropped[0]}", stacklevel=2)
+        if not kept_graphs:
             raise ValueError("the zoo is empty: build it first (hnn-jax zoo build)")
-        self.graphs = [validate_graph(g, r["id"]) for g, r in zip(graphs, rows)]
-        self.rows = rows
+        self.graphs, self.rows = kept_graphs, kept_rows
+        rows = kept_rows
         self.families = sorted({r["family"] for r in rows})
         family_index = {f: i for i, f in enumerate(self.families)}
         self.family = np.array([family_index[r["family"]] for r in rows])

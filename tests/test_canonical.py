@@ -206,3 +206,13 @@ def test_zero_padding_folds_into_the_following_pool():
     a, b = canonicalize(model), canonicalize(reference)
     assert [n.op for n in a.nodes] == [n.op for n in b.nodes] == ["input", "max_pool"]
     assert a.nodes[1].attrs["pads"] == [1, 1, 1, 1] and a.nodes[1].shape == b.nodes[1].shape
+
+
+def test_infinite_masks_and_nan_activations_give_finite_features():
+    mask = np.zeros((1, 8), np.float32)
+    mask[0, ::2] = -np.inf  # an attention-style mask constant
+    model = onnx_model([helper.make_node("Add", ["x", "mask"], ["a"]),
+                        helper.make_node("Sub", ["a", "a"], ["y"])],  # -inf - -inf = NaN on the probe
+                       [float_input("x", [1, 8])], [float_input("y", None)], [("mask", mask)])
+    g = converters.from_onnx(model)
+    assert np.isfinite(g.nodes).all() and np.isfinite(g.edges).all()
