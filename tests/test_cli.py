@@ -104,15 +104,15 @@ def test_compare(hashed, models, capsys):
     out = json.loads(proc.stdout)
     a, b = HashCode.from_str(hashed[0]["code"]), HashCode.from_str(hashed[1]["code"])
     assert (out["code_a"], out["code_b"]) == (str(a), str(b))
-    assert out["distance"] == a - b and out["nbits"] == 64 and out["provisional"] is True
+    assert out["distance"] == a - b and out["nbits"] == 64 and "provisional" not in out
     assert out["relation"] == relation(a - b, 64)[0]
 
-    # codes work in place of models; text form names the relation and says it is provisional
+    # codes work in place of models; text form names the relation and the thresholds
     far = HashCode(1 - a.bits, a.version)
     assert cli.main(["compare", str(a), str(far)]) == 0
     text = capsys.readouterr().out
     assert "distance: 64 of 64 bits" in text and "relation: unrelated" in text
-    assert "provisional" in text
+    assert "thresholds: <= 3 same-model" in text
 
 
 def test_index_build_search_add(hashed, models, tmp_path, capsys):
