@@ -1,4 +1,4 @@
-"""Synthetic graphs that follow hnn_jax.schema, for tests and benchmarks until converters land.
+"""Synthetic graphs that follow hnn_jax.schema, for hasher tests and benchmarks (no converter needed).
 
 A graph is a DAG in topological order: mostly a chain, with skip connections and occasional
 multi-input nodes, like the network graphs the converters produce. Everything is seeded.
