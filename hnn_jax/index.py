@@ -51,8 +51,8 @@ For 64-bit codes: 0-3 bits same model, 4-10 same architecture, 11-20 same family
 Measured with the shipped 64-bit weights on held-out torchvision classifiers (benchmarks/results,
 `hnn-jax eval`): derivatives (fp16, int8, dynamo re-export, 1% noise, 10-30% pruning) lie a
 median 1 bit from their original (mean <= 2 bits each), other initialisations of the same
-architecture a median 8 bits, other architectures of the same family a median 14, other families
-a median 31 (5th percentile 21). The bands overlap: heavy changes (50% pruning, fine-tuning with
+architecture a median 8 bits, other architectures of the same family a median 13, other families
+a median 30 (5th percentile 18). The bands overlap: heavy changes (50% pruning, fine-tuning with
 BatchNorm statistics updated on other data) move a model 4-10 bits, into "same-architecture".
 """
 
