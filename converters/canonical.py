@@ -586,7 +586,6 @@ def dequantize(w: _Work) -> None:
             continue
         mul = mul[0][0]
         scale_name = mul.inputs[1] if mul.inputs[0] == cast[0][0].outputs[0] else mul.inputs[0]
-        w_scale = None
         if scale_name in w.consts:  # static activation scale folded in: not separable, skip
             continue
         scale_mul = prod.get(scale_name)
@@ -1197,8 +1196,7 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalGraph:
     fold_constants(w)
     w.reinfer_shapes()
     merge_slices(w)
-    dequantize(w)
-    drop_dead(w)
+    dequantize(w)  # ends by dropping what it left unused
     drop_shape_arithmetic(w)
     remove_noops(w)
     drop_layout_transposes(w)
