@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import external_data_helper, helper, inliner, numpy_helper, shape_inference
 
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError
 
@@ -135,15 +136,19 @@ class CanonicalGraph:
 # ----------------------------------------------------------------------------- preparation
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inline functions, give symbolic input dims defaults, and infer shapes."""
+    """Inline functions, check names, nodes and weights are well formed, give symbolic input
+    dims defaults, and infer shapes."""
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     model = model_copy
     if model.functions:
         try:
-            model = onnx.inliner.inline_local_functions(model)
+            model = inliner.inline_local_functions(model)
         except Exception as e:  # noqa: BLE001 - a broken function body is a bad model
             raise UnsupportedModelError(f"could not inline the model's local functions: {e}")
+    _check_names(model.graph)
+    _check_nodes(model)
+    _check_initializers(model.graph)
     initializers = {t.name for t in model.graph.initializer}
     for value in model.graph.input:
         if value.name in initializers or not value.type.HasField("tensor_type"):
@@ -234,6 +239,88 @@ def _spell_erfc(graph: onnx.GraphProto) -> None:
             "Constant", [], [one], value=helper.make_tensor(one, onnx.TensorProto.FLOAT, [], [1.0])))
 
 
+# Raw bytes per element of the types whose inline data is checked by its length alone.
+_ITEMSIZE = {t: np.dtype(helper.tensor_dtype_to_np_dtype(t)).itemsize for t in (
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64,
+    onnx.TensorProto.BOOL)}
+
+
+def _tensor_value(t: onnx.TensorProto) -> np.ndarray:
+    """numpy_helper.to_array; data that does not fit the tensor's type and dims is a clear error."""
+    if external_data_helper.uses_external_data(t):
+        raise UnsupportedModelError(f"tensor '{t.name}' in a node attribute keeps its data in an external "
+                                    "file; only initializers may (save with convert_attribute=False)")
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CorruptFileError(f"tensor '{t.name}' (data_type {t.data_type}, dims {list(t.dims)}) cannot "
+                               f"be read: {e}. The file is corrupt; re-export the model") from None
+
+
+def _check_initializers(graph: onnx.GraphProto) -> None:
+    """Every inline initializer's data must fill its dims (a length check for raw data; other
+    encodings, small in practice, are decoded once). External data is checked where it is read."""
+    for t in graph.initializer:
+        if external_data_helper.uses_external_data(t):
+            continue
+        if not (t.HasField("raw_data") and t.data_type in _ITEMSIZE):
+            _tensor_value(t)
+            continue
+        count = math.prod(t.dims) if all(d >= 0 for d in t.dims) else -1
+        if len(t.raw_data) != count * _ITEMSIZE[t.data_type]:
+            raise CorruptFileError(f"initializer '{t.name}' holds {len(t.raw_data)} bytes, but its dims "
+                                   f"{list(t.dims)} need {max(count, 0) * _ITEMSIZE[t.data_type]}. The file "
+                                   "is corrupt (truncated or edited); re-export the model")
+
+
+def _check_names(graph: onnx.GraphProto) -> None:
+    """Op types, domains and tensor names must be text (protobuf hands a string field holding
+    invalid UTF-8 back as bytes)."""
+    for i, n in enumerate(graph.node):
+        if not all(isinstance(s, str) for s in [n.op_type, n.domain, *n.input, *n.output,
+                                                 *(a.name for a in n.attribute)]):
+            raise CorruptFileError(f"node {i} has an op type, domain or name that is not UTF-8 text. "
+                                   "The file is corrupt; re-export the model")
+    for v in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        if not isinstance(v.name, str):
+            raise CorruptFileError(f"tensor name {v.name!r} is not UTF-8 text. The file is corrupt; "
+                                   "re-export the model")
+
+
+def _check_nodes(model: onnx.ModelProto) -> None:
+    """Each node of a known op has the inputs, outputs and attribute types its schema requires,
+    and a Transpose's perm is a permutation (the passes index with them without checking)."""
+    opsets = {o.domain if o.domain != "ai.onnx" else "": o.version for o in model.opset_import}
+    if not 1 <= opsets.get("", 13) < 2**31:
+        raise CorruptFileError(f"the model imports version {opsets['']} of the ONNX operator set, which "
+                               "does not exist. The file is corrupt; re-export the model")
+    for i, n in enumerate(model.graph.node):
+        if not any(n.output):
+            raise CorruptFileError(f"node {i} ({n.op_type}) has no outputs. The model is invalid; re-export it")
+        domain = n.domain if n.domain != "ai.onnx" else ""
+        try:
+            schema = onnx.defs.get_schema(n.op_type, opsets.get(domain, 13), domain)
+        except (onnx.defs.SchemaError, TypeError):  # unknown op or opset: kept as `unknown`
+            continue
+        if (not schema.min_input <= len(n.input) <= schema.max_input
+                or not schema.min_output <= len(n.output) <= schema.max_output):
+            raise CorruptFileError(
+                f"node {i} ({n.op_type}, opset {schema.since_version}) has inputs {list(n.input)} and "
+                f"outputs {list(n.output)}, but the op takes {schema.min_input} to {schema.max_input} "
+                f"inputs and {schema.min_output} to {schema.max_output} outputs. The model is invalid; "
+                "re-export it")
+        for a in n.attribute:
+            if a.name in schema.attributes and a.type != schema.attributes[a.name].type:
+                expected = onnx.AttributeProto.AttributeType.Name(schema.attributes[a.name].type)
+                raise CorruptFileError(f"node {i} ({n.op_type}): attribute '{a.name}' is not {expected}. "
+                                       "The model is invalid; re-export it")
+            if n.op_type == "Transpose" and a.name == "perm" and sorted(a.ints) != list(range(len(a.ints))):
+                raise CorruptFileError(f"node {i} (Transpose): perm {list(a.ints)} is not a permutation "
+                                       "of the axes. The model is invalid; re-export it")
+
+
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out = {}
     for a in node.attribute:
@@ -244,9 +331,14 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         elif isinstance(value, onnx.TensorProto):
-            value = numpy_helper.to_array(value)
+            value = _tensor_value(value)
         out[a.name] = value
     return out
+
+
+def _has_subgraph(attrs: dict[str, Any]) -> bool:
+    """Whether a node holds a subgraph (If, Loop, Scan); other attributes may be arrays."""
+    return any(isinstance(v, str) and v == "<subgraph>" for v in attrs.values())
 
 
 def _with_defaults(op: str, domain: str, opset: int, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +359,7 @@ def _with_defaults(op: str, domain: str, opset: int, attrs: dict[str, Any]) -> d
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     for a in node.attribute:
         if a.name == "value":
-            return numpy_helper.to_array(a.t)
+            return _tensor_value(a.t)
         if a.name == "value_float":
             return np.array(a.f, dtype=np.float32)
         if a.name == "value_floats":
@@ -359,8 +451,7 @@ class _Work:
         computed from Shape ops defeat the first pass)."""
         inputs = [helper.make_tensor_value_info(x, self.types[x][1], self.types[x][0])
                   for x in self.inputs if x in self.types]
-        nodes = [helper.make_node(n.op, n.inputs, n.outputs, domain=n.domain, **_onnx_attrs(n.attrs))
-                 for n in self.nodes if "<subgraph>" not in n.attrs.values()]
+        nodes = [_onnx_node(n) for n in self.nodes if not _has_subgraph(n.attrs)]
         inferred = _infer_shapes(helper.make_graph(nodes, "g", inputs, []), self.model, self.consts)
         for v in inferred or []:
             tt = v.type.tensor_type
@@ -430,8 +521,7 @@ def _evaluate(w: _Work, nodes: list[Node], feeds: dict[str, np.ndarray],
     produced = {o for n in nodes for o in n.outputs}
     inits = [numpy_helper.from_array(np.asarray(w.consts[x]), x) for x in sorted(needed - produced)]
     graph = helper.make_graph(
-        [helper.make_node(n.op, n.inputs, n.outputs, domain=n.domain, **_onnx_attrs(n.attrs))
-         for n in nodes],
+        [_onnx_node(n) for n in nodes],
         "eval",
         [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
          for k, v in feeds.items()],
@@ -442,13 +532,17 @@ def _evaluate(w: _Work, nodes: list[Node], feeds: dict[str, np.ndarray],
     return [np.asarray(v) for v in ref.run(outputs, feeds)]
 
 
-def _onnx_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in attrs.items():
+def _onnx_node(n: Node) -> onnx.NodeProto:
+    """n as an ONNX node again (an empty list attribute, whose type is lost, becomes INTS)."""
+    node = helper.make_node(n.op, n.inputs, n.outputs, domain=n.domain)
+    for k, v in sorted(n.attrs.items()):
+        if v is None:
+            continue
         if isinstance(v, np.ndarray):
             v = numpy_helper.from_array(v)
-        out[k] = v
-    return out
+        empty = isinstance(v, list) and not v
+        node.attribute.append(helper.make_attribute(k, v, attr_type=onnx.AttributeProto.INTS if empty else None))
+    return node
 
 
 # ----------------------------------------------------------------------------- passes
@@ -468,7 +562,7 @@ def fold_constants(w: _Work) -> None:
                     start, end = n.attrs.get("start", 0), n.attrs.get("end", None)
                     value = [np.array(shape[start:end], dtype=np.int64)]
         elif (n.domain == "" and n.op not in NONDETERMINISTIC
-              and all(x in w.consts for x in n.inputs if x) and "<subgraph>" not in n.attrs.values()
+              and all(x in w.consts for x in n.inputs if x) and not _has_subgraph(n.attrs)
               and any(n.inputs)):
             out_shape = w.shape(n.outputs[0])
             if out_shape is None or int(np.prod(out_shape)) <= MAX_FOLD_ELEMENTS:
@@ -493,7 +587,7 @@ def merge_slices(w: _Work) -> None:
             continue
         args = [w.consts.get(i) if i else None for i in n.inputs[1:5]] + [None]
         shape = w.shape(n.inputs[0])
-        if shape is None or any(a is None for a in args[:3]) or any(a.size != 1 for a in args[:3]):
+        if not shape or any(a is None for a in args[:3]) or any(a.size != 1 for a in args[:3]):  # a scalar has no axis
             continue
         if args[3] is not None and int(args[3].reshape(())) != 1:
             continue
@@ -503,7 +597,7 @@ def merge_slices(w: _Work) -> None:
                       for v in args[:2])
         groups.setdefault((n.inputs[0], axis), []).append((start, end, n))
     for n in w.nodes:  # one spelling for Split: axis and the sizes it cuts (opsets differ)
-        if n.op == "Split" and n.domain == "" and w.shape(n.inputs[0]) is not None:
+        if n.op == "Split" and n.domain == "" and w.shape(n.inputs[0]):
             axis = int(n.attrs.get("axis", 0)) % len(w.shape(n.inputs[0]))
             sizes = [w.shape(o)[axis] if w.shape(o) is not None else -1 for o in n.outputs]
             n.inputs, n.attrs = n.inputs[:1], {"axis": axis, "split": sizes}
@@ -560,6 +654,8 @@ def dequantize(w: _Work) -> None:
     prod = w.producers()
     uses = w.consumers()
     for n in list(w.nodes):
+        if not n.inputs:  # an op of another domain may take none
+            continue
         if n.op == "DequantizeLinear" and n.inputs[0] in prod and prod[n.inputs[0]][0].op == "QuantizeLinear":
             w.rename(n.outputs[0], prod[n.inputs[0]][0].inputs[0])
             continue
@@ -633,7 +729,9 @@ def _is_noop(w: _Work, n: Node, x: str, dyn: list[str]) -> bool:
         return (w.shape(x) is not None and _squeezed(w.shape(x)) == _squeezed(w.shape(out))
                 and (n.op != "Expand" or np.prod(w.shape(x)) == np.prod(w.shape(out))))
     if n.op == "Transpose":
-        perm, shape = list(n.attrs.get("perm", [])), w.shape(x)
+        perm, shape = n.attrs.get("perm"), w.shape(x)
+        if perm is None or (shape is not None and len(perm) != len(shape)):
+            return False  # no perm reverses the axes; a perm of another rank fails at runtime
         return perm == sorted(perm) or (shape is not None and [p for p in perm if shape[p] != 1]
                                         == sorted(p for p in perm if shape[p] != 1))
     if n.op in ("Mul", "Div", "Add", "Sub") and len(dyn) == 1 and len(n.inputs) == 2:
@@ -1009,6 +1107,8 @@ def _fuse_best_cut(w: _Work, x: str, region: list[Node], uses, rng) -> bool:
     shape = list(w.shape(x))
     if shape:
         shape[0] = max(shape[0], 8)
+    if not 0 < math.prod(shape) <= MAX_FOLD_ELEMENTS:  # nothing to classify, or probe values of GBs
+        return False
     for _, _, t, nodes in cuts:
         has_reduce = any(m.op in REDUCES for m in nodes)
         probe = rng.standard_normal(shape) * (10.0 if has_reduce else 3.0)
@@ -1066,7 +1166,8 @@ def _kind(w: _Work, n: Node) -> str:
     if n.op == "Clip":
         lo = w.consts.get(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else n.attrs.get("min")
         hi = w.consts.get(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else n.attrs.get("max")
-        if lo is not None and hi is not None and float(np.asarray(lo)) == 0 and float(np.asarray(hi)) == 6:
+        if (lo is not None and hi is not None and np.size(lo) == np.size(hi) == 1
+                and float(np.asarray(lo).reshape(())) == 0 and float(np.asarray(hi).reshape(())) == 6):
             return "relu6"
     if n.op == "Gelu" and n.attrs.get("approximate") == "tanh":
         return "gelu_tanh"

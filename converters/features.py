@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 
 import jraph
 import numpy as np
@@ -59,31 +60,44 @@ def _shape_features(shape) -> np.ndarray:
     if shape is None:
         return out
     dims = [d for d in shape if d != 1]
-    out[0] = np.log1p(float(np.prod(shape)) if len(shape) else 1.0)
+    out[0] = np.log1p(float(math.prod(shape)))  # exact: np.prod wraps around for huge dims
     out[1] = len(dims)
     for i, d in enumerate(dims[:4]):
         out[2 + i] = np.log1p(d)
     return out
 
 
+def _numbers(value) -> np.ndarray:
+    """An attribute's finite numbers, flat; none for strings, subgraphs and absent attributes
+    (an op of another domain may use any name for anything)."""
+    try:
+        values = np.asarray(value, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return np.zeros(0)
+    return values[np.isfinite(values)]
+
+
 def _attr_features(node: CanonicalNode) -> np.ndarray:
+    """Kernel size, stride, group, dilation, padding, axis, epsilon, alpha (sign-preserving logs:
+    Pad may have negative pads)."""
     a = node.attrs
     out = np.zeros(8, np.float32)
-    kernel = a.get("kernel_shape")
-    if kernel is None and node.op in ("conv", "conv_transpose") and node.weights:
-        kernel = node.weights[0].shape[2:]
-    out[0] = np.log1p(float(np.prod(kernel))) if kernel is not None and len(kernel) else 0.0
-    out[1] = np.log1p(max(a.get("strides", [1]) or [1]))
-    out[2] = np.log1p(a.get("group", 1))
-    out[3] = np.log1p(max(a.get("dilations", [1]) or [1]))
-    out[4] = np.log1p(sum(a.get("pads", []) or []))
+    kernel = _numbers(a.get("kernel_shape"))
+    if "kernel_shape" not in a and node.op in ("conv", "conv_transpose") and node.weights:
+        kernel = _numbers(node.weights[0].shape[2:])
+    largest = {k: max(_numbers(a.get(k)), default=1.0) for k in ("strides", "group", "dilations")}
+    out[0] = slog(np.prod(kernel)) if kernel.size else 0.0
+    out[1] = slog(largest["strides"])
+    out[2] = slog(largest["group"])
+    out[3] = slog(largest["dilations"])
+    out[4] = slog(_numbers(a.get("pads")).sum())
     axis = a.get("axis")
     out[5] = slog(float(axis)) if isinstance(axis, (int, np.integer)) else 0.0
     eps = a.get("epsilon")
-    out[6] = -np.log10(eps) if isinstance(eps, float) and eps > 0 else 0.0
+    out[6] = -np.log10(eps) if isinstance(eps, float) and 0 < eps < np.inf else 0.0
     alpha = a.get("alpha")
-    out[7] = slog(alpha) if isinstance(alpha, float) else 0.0
-    return out
+    out[7] = slog(alpha) if isinstance(alpha, float) and np.isfinite(alpha) else 0.0
+    return np.nan_to_num(out, posinf=0.0, neginf=0.0)  # products and sums of huge values overflow
 
 
 def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +164,7 @@ def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTu
     edges = np.zeros((len(graph.edges), schema.EDGE_WIDTH), np.float32)
     for k, e in enumerate(graph.edges):
         shape = e.shape
-        edges[k, 0] = np.log1p(float(np.prod(shape))) if shape else 0.0
+        edges[k, 0] = np.log1p(float(math.prod(shape))) if shape else 0.0
         edges[k, 1] = len([d for d in shape if d != 1]) if shape else 0.0
         edges[k, 2] = np.log1p(shape[-1]) if shape else 0.0
         edges[k, 3] = e.slot

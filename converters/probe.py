@@ -7,6 +7,7 @@ names), so every exporter's copy of a model sees the same numbers.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -57,10 +58,12 @@ def probe_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def _activation_bytes(model: onnx.ModelProto) -> int:
+    """About the bytes of the inputs and every tensor of known shape (exact integers: no overflow)."""
+    weights = {t.name for t in model.graph.initializer}
     total = 0
-    for v in list(model.graph.value_info) + list(model.graph.output):
-        dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
-        total += int(np.prod(dims)) * 4 if dims else 4
+    for v in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        if v.name not in weights:
+            total += math.prod(d.dim_value for d in v.type.tensor_type.shape.dim) * 4
     return total
 
 

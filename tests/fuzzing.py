@@ -1,0 +1,535 @@
+"""Fuzzing the converters: small valid seed models, byte- and structure-level mutations, and one
+harness that runs a case through from_onnx + hash and names the outcome.
+
+Shared by tests/test_fuzz.py (a bounded run in CI) and benchmarks/fuzz.py (a longer run by hand).
+A case is plain data, (seed name, mutations, as_file), so a failure prints its own reproducer:
+`build(case)` rebuilds the exact input, `run_case(case)` runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import re
+import resource
+import signal
+import tempfile
+import traceback
+import warnings
+
+import numpy as np
+import onnx
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import hnn_jax
+import models
+from hnn_jax import HashCode, HNNError, converters
+from hnn_jax.hasher import validate_graph
+
+SEEDS = ("cnn", "mlp", "transformer", "int8_mlp", "handmade_vision", "handmade_ids")
+PROBE_TIMEOUT_S = 2.0
+CASE_TIME_LIMIT_S = 30.0         # a case slower than this counts as a hang
+MEMORY_HEADROOM = 4 << 30        # address space a case may add before allocations fail
+
+
+# ----------------------------------------------------------------------------- seed models
+
+def _handmade_vision() -> onnx.ModelProto:
+    """Pad -> Conv -> BatchNorm -> Relu -> MaxPool, shape arithmetic into a Reshape, Slices that
+    partition a tensor, MatMul+Add, a decomposed erf GELU, Softmax; a second pooled output."""
+    rng = np.random.default_rng(0)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    nodes = [
+        helper.make_node("Constant", [], ["pads"], value=numpy_helper.from_array(i64(0, 0, 1, 1, 0, 0, 1, 1))),
+        helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant"),
+        helper.make_node("Conv", ["p", "w", "b"], ["c"], kernel_shape=[3, 3]),
+        helper.make_node("BatchNormalization", ["c", "s", "sb", "m", "v"], ["bn"], epsilon=1e-5),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Shape", ["mp"], ["sh"]),
+        helper.make_node("Gather", ["sh", "zero"], ["n0"], axis=0),
+        helper.make_node("Unsqueeze", ["n0", "axes0"], ["n0u"]),
+        helper.make_node("Concat", ["n0u", "minus1"], ["newshape"], axis=0),
+        helper.make_node("Reshape", ["mp", "newshape"], ["flat"]),
+        helper.make_node("Slice", ["flat", "s0", "e32", "ax1"], ["lo"]),
+        helper.make_node("Slice", ["flat", "s32", "e64", "ax1"], ["hi"]),
+        helper.make_node("Mul", ["lo", "hi"], ["prod"]),
+        helper.make_node("MatMul", ["prod", "w2"], ["mm"]),
+        helper.make_node("Add", ["mm", "b2"], ["logits"]),
+        helper.make_node("Div", ["logits", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["erf"]),
+        helper.make_node("Add", ["erf", "one"], ["e1"]),
+        helper.make_node("Mul", ["logits", "e1"], ["g2"]),
+        helper.make_node("Mul", ["g2", "half"], ["gelu"]),
+        helper.make_node("Softmax", ["gelu"], ["y"], axis=-1),
+        helper.make_node("ReduceMean", ["r"], ["pooled"], axes=[2, 3], keepdims=0),
+    ]
+    inits = [("w", f32(4, 3, 3, 3)), ("b", f32(4)), ("s", f32(4) + 2), ("sb", f32(4)), ("m", f32(4)),
+             ("v", np.abs(f32(4)) + 0.5), ("zero", np.array(0, np.int64)), ("axes0", i64(0)), ("minus1", i64(-1)),
+             ("s0", i64(0)), ("e32", i64(32)), ("s32", i64(32)), ("e64", i64(64)), ("ax1", i64(1)),
+             ("w2", f32(32, 10)), ("b2", f32(10)), ("sqrt2", np.float32(math.sqrt(2))),
+             ("one", np.float32(1)), ("half", np.float32(0.5))]
+    return models.onnx_model(nodes, [models.float_input("x", ["batch", 3, 8, 8])],
+                             [models.float_input("y", None), models.float_input("pooled", None)], inits)
+
+
+def _handmade_ids() -> onnx.ModelProto:
+    """Integer ids -> embedding -> LayerNorm -> a local function (swish) -> Transpose -> Where ->
+    fp16 Cast round trip -> ReduceSum -> plus an If with two subgraphs -> Clip(0, 6)."""
+    rng = np.random.default_rng(1)
+    swish = helper.make_function(
+        "custom", "Swish", ["a"], ["b"],
+        [helper.make_node("Sigmoid", ["a"], ["sa"]), helper.make_node("Mul", ["a", "sa"], ["b"])],
+        [helper.make_opsetid("", 17)])
+    then_branch = helper.make_graph([helper.make_node("Identity", ["rs"], ["t_out"])], "then", [],
+                                    [models.float_input("t_out", None)])
+    else_branch = helper.make_graph([helper.make_node("Neg", ["rs"], ["e_out"])], "else", [],
+                                    [models.float_input("e_out", None)])
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"]),
+        helper.make_node("LayerNormalization", ["e", "gamma", "beta"], ["ln"], axis=-1),
+        helper.make_node("Swish", ["ln"], ["sw"], domain="custom"),
+        helper.make_node("Transpose", ["sw"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("Greater", ["t", "zero_f"], ["mask"]),
+        helper.make_node("Where", ["mask", "t", "neg_f"], ["wh"]),
+        helper.make_node("Cast", ["wh"], ["h"], to=TensorProto.FLOAT16),
+        helper.make_node("Cast", ["h"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["f", "axes2"], ["rs"], keepdims=1),
+        helper.make_node("If", ["cond"], ["branch"], then_branch=then_branch, else_branch=else_branch),
+        helper.make_node("Add", ["rs", "branch"], ["sum"]),
+        helper.make_node("Clip", ["sum", "zero_f", "six"], ["y"]),
+    ]
+    inits = [("emb", rng.standard_normal((50, 8)).astype(np.float32)),
+             ("gamma", np.ones(8, np.float32)), ("beta", np.zeros(8, np.float32)),
+             ("zero_f", np.float32(0)), ("neg_f", np.float32(-1)), ("axes2", np.array([2], np.int64)),
+             ("cond", np.array(True)), ("six", np.float32(6))]
+    model = models.onnx_model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "seq"])],
+                              [models.float_input("y", None)], inits)
+    model.opset_import.append(helper.make_opsetid("custom", 1))
+    model.functions.append(swish)
+    return model
+
+
+def _torch_seed(build, **kwargs) -> onnx.ModelProto:
+    from hnn_jax.converters.export import torch_to_onnx
+
+    module, x = build(0, **kwargs)
+    return torch_to_onnx(module, x)
+
+
+@functools.cache
+def seed_bytes(name: str) -> bytes:
+    """The serialized seed model (built once per process)."""
+    from hnn_jax.variants import int8_dynamic
+
+    if name == "cnn":
+        model = _torch_seed(models.torch_cnn, width=4)
+    elif name == "mlp":
+        model = _torch_seed(models.torch_mlp, depth=2, width=16)
+    elif name == "transformer":
+        model = _torch_seed(models.torch_transformer, layers=1, d_model=16, seq=4)
+    elif name == "int8_mlp":
+        model = int8_dynamic(onnx.load_from_string(seed_bytes("mlp")))
+    elif name == "handmade_vision":
+        model = _handmade_vision()
+    elif name == "handmade_ids":
+        model = _handmade_ids()
+    else:
+        raise KeyError(name)
+    return model.SerializeToString()
+
+
+# ----------------------------------------------------------------------------- mutations
+# Every mutation is a tuple (name, *arguments); indices are taken modulo the size of what they
+# index, and a mutation with nothing to act on does nothing.
+
+OPS = ["Relu", "Add", "MatMul", "Conv", "Reshape", "Transpose", "Softmax", "Concat", "Gather",
+       "Slice", "Split", "Shape", "Size", "Constant", "Identity", "Cast", "ReduceMean",
+       "BatchNormalization", "LayerNormalization", "Gemm", "Erf", "Erfc", "Where", "Pad",
+       "MaxPool", "AveragePool", "Resize", "Expand", "Tile", "ConstantOfShape", "Range", "TopK",
+       "NonZero", "Loop", "If", "Scan", "DequantizeLinear", "QuantizeLinear", "MatMulInteger",
+       "ConvInteger", "DynamicQuantizeLinear", "Einsum", "LSTM", "Squeeze", "Unsqueeze", "Flatten",
+       "Clip", "Dropout", "RandomNormal", "Sum", "OneHot", "CumSum", "Trilu", "GatherElements",
+       "ScatterND", "Mul", "Sub", "Div", "Pow", "Sqrt", "ReduceMax", "ReduceSum", "ArgMax",
+       "GlobalAveragePool", "ConvTranspose", "Sigmoid", "Gelu",
+       "FancyOp", "", "relu", "Swish"]
+DOMAINS = ["", "ai.onnx", "com.microsoft", "ai.onnx.ml", "com.example", "custom"]
+DIMS = [0, -1, -5, 1, 3, 10**9, 2**31, 2**62, "N", "", None]
+ELEM_TYPES = list(range(0, 26)) + [99, -1]
+OPSETS = [0, -1, 1, 5, 7, 9, 11, 13, 17, 18, 21, 22, 23, 25, 99, 10**6]
+IR_VERSIONS = [0, 1, 3, 7, 9, 10, 11, 100]
+ATTR_NAMES = ["axis", "axes", "perm", "kernel_shape", "strides", "pads", "dilations", "group", "to",
+              "epsilon", "value", "approximate", "keepdims", "mode", "alpha", "split", "foo"]
+ATTR_VALUES = [0, -1, 1, 2, 10**9, -10**9, 2**62, 0.0, -1.0, math.nan, math.inf, 1e30,
+               [], [0], [-1, -1], [10**9, 10**9], [1] * 8, [0, 0, 0, 0], [2, 0, 1], [1.5, -2.0],
+               "", "tanh", "garbage", "NOTSET", "SAME_UPPER", "constant",
+               ("tensor", ()), ("tensor", (0,)), ("tensor", (3, 4)), ("tensor_big_dims", (10**9,))]
+# Values of the attribute's own type, by type: odd axes, sizes, permutations and paddings.
+SAME_TYPE_VALUES = {
+    onnx.AttributeProto.INT: [0, -1, 1, 2, 3, -4, 7, 10**9, -10**9, 2**62],
+    onnx.AttributeProto.INTS: [[], [0], [1], [-1], [0, 0], [1, 0], [2, 0, 1], [0, 2, 1, 3], [-1, -1],
+                               [0, 0, 0, 0], [5, 5, 5, 5], [-2, -2, 2, 2], [10**9, 10**9], [1] * 9],
+    onnx.AttributeProto.FLOAT: [0.0, -1.0, 1e-30, 1e30, math.nan, math.inf, -math.inf],
+    onnx.AttributeProto.FLOATS: [[], [0.0], [math.nan], [1e30, -1e30]],
+    onnx.AttributeProto.STRING: ["", "tanh", "none", "NOTSET", "VALID", "SAME_LOWER", "reflect", "garbage"],
+}
+INIT_EDITS = ["truncate_raw", "extend_raw", "clear", "dims_huge", "dims_negative", "dims_zero",
+              "dims_scalar", "dims_extra", "dtype", "float_data", "external", "nan", "huge_values",
+              "int_values"]
+INT_VALUES = [0, -1, 1, 2, 7, -7, 2**31, 10**9, -10**9, 2**62, -(2**63)]
+MISSING = "__hnn_fuzz_missing__"
+
+
+def _attribute(name: str, value) -> onnx.AttributeProto:
+    if isinstance(value, tuple):
+        kind, dims = value
+        t = numpy_helper.from_array(np.ones(dims, np.float32) if kind == "tensor" else np.ones(1, np.float32))
+        if kind == "tensor_big_dims":
+            t.dims[:] = list(dims)
+        return helper.make_attribute(name, t)
+    if value == []:
+        return helper.make_attribute(name, [], attr_type=onnx.AttributeProto.INTS)
+    return helper.make_attribute(name, value)
+
+
+def _tensor_names(g: onnx.GraphProto) -> list[str]:
+    names = [v.name for v in g.input] + [t.name for t in g.initializer]
+    return names + [o for n in g.node for o in n.output]
+
+
+def _pick(seq, i):
+    return seq[i % len(seq)] if len(seq) else None
+
+
+def _set_dim(dim, value) -> None:
+    dim.Clear()
+    if isinstance(value, int):
+        dim.dim_value = value
+    elif isinstance(value, str):
+        dim.dim_param = value
+
+
+def _edit_initializer(t: onnx.TensorProto, edit: str, arg: int) -> None:
+    if edit == "truncate_raw":
+        t.raw_data = t.raw_data[: len(t.raw_data) // 2]
+    elif edit == "extend_raw":
+        t.raw_data = t.raw_data + b"\x00" * 8
+    elif edit == "clear":
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+        t.ClearField("int64_data")
+        t.ClearField("int32_data")
+    elif edit == "dims_huge":
+        t.dims[:] = [10**9] + list(t.dims[1:])
+    elif edit == "dims_negative":
+        t.dims[:] = [-3] + list(t.dims[1:])
+    elif edit == "dims_zero":
+        t.dims[:] = [0]
+    elif edit == "dims_scalar":
+        del t.dims[:]
+    elif edit == "dims_extra":
+        t.dims.append(1 + arg % 7)
+    elif edit == "dtype":
+        t.data_type = _pick(ELEM_TYPES, arg)
+    elif edit == "float_data":
+        t.ClearField("raw_data")
+        t.float_data[:] = [1.0] * (arg % 5)
+    elif edit == "external":
+        t.data_location = TensorProto.EXTERNAL
+        del t.external_data[:]
+        entry = t.external_data.add()
+        entry.key, entry.value = "location", _pick(["w.bin", "../w.bin", "/etc/passwd", ""], arg)
+    elif edit == "int_values" and t.data_type in (TensorProto.INT64, TensorProto.INT32):
+        value = numpy_helper.to_array(t)
+        fill = np.full_like(value, np.int64(_pick(INT_VALUES, arg)).astype(value.dtype))  # int32 wraps
+        fill.reshape(-1)[: arg % max(value.size, 1)] = value.reshape(-1)[: arg % max(value.size, 1)]
+        t.CopyFrom(numpy_helper.from_array(fill, t.name))
+    elif edit in ("nan", "huge_values") and t.data_type == TensorProto.FLOAT:
+        value = numpy_helper.to_array(t)
+        t.CopyFrom(numpy_helper.from_array(np.full_like(value, np.nan if edit == "nan" else 3e38), t.name))
+
+
+def mutate_structure(model: onnx.ModelProto, mutation: tuple) -> None:
+    """Apply one structure-level mutation to `model` in place."""
+    g = model.graph
+    name, *args = mutation
+    nodes, names = list(g.node), _tensor_names(g)
+    node = _pick(nodes, args[0]) if args and isinstance(args[0], int) else None
+    if name == "op_type" and node is not None:
+        node.op_type = args[1]
+    elif name == "domain" and node is not None:
+        node.domain = args[1]
+    elif name == "drop_node" and node is not None:
+        g.node.remove(node)
+    elif name == "duplicate_node" and node is not None:
+        g.node.insert(args[0] % len(nodes), node)
+    elif name == "rewire" and node is not None and len(node.input):
+        target = {"missing": MISSING, "empty": ""}.get(args[2]) if isinstance(args[2], str) else None
+        node.input[args[1] % len(node.input)] = _pick(names, args[2]) if target is None else target
+    elif name == "cycle" and node is not None and len(node.input):
+        i = args[0] % len(nodes)  # read an output of this node or of one after it
+        later = nodes[i + args[1] % (len(nodes) - i)]
+        if len(later.output):
+            node.input[args[2] % len(node.input)] = later.output[0]
+    elif name == "rename_output" and node is not None and len(node.output):
+        node.output[0] = MISSING if args[1] is None else _pick(names, args[1])
+    elif name == "input_dim":
+        value = _pick(g.input, args[0])
+        if value is not None and value.type.HasField("tensor_type"):
+            dims = value.type.tensor_type.shape.dim
+            if len(dims):
+                _set_dim(dims[args[1] % len(dims)], args[2])
+    elif name == "input_rank":
+        value = _pick(g.input, args[0])
+        if value is not None and value.type.HasField("tensor_type"):
+            shape = value.type.tensor_type.shape
+            if args[1] < 0:
+                value.type.tensor_type.ClearField("shape")
+            elif args[1] < len(shape.dim):
+                del shape.dim[args[1]:]
+            else:
+                for _ in range(args[1] - len(shape.dim)):
+                    shape.dim.add().dim_value = 2
+    elif name == "elem_type":
+        where = {"input": g.input, "output": g.output, "value_info": g.value_info}.get(args[0])
+        if where is not None:
+            value = _pick(where, args[1])
+            if value is not None:
+                value.type.tensor_type.elem_type = args[2]
+        else:
+            t = _pick(g.initializer, args[1])
+            if t is not None:
+                t.data_type = args[2]
+    elif name == "attr_change" and node is not None and len(node.attribute):
+        a = node.attribute[args[1] % len(node.attribute)]
+        a.CopyFrom(_attribute(a.name, args[2]))
+    elif name == "attr_value" and node is not None and len(node.attribute):
+        a = node.attribute[args[1] % len(node.attribute)]
+        if a.type in SAME_TYPE_VALUES:
+            a.CopyFrom(helper.make_attribute(a.name, _pick(SAME_TYPE_VALUES[a.type], args[2]), attr_type=a.type))
+    elif name == "attr_remove" and node is not None and len(node.attribute):
+        del node.attribute[args[1] % len(node.attribute)]
+    elif name == "attr_add" and node is not None:
+        node.attribute.append(_attribute(args[1], args[2]))
+    elif name == "initializer":
+        t = _pick(g.initializer, args[0])
+        if t is not None:
+            _edit_initializer(t, args[1], args[2])
+    elif name == "opset":
+        del model.opset_import[:]
+        if args[0] is not None:
+            model.opset_import.append(helper.make_opsetid(args[1], args[0]))
+    elif name == "ir_version":
+        model.ir_version = args[0]
+    elif name == "remove_output" and len(g.output):
+        if args[0] is None:
+            del g.output[:]
+        else:
+            del g.output[args[0] % len(g.output)]
+    elif name == "output_name" and len(g.output):
+        g.output[args[0] % len(g.output)].name = MISSING if args[1] is None else _pick(names, args[1])
+    elif name == "remove_input" and len(g.input):
+        del g.input[args[0] % len(g.input)]
+    elif name == "duplicate_input" and len(g.input):
+        g.input.append(g.input[args[0] % len(g.input)])
+    elif name == "drop_functions":
+        del model.functions[:]
+    elif name == "reverse_nodes":
+        reordered = list(reversed(nodes))
+        del g.node[:]
+        g.node.extend(reordered)
+
+
+def mutate_bytes(data: bytes, mutation: tuple) -> bytes:
+    """Apply one byte-level mutation (positions modulo the length)."""
+    name, *args = mutation
+    if not data:
+        return bytes(args[-1]) if name == "insert" else data
+    pos = args[0] % len(data)
+    if name == "flip":
+        return data[:pos] + bytes([data[pos] ^ (1 << args[1])]) + data[pos + 1:]
+    if name == "set":
+        return data[:pos] + bytes([args[1]]) + data[pos + 1:]
+    if name == "truncate":
+        return data[:pos]
+    if name == "insert":
+        return data[:pos] + args[1] + data[pos:]
+    if name == "delete":
+        return data[:pos] + data[pos + args[1]:]
+    if name == "duplicate":
+        return data[:pos + args[1]] + data[pos:pos + args[1]] + data[pos + args[1]:]
+    if name == "splice":
+        other = seed_bytes(args[1])
+        start = args[2] % len(other)
+        return data[:pos] + other[start:start + args[3]] + data[pos + args[3]:]
+    raise ValueError(f"unknown byte mutation {name}")
+
+
+# ----------------------------------------------------------------------------- strategies
+
+_index = st.integers(0, 1 << 16)
+_dim = st.sampled_from(DIMS)
+_attr_value = st.sampled_from(ATTR_VALUES)
+
+
+def byte_mutations():
+    pos = st.integers(0, 1 << 20)
+    return st.one_of(
+        st.tuples(st.just("flip"), pos, st.integers(0, 7)),
+        st.tuples(st.just("set"), pos, st.integers(0, 255)),
+        st.tuples(st.just("truncate"), pos),
+        st.tuples(st.just("insert"), pos, st.binary(min_size=1, max_size=16)),
+        st.tuples(st.just("delete"), pos, st.integers(1, 64)),
+        st.tuples(st.just("duplicate"), pos, st.integers(1, 256)),
+        st.tuples(st.just("splice"), pos, st.sampled_from(SEEDS), pos, st.integers(1, 256)),
+    )
+
+
+def structure_mutations():
+    names = st.one_of(_index, st.sampled_from(["missing", "empty"]))
+    return st.one_of(
+        st.tuples(st.just("op_type"), _index, st.sampled_from(OPS)),
+        st.tuples(st.just("domain"), _index, st.sampled_from(DOMAINS)),
+        st.tuples(st.just("drop_node"), _index),
+        st.tuples(st.just("duplicate_node"), _index),
+        st.tuples(st.just("rewire"), _index, _index, names),
+        st.tuples(st.just("cycle"), _index, _index, _index),
+        st.tuples(st.just("rename_output"), _index, st.one_of(st.none(), _index)),
+        st.tuples(st.just("input_dim"), _index, _index, _dim),
+        st.tuples(st.just("input_rank"), _index, st.integers(-1, 6)),
+        st.tuples(st.just("elem_type"), st.sampled_from(["input", "output", "value_info", "initializer"]),
+                  _index, st.sampled_from(ELEM_TYPES)),
+        st.tuples(st.just("attr_change"), _index, _index, _attr_value),
+        st.tuples(st.just("attr_value"), _index, _index, _index),
+        st.tuples(st.just("attr_remove"), _index, _index),
+        st.tuples(st.just("attr_add"), _index, st.sampled_from(ATTR_NAMES), _attr_value),
+        st.tuples(st.just("initializer"), _index, st.sampled_from(INIT_EDITS), _index),
+        st.tuples(st.just("opset"), st.one_of(st.none(), st.sampled_from(OPSETS)),
+                  st.sampled_from(["", "ai.onnx", "com.example"])),
+        st.tuples(st.just("ir_version"), st.sampled_from(IR_VERSIONS)),
+        st.tuples(st.just("remove_output"), st.one_of(st.none(), _index)),
+        st.tuples(st.just("output_name"), _index, st.one_of(st.none(), _index)),
+        st.tuples(st.just("remove_input"), _index),
+        st.tuples(st.just("duplicate_input"), _index),
+        st.tuples(st.just("drop_functions")),
+        st.tuples(st.just("reverse_nodes")),
+    )
+
+
+def cases(family: str):
+    """Cases of one family ("bytes" or "structure"): (family, seed, mutations, as_file)."""
+    mutations = byte_mutations() if family == "bytes" else structure_mutations()
+    return st.tuples(st.just(family), st.sampled_from(SEEDS), st.lists(mutations, min_size=1, max_size=4),
+                     st.booleans())
+
+
+# ----------------------------------------------------------------------------- running a case
+
+def build(case) -> bytes | onnx.ModelProto:
+    """The mutated model of a case: bytes for the byte family, a ModelProto for structure."""
+    family, seed, mutations, _ = case
+    if family == "bytes":
+        data = seed_bytes(seed)
+        for m in mutations:
+            data = mutate_bytes(data, m)
+        return data
+    model = onnx.load_from_string(seed_bytes(seed))
+    for m in mutations:
+        mutate_structure(model, m)
+    return model
+
+
+class CaseTimeout(Exception):
+    """A case ran past CASE_TIME_LIMIT_S (deliberately not an HNNError)."""
+
+
+class InvalidGraph(Exception):
+    """from_onnx returned a graph the hasher rejects (NaN features, bad indices): a converter bug."""
+
+
+class HugeAllocation(Exception):
+    """An allocation beyond MEMORY_HEADROOM failed inside code that turned it into a fallback
+    (the probe records any failure as static features)."""
+
+
+_ALLOCATION_FAILED = re.compile(r"unable to allocate|bad_alloc|failed to allocate|memoryerror", re.I)
+
+
+@contextlib.contextmanager
+def limits(time_limit_s: float = CASE_TIME_LIMIT_S, headroom: int = MEMORY_HEADROOM):
+    """Raise CaseTimeout after time_limit_s, and make allocations beyond `headroom` more address
+    space fail (MemoryError) instead of taking the machine's memory."""
+    def on_alarm(signum, frame):
+        raise CaseTimeout(f"case ran past {time_limit_s:g} s")
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    cap = used + headroom if hard == resource.RLIM_INFINITY else min(used + headroom, hard)
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    signal.setitimer(signal.ITIMER_REAL, time_limit_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        signal.signal(signal.SIGALRM, previous)
+
+
+# Crashes in code that another change is rewriting, left to it: (exception type, function) ->
+# what is wrong. Each has a strict-xfail regression test in test_fuzz.py; run_case reports them
+# as "known bug in <function>". Remove the entry with the fix.
+KNOWN_BUGS = {
+    ("ValueError", "form_linear"): "a Gemm's constant C that does not broadcast to [out] (valid: "
+                                   "C of shape [M, N]) is broadcast anyway (test_gemm_bias_of_shape_m_n)",
+}
+
+
+def crash_site(error: BaseException) -> str:
+    """The innermost hnn-jax function (converters or hnn_jax) an exception came through."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if "/converters/" in f.filename or "/hnn_jax/" in f.filename]
+    return frames[-1].name if frames else "?"
+
+
+def run_case(case) -> str:
+    """Convert and hash one case; returns "HashCode", the HNNError subclass's name or a
+    KNOWN_BUGS outcome. Any other exception (including CaseTimeout, MemoryError, InvalidGraph and
+    HugeAllocation) propagates: that is a bug."""
+    source = build(case)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if case[3]:  # through a file: the path loader and its external-data checks
+            path = os.path.join(folder, "m.onnx")
+            with open(path, "wb") as f:
+                f.write(source if isinstance(source, bytes) else source.SerializeToString())
+            source = path
+        try:
+            with limits():
+                graph = converters.from_onnx(source, probe_timeout=PROBE_TIMEOUT_S)
+                try:
+                    validate_graph(graph)
+                except HNNError as e:
+                    raise InvalidGraph(str(e)) from None
+                code = hnn_jax.hash(graph)
+        except HNNError as e:
+            return type(e).__name__
+        except Exception as e:  # noqa: BLE001 - only to let a known bug through
+            if (type(e).__name__, crash_site(e)) in KNOWN_BUGS:
+                return f"known bug in {crash_site(e)}"
+            raise
+    for w in caught:
+        if _ALLOCATION_FAILED.search(str(w.message)):
+            raise HugeAllocation(str(w.message))
+    assert isinstance(code, HashCode), type(code)
+    return "HashCode"
+
+
+def describe(case) -> str:
+    """A one-line reproducer: `fuzzing.run_case(<this tuple>)` from tests/."""
+    return repr(tuple(case))
