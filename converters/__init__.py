@@ -16,28 +16,40 @@ from hnn_jax.converters import export
 from hnn_jax.converters.canonical import CanonicalGraph, canonicalize
 from hnn_jax.converters.features import to_graphs_tuple
 from hnn_jax.converters.load import load_onnx
-from hnn_jax.converters.probe import (DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_TIMEOUT_S, ProbeResult,
-                                      run_probe)
-from hnn_jax.errors import CorruptFileError, UnsupportedModelError
+from hnn_jax.converters.probe import (DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_WEIGHT_BYTES,
+                                      DEFAULT_TIMEOUT_S, ProbeResult, run_probe)
+from hnn_jax.errors import CorruptFileError, ModelTooLargeError, UnsupportedModelError
 from hnn_jax.schema import PROBE_OK, PROBE_SKIPPED
 
 __all__ = ["from_onnx", "from_torch", "from_keras", "from_tf", "from_file", "canonicalize",
            "CanonicalGraph"]
 
 
+MAX_ONNX_NODES = 100_000  # about a minute of canonicalisation; the canonical graph must fit hnn_jax.padding.MAX_NODES
+
+
 def from_onnx(source, *, probe: bool = True, probe_timeout: float = DEFAULT_TIMEOUT_S,
-              max_activation_bytes: int = DEFAULT_MAX_ACTIVATION_BYTES) -> jraph.GraphsTuple:
+              max_activation_bytes: int = DEFAULT_MAX_ACTIVATION_BYTES,
+              max_weight_bytes: int = DEFAULT_MAX_WEIGHT_BYTES, probe_threads: int = 1,
+              max_nodes: int = MAX_ONNX_NODES) -> jraph.GraphsTuple:
     """ONNX model (path, bytes or onnx.ModelProto) -> one unpadded GraphsTuple.
 
-    probe=False, a model onnxruntime cannot run, or one that runs past probe_timeout seconds
-    gets static features only; globals[0, schema.GLOBAL_PROBE] records which (and a warning
-    says why).
+    probe=False, a model onnxruntime cannot run, one that runs past probe_timeout seconds, or
+    one whose activations or weights exceed the byte limits gets static features only;
+    globals[0, schema.GLOBAL_PROBE] records which (and a warning says why). External weights
+    are memory-mapped and read a piece at a time, never loaded whole. Models of more than
+    `max_nodes` ONNX nodes raise ModelTooLargeError.
     """
-    model = load_onnx(source)
-    graph = canonicalize(model)
+    model, folder = load_onnx(source)
+    if len(model.graph.node) > max_nodes:
+        raise ModelTooLargeError(f"the ONNX graph has {len(model.graph.node)} nodes; hnn-jax converts up to "
+                                 f"max_nodes={max_nodes} (larger graphs do not fit the hasher's largest "
+                                 "padding bucket). Export a part of the model, e.g. one block")
+    graph = canonicalize(model, folder)
     if probe:
         tensors = [n.tensor for n in graph.nodes]
-        result = run_probe(graph.model, tensors, probe_timeout, max_activation_bytes)
+        result = run_probe(graph.model, tensors, probe_timeout, max_activation_bytes, max_weight_bytes,
+                           graph.folder, probe_threads)
     else:
         result = ProbeResult(PROBE_SKIPPED, reason="probe=False")
     if result.status != PROBE_OK and probe:

@@ -18,17 +18,20 @@ import heapq
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import external_data_helper, helper, inliner, numpy_helper, shape_inference
 
+from hnn_jax.converters.load import release_pages, tensor_array, values_at
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError
 
 BATCH_DEFAULT = 1   # a symbolic leading dimension becomes this on the probe
 DIM_DEFAULT = 32    # any other symbolic dimension becomes this
 MAX_FOLD_ELEMENTS = 1 << 24  # constant folding never materialises a larger tensor
+MAX_COPY_ELEMENTS = 1 << 22  # larger weights stay views (of mapped external data) when reordered
 MAX_REGION = 32     # largest elementwise region examined for fusion
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
@@ -131,6 +134,7 @@ class CanonicalGraph:
     n_inputs: int
     n_outputs: int
     model: onnx.ModelProto  # the prepared model (fixed input sizes, inferred shapes) to probe
+    folder: Path | None = None  # where its external data files are, if it has any
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -155,7 +159,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         shape = value.type.tensor_type.shape
         for axis, dim in enumerate(shape.dim):
-            if not dim.HasField("dim_value") or dim.dim_value < 0:
+            if not dim.HasField("dim_value") or dim.dim_value <= 0:  # symbolic, unknown or empty
                 dim.Clear()
                 dim.dim_value = BATCH_DEFAULT if axis == 0 else DIM_DEFAULT
     _sort_nodes(model.graph)
@@ -304,7 +308,10 @@ def _check_nodes(model: onnx.ModelProto) -> None:
             schema = onnx.defs.get_schema(n.op_type, opsets.get(domain, 13), domain)
         except (onnx.defs.SchemaError, TypeError):  # unknown op or opset: kept as `unknown`
             continue
+        required = [k for k, f in enumerate(schema.inputs)  # onnx.checker's rule: never ""
+                    if f.option == onnx.defs.OpSchema.FormalParameterOption.Single]
         if (not schema.min_input <= len(n.input) <= schema.max_input
+                or any(k >= len(n.input) or not n.input[k] for k in required)
                 or not schema.min_output <= len(n.output) <= schema.max_output):
             raise CorruptFileError(
                 f"node {i} ({n.op_type}, opset {schema.since_version}) has inputs {list(n.input)} and "
@@ -374,13 +381,15 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 class _Work:
     """The mutable graph the passes rewrite."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, folder: Path | None = None):
         g = model.graph
         self.model = model
+        self.folder = folder
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.consts: dict[str, np.ndarray] = {}
+        maps = {}  # external data files, mapped once each
         for t in g.initializer:
-            self.consts[t.name] = numpy_helper.to_array(t)
+            self.consts[t.name] = tensor_array(t, folder, maps)
         self.types: dict[str, tuple[tuple[int, ...] | None, int]] = {}
         for v in list(g.value_info) + list(g.input) + list(g.output):
             tt = v.type.tensor_type
@@ -855,16 +864,25 @@ def _channel_vector(c: np.ndarray, channels: int, axis_from_end: int) -> np.ndar
     return c.reshape(-1).astype(np.float32)
 
 
+def _linear_weight(value: np.ndarray, transpose: bool, alpha: float = 1.0) -> np.ndarray:
+    """A float32 [out, in] weight: a contiguous copy when small; a large one stays a view (of the
+    mapped external data file, if it came from one) so it is never held in memory whole."""
+    weight = value.astype(np.float32, copy=False)
+    if alpha != 1.0:
+        weight = weight * np.float32(alpha)
+    weight = weight.T if transpose else weight
+    return np.ascontiguousarray(weight) if weight.size <= MAX_COPY_ELEMENTS else weight
+
+
 def form_linear(w: _Work) -> None:
     """Gemm and MatMul with a constant 2-D weight become `linear` with weight [out, in]."""
     for n in w.nodes:
         if n.domain != "":
             continue
         if n.op == "Gemm" and len(n.inputs) >= 2 and n.inputs[1] in w.consts and not n.attrs.get("transA", 0):
-            weight = w.consts[n.inputs[1]].astype(np.float32) * float(n.attrs.get("alpha", 1.0))
-            if not n.attrs.get("transB", 0):
-                weight = weight.T
-            inputs = [n.inputs[0], w.add_const(np.ascontiguousarray(weight), n.inputs[1])]
+            weight = _linear_weight(w.consts[n.inputs[1]], not n.attrs.get("transB", 0),
+                                    float(n.attrs.get("alpha", 1.0)))
+            inputs = [n.inputs[0], w.add_const(weight, n.inputs[1])]
             if len(n.inputs) > 2 and n.inputs[2] in w.consts:
                 bias = w.consts[n.inputs[2]].astype(np.float32) * float(n.attrs.get("beta", 1.0))
                 inputs.append(w.add_const(np.broadcast_to(bias, (weight.shape[0],)).copy(), n.inputs[2]))
@@ -872,7 +890,7 @@ def form_linear(w: _Work) -> None:
                 continue
             n.inputs, n.kind, n.attrs = inputs, "linear", {}
         elif n.op == "MatMul" and n.inputs[1] in w.consts and w.consts[n.inputs[1]].ndim == 2:
-            weight = np.ascontiguousarray(w.consts[n.inputs[1]].astype(np.float32).T)
+            weight = _linear_weight(w.consts[n.inputs[1]], True)
             n.inputs, n.kind = [n.inputs[0], w.add_const(weight, n.inputs[1])], "linear"
 
 
@@ -1060,30 +1078,33 @@ def _region(w: _Work, x: str, uses) -> list[Node]:
 
 def fuse_regions(w: _Work) -> None:
     """Fuse each closed region of elementwise/reduce nodes with one input into one node, named by
-    what it computes on probe values (gelu, silu, layer_norm, softmax, ...), else `elementwise`."""
+    what it computes on probe values (gelu, silu, layer_norm, softmax, ...), else `elementwise`.
+
+    Seeds are visited in topological order, each again after a fusion from it. A fused node takes
+    the place of its region's first node, so the order stays topological and the consumer map is
+    updated in place: the pass is linear in the graph's size, not quadratic."""
     rng = np.random.default_rng(0)
-    done_seeds: set[str] = set()
-    while True:
-        w.topo_sort()
-        uses = w.consumers()
-        fused = False
-        seeds = list(w.inputs) + [o for n in w.nodes for o in n.outputs if o]
-        for x in seeds:
-            if x in done_seeds or w.shape(x) is None or w.elem_type(x) not in FLOAT_TYPES:
-                continue
+    w.topo_sort()
+    uses = w.consumers()
+    slot_of = {id(n): i for i, n in enumerate(w.nodes)}
+    dead: dict[int, Node] = {}  # holds the replaced nodes too, so their ids are never reused
+
+    def seeds():
+        yield from list(w.inputs)
+        for i in range(len(w.nodes)):  # read live: a fused node replaces w.nodes[i] in place
+            n = w.nodes[i]
+            if id(n) not in dead:
+                yield from [o for o in n.outputs if o]
+
+    for x in seeds():
+        while w.shape(x) is not None and w.elem_type(x) in FLOAT_TYPES:
             region = _region(w, x, uses)
-            done_seeds.add(x)
-            if len(region) < 2:
-                continue
-            if _fuse_best_cut(w, x, region, uses, rng):
-                fused = True
-                done_seeds.discard(x)
+            if len(region) < 2 or not _fuse_best_cut(w, x, region, uses, rng, slot_of, dead):
                 break
-        if not fused:
-            return
+    w.nodes = [n for n in w.nodes if id(n) not in dead]
 
 
-def _fuse_best_cut(w: _Work, x: str, region: list[Node], uses, rng) -> bool:
+def _fuse_best_cut(w: _Work, x: str, region: list[Node], uses, rng, slot_of, dead) -> bool:
     index = {id(n): i for i, n in enumerate(region)}
     prod = {o: n for n in region for o in n.outputs}
     cuts = []
@@ -1127,11 +1148,11 @@ def _fuse_best_cut(w: _Work, x: str, region: list[Node], uses, rng) -> bool:
             kind, weights = _classify_elementwise(probe, y), []
             if kind is None:
                 continue
-        _replace(w, x, t, nodes, kind, weights)
+        _replace(w, x, t, nodes, kind, weights, uses, slot_of, dead)
         return True
     if cuts and not any(m.op in REDUCES for m in cuts[0][3]) and all(
             w.consts[i].size == 1 for m in cuts[0][3] for i in m.inputs if i in w.consts):
-        _replace(w, x, cuts[0][2], cuts[0][3], "elementwise", [])
+        _replace(w, x, cuts[0][2], cuts[0][3], "elementwise", [], uses, slot_of, dead)
         return True
     return False
 
@@ -1145,15 +1166,27 @@ def _reduce_axes(w: _Work, n: Node, rank: int) -> list[int] | None:
     return sorted(int(a) % rank for a in np.atleast_1d(axes))
 
 
-def _replace(w: _Work, x: str, t: str, nodes: list[Node], kind: str, weights: list[np.ndarray]):
+def _replace(w: _Work, x: str, t: str, nodes: list[Node], kind: str, weights: list[np.ndarray],
+             uses, slot_of: dict[int, int], dead: dict[int, Node]) -> None:
+    """Replace `nodes` (x -> ... -> t) by one node of `kind`, or by nothing for an identity,
+    keeping the consumer map `uses` and the node list's order."""
+    gone = {id(m) for m in nodes}
+    dead.update((id(m), m) for m in nodes)
+    for name in {i for m in nodes for i in m.inputs if i}:
+        uses[name] = [(c, k) for c, k in uses.get(name, []) if id(c) not in gone]
     if kind == "identity":
-        w.remove(nodes)
-        w.rename(t, x)
-        return
-    pos = min(w.nodes.index(m) for m in nodes)
-    fused = Node(kind, [x] + [w.add_const(v, f"{t}_{kind}") for v in weights], [t], {}, kind=kind)
-    w.remove(nodes)
-    w.nodes.insert(pos, fused)
+        for c, k in uses.pop(t, []):
+            c.inputs[k] = x
+            uses.setdefault(x, []).append((c, k))
+        w.outputs = [x if o == t else o for o in w.outputs]
+    else:
+        fused = Node(kind, [x] + [w.add_const(v, f"{t}_{kind}") for v in weights], [t], {}, kind=kind)
+        pos = min(slot_of[id(m)] for m in nodes)
+        w.nodes[pos] = fused
+        slot_of[id(fused)] = pos
+        for k, name in enumerate(fused.inputs):
+            uses.setdefault(name, []).append((fused, k))
+    uses[x].sort(key=lambda use: (slot_of[id(use[0])], use[1]))  # node order, as w.consumers() gives
 
 
 # ----------------------------------------------------------------------------- the result
@@ -1196,8 +1229,9 @@ def _weights(w: _Work, n: Node, kind: str) -> list[np.ndarray]:
 
 def _fingerprint(v: np.ndarray) -> np.ndarray:
     """At most ~4k evenly spaced values of a weight: enough to tell tied nodes apart, cheap to hash."""
-    flat = np.asarray(v).reshape(-1)
-    return flat[:: max(1, flat.size // 4096)]
+    sample = values_at(v, np.arange(0, v.size, max(1, v.size // 4096)))
+    release_pages(v)
+    return sample
 
 
 def _attr_key(attrs: dict[str, Any]) -> list:
@@ -1280,13 +1314,14 @@ def build(w: _Work) -> CanonicalGraph:
             edges.append(CanonicalEdge(position[owner], position[k], slot, sender_slot,
                                        w.shape(x), w.elem_type(x)))
     edges.sort(key=lambda e: (e.receiver, e.slot, e.sender))
-    return CanonicalGraph(nodes, edges, len(used_inputs), len(w.outputs), w.model)
+    return CanonicalGraph(nodes, edges, len(used_inputs), len(w.outputs), w.model, w.folder)
 
 
-def canonicalize(model: onnx.ModelProto) -> CanonicalGraph:
-    """The whole merge operation: prepared ONNX model -> CanonicalGraph."""
+def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> CanonicalGraph:
+    """The whole merge operation: ONNX model -> CanonicalGraph. `folder` holds its external
+    data files, if any (converters.load.load_onnx checks them)."""
     prepared = prepare(model)
-    w = _Work(prepared)
+    w = _Work(prepared, folder)
     if not w.nodes and not w.outputs:
         raise CorruptFileError("the ONNX graph has no nodes and no outputs")
     _check_acyclic(w)

@@ -16,10 +16,12 @@ import onnx
 
 from hnn_jax import schema
 from hnn_jax.converters.canonical import CanonicalGraph, CanonicalNode
+from hnn_jax.converters.load import release_pages, values_at
 from hnn_jax.converters.probe import ProbeResult
 
 N_PROJ = 16       # projections per tensor (schema.NODE_WEIGHT_PROJ / NODE_ACT_PROJ width)
 PROJ_SAMPLES = 64  # elements summed into each projection
+CHUNK = 1 << 22    # weight elements read at a time for statistics
 
 
 def slog(x):
@@ -36,16 +38,14 @@ def _projection_plan(tag: str, shape: tuple[int, ...], size: int) -> tuple[np.nd
     return rng.integers(0, size, (N_PROJ, PROJ_SAMPLES)), rng.choice([-1.0, 1.0], (N_PROJ, PROJ_SAMPLES))
 
 
-def projections(values: np.ndarray, tag: str) -> np.ndarray:
-    """N_PROJ signed sums of elements at fixed positions, normalised by the tensor's spread."""
-    flat = np.asarray(values).reshape(-1)
+def projections(values: np.ndarray, tag: str, centre: float, scale: float) -> np.ndarray:
+    """N_PROJ signed sums of elements at fixed positions, less `centre`, over `scale`."""
     out = np.zeros(N_PROJ, np.float32)
-    if flat.size == 0:
+    if values.size == 0:
         return out
-    positions, signs = _projection_plan(tag, tuple(values.shape), flat.size)
-    centre = flat.mean(dtype=np.float64) if tag == "act" else 0.0
-    scale = (flat.std(dtype=np.float64) if tag == "act" else np.sqrt(np.mean(np.square(flat, dtype=np.float64)))) + 1e-12
-    proj = ((flat[positions].astype(np.float64) - centre) * signs).sum(1) / (np.sqrt(PROJ_SAMPLES) * scale)
+    positions, signs = _projection_plan(tag, tuple(values.shape), values.size)
+    sample = _finite(np.asarray(values_at(values, positions), np.float32)).astype(np.float64)
+    proj = ((sample - centre) * signs).sum(1) / (np.sqrt(PROJ_SAMPLES) * (scale + 1e-12))
     return np.clip(proj, -8, 8).astype(np.float32)
 
 
@@ -100,23 +100,54 @@ def _attr_features(node: CanonicalNode) -> np.ndarray:
     return np.nan_to_num(out, posinf=0.0, neginf=0.0)  # products and sums of huge values overflow
 
 
+def _chunks(arrays: list[np.ndarray]):
+    """Flat float32 pieces of at most CHUNK elements. Small arrays are joined into one piece; a
+    large one is read in memory order (a transposed view is not copied), and the pages of a
+    mapped weight are released after each piece, so memory stays flat however large it is."""
+    if sum(a.size for a in arrays) <= CHUNK:
+        flat = [np.asarray(a, np.float32).reshape(-1) for a in arrays]
+        yield flat[0] if len(flat) == 1 else np.concatenate(flat)
+        return
+    for a in arrays:
+        flat = np.ravel(a, order="K")
+        for start in range(0, flat.size, CHUNK):
+            yield np.asarray(flat[start:start + CHUNK], np.float32)
+            release_pages(a)
+
+
+def _moments(arrays: list[np.ndarray]) -> tuple[int, float, float, float]:
+    """Count, sum, sum of squares and sum of |x| of the arrays' values (made finite), in float64."""
+    n, total, squares, absolute = 0, 0.0, 0.0, 0.0
+    for chunk in _chunks(arrays):
+        chunk = _finite(chunk)
+        n += chunk.size
+        total += chunk.sum(dtype=np.float64)
+        squares += np.square(chunk, dtype=np.float64).sum()
+        absolute += np.abs(chunk).sum(dtype=np.float64)
+    return n, total, squares, absolute
+
+
 def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     stats = np.zeros(8, np.float32)
-    floats = [_finite(np.asarray(v, np.float32)) for v in weights if np.issubdtype(np.asarray(v).dtype, np.number)]
+    floats = [v for v in weights if np.issubdtype(v.dtype, np.number)]
     if not floats:
         return stats, np.zeros(N_PROJ, np.float32)
     primary = max(floats, key=lambda v: v.size)
+    n, total, squares, absolute = _moments([primary])
+    rms = np.sqrt(squares / n) if n else 0.0
     stats[0] = np.log1p(sum(v.size for v in floats))
     stats[1] = len(floats)
     stats[2] = np.log1p(primary.size)
-    stats[3] = slog(np.sqrt(np.mean(np.square(primary, dtype=np.float64))))
-    stats[4] = slog(primary.mean(dtype=np.float64))
-    stats[5] = slog(np.abs(primary).mean(dtype=np.float64))
+    if n:
+        stats[3:6] = slog(rms), slog(total / n), slog(absolute / n)
     rest = [v for v in floats if v is not primary]
     stats[6] = float(bool(rest))
     if rest:
-        stats[7] = slog(np.sqrt(np.mean(np.square(np.concatenate([v.reshape(-1) for v in rest]), dtype=np.float64))))
-    return stats, projections(primary, "weight")
+        n_rest, _, squares_rest, _ = _moments(rest)
+        stats[7] = slog(np.sqrt(squares_rest / n_rest)) if n_rest else 0.0
+    weight_proj = projections(primary, "weight", 0.0, rms)
+    release_pages(primary)
+    return stats, weight_proj
 
 
 def _activation_features(value: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -124,10 +155,10 @@ def _activation_features(value: np.ndarray | None) -> tuple[np.ndarray, np.ndarr
     if value is None or value.size == 0 or not np.issubdtype(value.dtype, np.number):
         return stats, np.zeros(N_PROJ, np.float32)
     v = _finite(value if value.dtype == np.float32 else value.astype(np.float32))
-    stats[:5] = [slog(v.mean(dtype=np.float64)), slog(v.std(dtype=np.float64)), slog(v.min()),
-                 slog(v.max()), np.count_nonzero(v > 0) / v.size]
+    mean, std = v.mean(dtype=np.float64), v.std(dtype=np.float64)
+    stats[:5] = [slog(mean), slog(std), slog(v.min()), slog(v.max()), np.count_nonzero(v > 0) / v.size]
     stats[5] = 1.0
-    return stats, projections(v, "act")
+    return stats, projections(v, "act", mean, std)
 
 
 def _dtype_kind(elem_type: int) -> float:

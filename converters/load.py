@@ -1,23 +1,36 @@
-"""Read an ONNX model from a path, bytes or ModelProto, refusing anything outside its folder."""
+"""Read an ONNX model from a path, bytes or ModelProto, refusing anything outside its folder.
+
+External weights are never loaded into the ModelProto: each external file is memory-mapped once
+and tensors are read-only views into it, so a model of many GB costs address space, not memory.
+Code that reads a large view whole calls `release_pages` afterwards to drop it from the process.
+"""
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import external_data_helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from hnn_jax.errors import CorruptFileError, HNNError
 
 
-def _external_tensors(model: onnx.ModelProto):
+def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [t for t in external_data_helper._get_all_tensors(model)
             if external_data_helper.uses_external_data(t)]
 
 
-def _check_external_location(tensor: onnx.TensorProto, folder: Path) -> None:
-    info = {e.key: e.value for e in tensor.external_data}
+def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _checked_location(tensor: onnx.TensorProto, folder: Path) -> Path:
+    """The real path of the tensor's data file, which must lie inside `folder`, with its byte
+    range inside the file."""
+    info = _external_info(tensor)
     location = info.get("location", "")
     if not location or os.path.isabs(location) or ".." in Path(location).parts:
         raise CorruptFileError(f"tensor '{tensor.name}' points at external data '{location}': only "
@@ -30,11 +43,23 @@ def _check_external_location(tensor: onnx.TensorProto, folder: Path) -> None:
     if not real.is_file():
         raise CorruptFileError(f"tensor '{tensor.name}': external data file '{location}' is missing "
                                f"next to the model (looked in {folder})")
+    try:
+        offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+    except ValueError:
+        raise CorruptFileError(f"tensor '{tensor.name}': external data offset/length are not integers")
+    size = real.stat().st_size
+    if offset < 0 or offset > size or length > size - offset:
+        raise CorruptFileError(f"tensor '{tensor.name}': external data range (offset {offset}, length "
+                               f"{length}) runs past the end of '{location}' ({size} bytes): truncated file?")
+    return real
 
 
-def load_onnx(source) -> onnx.ModelProto:
-    """ModelProto from a path, bytes or ModelProto; external data is read only from the model's
-    own folder (no absolute paths, no '..', no symlinks out)."""
+def load_onnx(source) -> tuple[onnx.ModelProto, Path | None]:
+    """(ModelProto, folder of its external data or None) from a path, bytes or ModelProto.
+
+    External data is read only from the model's own folder (no absolute paths, no '..', no
+    symlinks out) and is not loaded: `tensor_array` maps it when a tensor is needed.
+    """
     if isinstance(source, onnx.ModelProto):
         model = source
         folder = None
@@ -61,12 +86,65 @@ def load_onnx(source) -> onnx.ModelProto:
         raise HNNError(f"from_onnx takes a path, bytes or onnx.ModelProto, not {type(source).__name__}")
     if not model.HasField("graph") or not model.graph.node:
         raise CorruptFileError("the ONNX model has no graph nodes (empty, truncated or not ONNX)")
-    external = _external_tensors(model)
-    if external:
-        if folder is None:
-            raise CorruptFileError("the model keeps weights in external data files; pass its path, "
-                                   "not bytes or a ModelProto without the data loaded")
-        for t in external:
-            _check_external_location(t, folder)
-        external_data_helper.load_external_data_for_model(model, str(folder))
-    return model
+    external = external_tensors(model)
+    if not external:
+        return model, None
+    if folder is None:
+        raise CorruptFileError("the model keeps weights in external data files; pass its path, "
+                               "not bytes or a ModelProto without the data loaded")
+    for t in external:
+        _checked_location(t, folder)
+    return model, folder
+
+
+def tensor_array(tensor: onnx.TensorProto, folder: Path | None, maps: dict[Path, mmap.mmap]) -> np.ndarray:
+    """The tensor's values; external data becomes a read-only view of the mapped file (`maps`
+    caches one mapping per file)."""
+    if not external_data_helper.uses_external_data(tensor):
+        return numpy_helper.to_array(tensor)
+    if folder is None:
+        raise CorruptFileError(f"tensor '{tensor.name}' keeps its data in an external file, but the "
+                               "model was not given as a path; pass the .onnx file's path")
+    path = _checked_location(tensor, folder)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    if any(d < 0 for d in tensor.dims):
+        raise CorruptFileError(f"tensor '{tensor.name}' has a negative dimension: {list(tensor.dims)}")
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    info = _external_info(tensor)
+    offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+    packed = tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+    if packed or dtype.kind in "OUS":  # sub-byte or string data: let onnx read it into memory
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        external_data_helper.load_external_data_for_tensor(copy, str(folder))
+        return numpy_helper.to_array(copy)
+    needed = count * dtype.itemsize
+    if length >= 0 and length < needed:
+        raise CorruptFileError(f"tensor '{tensor.name}': external data holds {length} bytes, but "
+                               f"shape {list(tensor.dims)} needs {needed}")
+    if count == 0:
+        return np.zeros(tuple(tensor.dims), dtype)
+    if path not in maps:
+        with open(path, "rb") as f:
+            maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if offset + needed > len(maps[path]):
+        raise CorruptFileError(f"tensor '{tensor.name}': external data runs past the end of "
+                               f"'{path.name}': truncated file?")
+    return np.frombuffer(maps[path], dtype, count, offset).reshape(tuple(tensor.dims))
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the pages of the mapped file behind `array` (if any) from this process: they were
+    read once and stay in the OS page cache, so reading again is cheap."""
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap):
+        base.obj.madvise(mmap.MADV_DONTNEED)
+
+
+def values_at(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """values.reshape(-1)[positions] (C order), without copying a non-contiguous view whole."""
+    if values.flags.c_contiguous:
+        return values.reshape(-1)[positions]
+    return values[np.unravel_index(positions, values.shape)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,6 +21,7 @@ from hnn_jax.schema import PROBE_FAILED, PROBE_OK, PROBE_SKIPPED, PROBE_TIMEOUT
 PROBE_SEED = 20220405
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_ACTIVATION_BYTES = 2 << 30  # skip probing models whose activations exceed this
+DEFAULT_MAX_WEIGHT_BYTES = 1 << 30  # ... or whose weights do (onnxruntime holds all of them)
 
 
 @dataclass
@@ -67,6 +69,17 @@ def _activation_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
+def _itemsize(data_type: int) -> int:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except (KeyError, TypeError, ValueError):  # strings and unknown types: a guess is enough here
+        return 4
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims, dtype=np.int64)) * _itemsize(t.data_type) for t in model.graph.initializer)
+
+
 def _serialized_with_outputs(model: onnx.ModelProto, tensors: list[str]) -> bytes:
     """The model's bytes with the wanted tensors added as outputs (the model is left as it was)."""
     known = {v.name: v for v in model.graph.value_info}
@@ -81,22 +94,32 @@ def _serialized_with_outputs(model: onnx.ModelProto, tensors: list[str]) -> byte
 
 
 def run_probe(model: onnx.ModelProto, tensors: list[str], timeout_s: float = DEFAULT_TIMEOUT_S,
-              max_activation_bytes: int = DEFAULT_MAX_ACTIVATION_BYTES) -> ProbeResult:
-    """Run `model` (inputs already fixed in size) and return the values of `tensors`."""
+              max_activation_bytes: int = DEFAULT_MAX_ACTIVATION_BYTES,
+              max_weight_bytes: int = DEFAULT_MAX_WEIGHT_BYTES, folder: Path | None = None,
+              threads: int = 1) -> ProbeResult:
+    """Run `model` (inputs already fixed in size; external data in `folder`) and return the
+    values of `tensors`. One intra-op thread by default; the codes do not depend on it."""
     import onnxruntime as ort
 
     if _activation_bytes(model) > max_activation_bytes:
         return ProbeResult(PROBE_SKIPPED, reason="activations larger than max_activation_bytes")
+    weight_bytes = _weight_bytes(model)
+    if weight_bytes > max_weight_bytes:
+        return ProbeResult(PROBE_SKIPPED, reason=f"weights ({weight_bytes / 2**30:.1f} GiB) larger than "
+                                                 "max_weight_bytes")
     try:
         feeds = probe_inputs(model)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # one thread: the same sums in the same order, every run
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if folder is not None:  # external data: from this folder only, never the working directory
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3
         session = ort.InferenceSession(_serialized_with_outputs(model, tensors), options,
                                        providers=["CPUExecutionProvider"])
-        wanted = [o.name for o in session.get_outputs() if o.name in set(tensors)]
+        wanted_set = set(tensors)
+        wanted = [o.name for o in session.get_outputs() if o.name in wanted_set]
         run_options = ort.RunOptions()
         timer = threading.Timer(timeout_s, lambda: setattr(run_options, "terminate", True))
         timer.start()

@@ -13,10 +13,10 @@ from flax import nnx
 
 from hnn_jax import checkpoint, schema
 from hnn_jax.config import HasherConfig
-from hnn_jax.errors import HNNError, SchemaMismatchError
+from hnn_jax.errors import HNNError, ModelTooLargeError, SchemaMismatchError
 from hnn_jax.hashcode import HashCode
 from hnn_jax.model import HashNet
-from hnn_jax.padding import pad_batch
+from hnn_jax.padding import MAX_EDGES, MAX_NODES, pad_batch
 
 # XLA:CPU hands some fused reductions (LayerNorm) to YNNPACK, which picks a summation order by
 # array size, so one graph could get other bits in another padding bucket. Keeping only dot
@@ -76,6 +76,10 @@ def validate_graph(graph, where: str = "graph") -> jraph.GraphsTuple:
                                   f"{schema.SCHEMA_VERSION}: " + "; ".join(problems))
 
     n, e = int(g.n_node[0]), int(g.n_edge[0])
+    if n + 1 > MAX_NODES or e > MAX_EDGES:
+        raise ModelTooLargeError(f"{where} has {n} nodes and {e} edges; the largest padding bucket holds "
+                                 f"{MAX_NODES - 1} nodes and {MAX_EDGES} edges. Hash a part of the model "
+                                 "(e.g. export one block) instead")
     if n < 1 or g.nodes.shape[0] != n or g.globals.shape[0] != 1:
         raise HNNError(f"{where}: n_node={n} but {g.nodes.shape[0]} node rows (need >= 1)")
     if not (g.edges.shape[0] == e == g.senders.shape[0] == g.receivers.shape[0]):

@@ -6,6 +6,8 @@ import jraph
 import numpy as np
 
 MIN_BUCKET = 64
+MAX_NODES = 1 << 17  # the largest bucket: one graph (plus the padding node) must fit in it
+MAX_EDGES = 1 << 18  # about 0.5 GB of activations per layer at width 128; more risks running out of memory
 
 
 def bucket_size(n: int, minimum: int = MIN_BUCKET) -> int:

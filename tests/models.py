@@ -129,3 +129,36 @@ def torch_twin_of_keras_cnn(seed: int = 0):
             return nn.functional.silu(self.fc2(x))
 
     return Twin().eval(), torch.randn(1, 3, 16, 16)
+
+
+def external_data_mlp(folder, layers: int, width: int, seed: int = 0):
+    """An ONNX MLP whose weights (layers x width x width float32) lie in `folder`/weights.bin,
+    written a layer at a time so that making a model of several GB needs one layer of memory.
+    Layers alternate MatMul ([in, out] weight) and Gemm with transB ([out, in]). Returns the
+    .onnx path."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    nodes, initializers, offset = [], [], 0
+    with open(folder / "weights.bin", "wb") as f:
+        for i in range(layers):
+            weight = rng.standard_normal((width, width), dtype=np.float32)
+            weight *= np.float32(1 / np.sqrt(width))
+            f.write(weight.tobytes())
+            t = onnx.TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[width, width],
+                                 data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", "weights.bin"), ("offset", offset), ("length", weight.nbytes)):
+                t.external_data.add(key=key, value=str(value))
+            offset += weight.nbytes
+            initializers.append(t)
+            op = (helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"z{i}"]) if i % 2 == 0 else
+                  helper.make_node("Gemm", [f"h{i}", f"w{i}"], [f"z{i}"], transB=1))
+            nodes += [op, helper.make_node("Relu", [f"z{i}"], [f"h{i + 1}"])]
+    graph = helper.make_graph(nodes, "external_mlp", [float_input("h0", [1, width])],
+                              [float_input(f"h{layers}", [1, width])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "model.onnx"
+    onnx.save(model, path)
+    return path
