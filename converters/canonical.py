@@ -316,7 +316,7 @@ def _check_nodes(model: onnx.ModelProto) -> None:
             raise CorruptFileError(
                 f"node {i} ({n.op_type}, opset {schema.since_version}) has inputs {list(n.input)} and "
                 f"outputs {list(n.output)}, but the op takes {schema.min_input} to {schema.max_input} "
-                f"inputs and {schema.min_output} to {schema.max_output} outputs. The model is invalid; "
+                f"inputs (required ones named) and {schema.min_output} to {schema.max_output} outputs. The model is invalid; "
                 "re-export it")
         for a in n.attribute:
             if a.name in schema.attributes and a.type != schema.attributes[a.name].type:
