@@ -24,6 +24,7 @@ bench: install  ## benchmark tables (see benchmarks/)
 	$(PY) benchmarks/bench_hash.py
 	$(PY) benchmarks/bench_index.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_large.py
 
 examples: install  ## rebuild the bundled example models in hnn_jax/examples/
 	$(PY) examples/make_examples.py

@@ -1,4 +1,4 @@
-"""Hashing an ONNX model with several GB of external data: peak memory and time.
+"""Large models: several GB of external data (peak memory, time) and many nodes (time).
 
 The model (tests/models.py external_data_mlp: MatMul/Gemm layers of width x width float32) is
 written once to --dir. Each row runs in a fresh process; "peak extra" is the growth of the
@@ -6,7 +6,10 @@ process's peak RSS (VmHWM, reset just before the step) over what it held after w
 tiny model, so imports and jit compilation are not counted. Target (issue 6): near the largest
 tensor plus a fixed overhead, not the total.
 
-    python benchmarks/bench_large.py [--layers 12] [--width 8192] [--dir /tmp/hnn_large]
+The second table converts and hashes chains of N ONNX nodes (MatMul, Relu, residual Add), up to
+converters.MAX_ONNX_NODES, to show the time grows about linearly and stays bounded.
+
+    python benchmarks/bench_large.py [--layers 12] [--width 8192] [--dir /tmp/hnn_large] [--nodes 1000 ...]
 """
 
 from __future__ import annotations
@@ -55,11 +58,53 @@ def run(step: str, path: Path, folder: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def chain(n: int):
+    """n ONNX nodes: MatMul (8x8 weight), Relu, Add of the last two tensors, repeated."""
+    import numpy as np
+    from onnx import helper
+
+    import models
+
+    rng = np.random.default_rng(0)
+    nodes, weights = [], []
+    for i in range(n):
+        if i % 3 == 0:
+            nodes.append(helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"]))
+            weights.append((f"w{i}", rng.standard_normal((8, 8)).astype(np.float32)))
+        elif i % 3 == 1:
+            nodes.append(helper.make_node("Relu", [f"h{i}"], [f"h{i + 1}"]))
+        else:
+            nodes.append(helper.make_node("Add", [f"h{i}", f"h{i - 1}"], [f"h{i + 1}"]))
+    return models.onnx_model(nodes, [models.float_input("h0", [1, 8])], [models.float_input(f"h{n}", None)], weights)
+
+
+def node_scaling(sizes: list[int]) -> None:
+    import time
+    import warnings
+
+    import hnn_jax
+    from hnn_jax import converters
+
+    warnings.simplefilter("ignore")
+    hnn_jax.hash(converters.from_onnx(chain(30)))  # load the hasher and compile once
+    print("\n| ONNX nodes | canonical nodes | convert (s) | hash (s, incl. compile) |")
+    print("|---|---|---|---|")
+    for n in sizes:
+        model = chain(n)
+        start = time.perf_counter()
+        graph = converters.from_onnx(model)
+        converted = time.perf_counter()
+        hnn_jax.hash(graph)
+        print(f"| {n} | {int(graph.n_node[0])} | {converted - start:.1f} | {time.perf_counter() - converted:.1f} |",
+              flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=8192)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/hnn_large"))
+    parser.add_argument("--nodes", type=int, nargs="*", default=[1000, 4000, 16000, 64000, 100000])
     args = parser.parse_args()
 
     import models
@@ -82,6 +127,7 @@ def main():
               f"{r['extra'] / total:.2f} |", flush=True)
         if r["code"]:
             print(f"\ncode: {r['code']}\n")
+    node_scaling(args.nodes)
 
 
 if __name__ == "__main__":

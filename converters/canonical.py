@@ -293,10 +293,19 @@ def _check_names(graph: onnx.GraphProto) -> None:
                                    "re-export the model")
 
 
+def _type_name(data_type: int) -> str:
+    known = data_type in onnx.TensorProto.DataType.values()
+    return f"tensor({onnx.TensorProto.DataType.Name(data_type).lower() if known else data_type})"
+
+
 def _check_nodes(model: onnx.ModelProto) -> None:
     """Each node of a known op has the inputs, outputs and attribute types its schema requires,
-    and a Transpose's perm is a permutation (the passes index with them without checking)."""
+    constant inputs of the element types it takes, and a Transpose's perm is a permutation (the
+    passes index with them and read constants as integers without checking)."""
     opsets = {o.domain if o.domain != "ai.onnx" else "": o.version for o in model.opset_import}
+    const_types = {t.name: t.data_type for t in model.graph.initializer}
+    const_types.update({n.output[0]: a.t.data_type for n in model.graph.node if n.op_type == "Constant"
+                        and len(n.output) for a in n.attribute if a.name == "value" and a.type == a.TENSOR})
     if not 1 <= opsets.get("", 13) < 2**31:
         raise CorruptFileError(f"the model imports version {opsets['']} of the ONNX operator set, which "
                                "does not exist. The file is corrupt; re-export the model")
@@ -318,6 +327,13 @@ def _check_nodes(model: onnx.ModelProto) -> None:
                 f"outputs {list(n.output)}, but the op takes {schema.min_input} to {schema.max_input} "
                 f"inputs (required ones named) and {schema.min_output} to {schema.max_output} outputs. The model is invalid; "
                 "re-export it")
+        allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+        for k, x in enumerate(n.input):
+            formal = schema.inputs[min(k, len(schema.inputs) - 1)]  # the last may be variadic
+            if x in const_types and _type_name(const_types[x]) not in allowed.get(formal.type_str, [formal.type_str]):
+                raise CorruptFileError(f"node {i} ({n.op_type}): input {k} is a constant of type "
+                                       f"{_type_name(const_types[x])}, which the op does not take. The "
+                                       "model is invalid; re-export it")
         for a in n.attribute:
             if a.name in schema.attributes and a.type != schema.attributes[a.name].type:
                 expected = onnx.AttributeProto.AttributeType.Name(schema.attributes[a.name].type)

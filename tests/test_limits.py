@@ -93,3 +93,30 @@ def test_a_graph_without_nodes_is_a_clear_error():
     empty = models.onnx_model([], [models.float_input("x", [2])], [models.float_input("x", [2])])
     with pytest.raises(CorruptFileError, match="no graph nodes"):
         converters.from_onnx(empty)
+
+
+def current_rss_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_repeated_conversions_and_failures_do_not_grow_memory():
+    from pathlib import Path
+
+    paths = sorted((Path(hnn_jax.__file__).parent / "examples").glob("*.onnx"))[:4]
+    truncated = paths[0].read_bytes()[:2000]
+
+    def round_trip():
+        hnn_jax.hash([converters.from_onnx(p) for p in paths])
+        with pytest.raises(CorruptFileError):
+            converters.from_onnx(truncated)
+
+    for _ in range(3):
+        round_trip()
+    before = current_rss_bytes()
+    for _ in range(15):
+        round_trip()
+    growth = current_rss_bytes() - before
+    assert growth < 24 << 20, f"RSS grew by {growth >> 20} MiB over 15 rounds"
