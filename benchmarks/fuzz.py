@@ -5,7 +5,7 @@ tests/fuzzing.CASE_TIME_LIMIT_S, an allocation beyond fuzzing.MEMORY_HEADROOM) i
 reproducer shrunk to the fewest mutations that still fail the same way. Same mutators and
 harness as tests/test_fuzz.py (tests/fuzzing.py); cases are drawn by hypothesis from --seed.
 
-    python benchmarks/fuzz.py [--cases 2000] [--seed 0] [--family both|bytes|structure] [--trace]
+    python benchmarks/fuzz.py [--cases 2000] [--seed 0] [--family all|bytes|structure|graphs] [--trace]
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 def signature(error: BaseException) -> str:
     """Exception type and the innermost hnn-jax frame: one line per distinct bug."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if "site-packages" not in f.filename and not f.filename.endswith("fuzzing.py")] or \
+        [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
     where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else "?"
     return f"{type(error).__name__} at {where}"
 
@@ -35,7 +37,7 @@ def signature(error: BaseException) -> str:
 def attempt(case) -> tuple[str, BaseException | None]:
     try:
         return fuzzing.run_case(case), None
-    except Exception as e:  # noqa: BLE001 - that is what we are looking for
+    except (Exception, fuzzing.HugeAllocation) as e:  # noqa: BLE001 - that is what we are looking for
         return "unexpected", e
 
 
@@ -79,7 +81,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--family", choices=["both", "bytes", "structure"], default="both")
+    parser.add_argument("--family", choices=["all", *fuzzing.FAMILIES], default="all")
     parser.add_argument("--trace", action="store_true", help="print each case before running it")
     args = parser.parse_args()
     import onnxruntime
@@ -88,7 +90,7 @@ def main():
 
     for name in fuzzing.SEEDS:  # build the seeds (and warm the hasher) outside the timing
         assert fuzzing.run_case(("bytes", name, [], False)) == "HashCode", name
-    families = ["bytes", "structure"] if args.family == "both" else [args.family]
+    families = list(fuzzing.FAMILIES) if args.family == "all" else [args.family]
     records: list = []
     start = time.perf_counter()
     for i, family in enumerate(families):

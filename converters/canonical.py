@@ -299,19 +299,27 @@ def _type_name(data_type: int) -> str:
 
 
 def _check_nodes(model: onnx.ModelProto) -> None:
-    """Each node of a known op has the inputs, outputs and attribute types its schema requires,
-    constant inputs of the element types it takes, and a Transpose's perm is a permutation (the
-    passes index with them and read constants as integers without checking)."""
+    """Each tensor is written once; each node of a known op has the inputs, outputs and attribute
+    types its schema requires, constant inputs of the element types it takes, and a Transpose's
+    perm is a permutation (the passes index with them and read constants as integers without
+    checking)."""
     opsets = {o.domain if o.domain != "ai.onnx" else "": o.version for o in model.opset_import}
     const_types = {t.name: t.data_type for t in model.graph.initializer}
     const_types.update({n.output[0]: a.t.data_type for n in model.graph.node if n.op_type == "Constant"
                         and len(n.output) for a in n.attribute if a.name == "value" and a.type == a.TENSOR})
+    defined = {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
     if not 1 <= opsets.get("", 13) < 2**31:
         raise CorruptFileError(f"the model imports version {opsets['']} of the ONNX operator set, which "
                                "does not exist. The file is corrupt; re-export the model")
     for i, n in enumerate(model.graph.node):
         if not any(n.output):
             raise CorruptFileError(f"node {i} ({n.op_type}) has no outputs. The model is invalid; re-export it")
+        for o in filter(None, n.output):  # each tensor is written once (the passes' maps assume it)
+            if o in defined:
+                raise CorruptFileError(f"node {i} ({n.op_type}) writes tensor '{o}', which a graph input, an "
+                                       "initializer or another node already defines. The model is invalid; "
+                                       "re-export it")
+            defined.add(o)
         domain = n.domain if n.domain != "ai.onnx" else ""
         try:
             schema = onnx.defs.get_schema(n.op_type, opsets.get(domain, 13), domain)

@@ -18,6 +18,7 @@ import signal
 import tempfile
 import traceback
 import warnings
+from unittest import mock
 
 import numpy as np
 import onnx
@@ -27,11 +28,13 @@ from onnx import TensorProto, helper, numpy_helper
 import hnn_jax
 import models
 from hnn_jax import HashCode, HNNError, converters
+from hnn_jax.converters import canonical
 from hnn_jax.hasher import validate_graph
 
-SEEDS = ("cnn", "mlp", "transformer", "int8_mlp", "handmade_vision", "handmade_ids")
+SEEDS = ("cnn", "mlp", "transformer", "int8_mlp", "handmade_vision", "handmade_ids", "handmade_sizes",
+         "identity_chain")
 PROBE_TIMEOUT_S = 2.0
-CASE_TIME_LIMIT_S = 30.0         # a case slower than this counts as a hang
+CASE_TIME_LIMIT_S = 10.0         # a case slower than this counts as a hang
 MEMORY_HEADROOM = 4 << 30        # address space a case may add before allocations fail
 
 
@@ -114,6 +117,39 @@ def _handmade_ids() -> onnx.ModelProto:
     return model
 
 
+def _handmade_sizes() -> onnx.ModelProto:
+    """Ops whose output size is a constant input (ConstantOfShape, Expand, Tile, Range, Pad, TopK,
+    OneHot) and a Loop with a constant trip count: mutated, they ask for huge tensors or long runs."""
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    body = helper.make_graph([helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+                              helper.make_node("Add", ["v_in", "one"], ["v_out"])], "body",
+                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                              helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                              models.float_input("v_in", None)],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                              models.float_input("v_out", None)])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape_c"], ["c"], value=numpy_helper.from_array(np.ones(1, np.float32))),
+        helper.make_node("Expand", ["x", "shape_e"], ["e"]),
+        helper.make_node("Add", ["e", "c"], ["a"]),
+        helper.make_node("Tile", ["a", "repeats"], ["t"]),
+        helper.make_node("Range", ["start", "limit", "delta"], ["r"]),
+        helper.make_node("Mul", ["t", "r"], ["m"]),
+        helper.make_node("Pad", ["m", "pads"], ["p"]),
+        helper.make_node("TopK", ["p", "k"], ["values", "indices"], axis=-1),
+        helper.make_node("OneHot", ["indices", "depth", "on_off"], ["oh"]),
+        helper.make_node("ReduceSum", ["oh", "axis2"], ["rs"], keepdims=0),
+        helper.make_node("Add", ["values", "rs"], ["sum"]),
+        helper.make_node("Loop", ["trips", "true", "sum"], ["y"], body=body),
+    ]
+    inits = [("shape_c", i64(2, 4)), ("shape_e", i64(2, 4)), ("repeats", i64(1, 2)),
+             ("start", np.float32(0)), ("limit", np.float32(8)), ("delta", np.float32(1)),
+             ("pads", i64(0, 1, 0, 1)), ("k", i64(3)), ("depth", i64(5)),
+             ("on_off", np.array([0, 1], np.float32)), ("axis2", i64(2)), ("trips", np.array(3, np.int64)),
+             ("true", np.array(True)), ("one", np.float32(1))]
+    return models.onnx_model(nodes, [models.float_input("x", [1, 4])], [models.float_input("y", None)], inits)
+
+
 def _torch_seed(build, **kwargs) -> onnx.ModelProto:
     from hnn_jax.converters.export import torch_to_onnx
 
@@ -138,6 +174,13 @@ def seed_bytes(name: str) -> bytes:
         model = _handmade_vision()
     elif name == "handmade_ids":
         model = _handmade_ids()
+    elif name == "handmade_sizes":
+        model = _handmade_sizes()
+    elif name == "identity_chain":  # tiny: rewiring and renaming reach every pass quickly
+        model = models.onnx_model(
+            [helper.make_node(op, [a], [b]) for op, a, b in
+             [("Identity", "x", "a"), ("Relu", "a", "b"), ("Identity", "b", "c"), ("Relu", "c", "y")]],
+            [models.float_input("x", [1, 4])], [models.float_input("y", None)])
     else:
         raise KeyError(name)
     return model.SerializeToString()
@@ -180,6 +223,8 @@ SAME_TYPE_VALUES = {
 INIT_EDITS = ["truncate_raw", "extend_raw", "clear", "dims_huge", "dims_negative", "dims_zero",
               "dims_scalar", "dims_extra", "dtype", "float_data", "external", "nan", "huge_values",
               "int_values"]
+DECLARED_SHAPES = [None, [], [0], [1], [7], [1, 1], [2, 3], [1, 8, 0], [1, 3, 16, 16], [10**9, 10**9],
+                   ["N", 4], [1, 2, 3, 4, 5, 6, 7, 8]]
 INT_VALUES = [0, -1, 1, 2, 7, -7, 2**31, 10**9, -10**9, 2**62, -(2**63)]
 MISSING = "__hnn_fuzz_missing__"
 
@@ -213,6 +258,15 @@ def _set_dim(dim, value) -> None:
         dim.dim_param = value
 
 
+def _readable(t: onnx.TensorProto) -> bool:
+    """Whether an (earlier mutated) initializer still holds data that fills its dims."""
+    try:
+        numpy_helper.to_array(t)
+    except (ValueError, TypeError, KeyError):
+        return False
+    return True
+
+
 def _edit_initializer(t: onnx.TensorProto, edit: str, arg: int) -> None:
     if edit == "truncate_raw":
         t.raw_data = t.raw_data[: len(t.raw_data) // 2]
@@ -243,12 +297,12 @@ def _edit_initializer(t: onnx.TensorProto, edit: str, arg: int) -> None:
         del t.external_data[:]
         entry = t.external_data.add()
         entry.key, entry.value = "location", _pick(["w.bin", "../w.bin", "/etc/passwd", ""], arg)
-    elif edit == "int_values" and t.data_type in (TensorProto.INT64, TensorProto.INT32):
+    elif edit == "int_values" and t.data_type in (TensorProto.INT64, TensorProto.INT32) and _readable(t):
         value = numpy_helper.to_array(t)
         fill = np.full_like(value, np.int64(_pick(INT_VALUES, arg)).astype(value.dtype))  # int32 wraps
         fill.reshape(-1)[: arg % max(value.size, 1)] = value.reshape(-1)[: arg % max(value.size, 1)]
         t.CopyFrom(numpy_helper.from_array(fill, t.name))
-    elif edit in ("nan", "huge_values") and t.data_type == TensorProto.FLOAT:
+    elif edit in ("nan", "huge_values") and t.data_type == TensorProto.FLOAT and _readable(t):
         value = numpy_helper.to_array(t)
         t.CopyFrom(numpy_helper.from_array(np.full_like(value, np.nan if edit == "nan" else 3e38), t.name))
 
@@ -336,6 +390,10 @@ def mutate_structure(model: onnx.ModelProto, mutation: tuple) -> None:
         del g.input[args[0] % len(g.input)]
     elif name == "duplicate_input" and len(g.input):
         g.input.append(g.input[args[0] % len(g.input)])
+    elif name == "declare" and names:  # a declared shape that may lie (used when inference fails)
+        value = helper.make_tensor_value_info(_pick(names, args[0]), _pick(ELEM_TYPES[1:17], args[1]),
+                                              _pick(DECLARED_SHAPES, args[2]))
+        (g.output if args[1] % 5 == 0 else g.value_info).append(value)
     elif name == "drop_functions":
         del model.functions[:]
     elif name == "reverse_nodes":
@@ -415,13 +473,49 @@ def structure_mutations():
         st.tuples(st.just("output_name"), _index, st.one_of(st.none(), _index)),
         st.tuples(st.just("remove_input"), _index),
         st.tuples(st.just("duplicate_input"), _index),
+        st.tuples(st.just("declare"), _index, _index, _index),
         st.tuples(st.just("drop_functions")),
         st.tuples(st.just("reverse_nodes")),
     )
 
 
+# Small random graphs over a few names: a name may be written twice, read before it is
+# written, never written, or be the graph input (family "graphs").
+GRAPH_OPS = {"Identity": 1, "Relu": 1, "Sigmoid": 1, "Neg": 1, "Dropout": 1, "Transpose": 1,
+             "Add": 2, "Mul": 2, "Concat": 2}
+GRAPH_NAMES = ["x", "a", "b", "c", "d", "e", "f", "g"]
+
+
+@st.composite
+def graph_cases(draw):
+    """Mostly well formed (nodes read names already written and write new ones), sometimes not."""
+    def name(usual: list[str]) -> str:  # one draw in ten from all names
+        return draw(st.sampled_from(GRAPH_NAMES if draw(st.integers(0, 9)) == 9 or not usual else usual))
+
+    written, nodes = ["x"], []
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(sorted(GRAPH_OPS)))
+        inputs = tuple(name(written) for _ in range(GRAPH_OPS[op]))
+        output = name([n for n in GRAPH_NAMES if n not in written])
+        nodes.append((op, inputs, output))
+        written.append(output)
+    return "graphs", name(written[-1:]), nodes, draw(st.booleans())
+
+
+def graph_model(output: str, nodes) -> onnx.ModelProto:
+    return models.onnx_model(
+        [helper.make_node(op, list(ins), [out], **({"axis": -1} if op == "Concat" else {})) for op, ins, out in nodes],
+        [models.float_input("x", [1, 4])], [models.float_input(output, None)])
+
+
+FAMILIES = ("bytes", "structure", "graphs")
+
+
 def cases(family: str):
-    """Cases of one family ("bytes" or "structure"): (family, seed, mutations, as_file)."""
+    """Cases of one family: (family, seed, mutations, as_file) for "bytes" and "structure",
+    ("graphs", output name, nodes, as_file) for "graphs"."""
+    if family == "graphs":
+        return graph_cases()
     mutations = byte_mutations() if family == "bytes" else structure_mutations()
     return st.tuples(st.just(family), st.sampled_from(SEEDS), st.lists(mutations, min_size=1, max_size=4),
                      st.booleans())
@@ -430,8 +524,10 @@ def cases(family: str):
 # ----------------------------------------------------------------------------- running a case
 
 def build(case) -> bytes | onnx.ModelProto:
-    """The mutated model of a case: bytes for the byte family, a ModelProto for structure."""
+    """The model of a case: bytes for the byte family, a ModelProto for the others."""
     family, seed, mutations, _ = case
+    if family == "graphs":
+        return graph_model(seed, mutations)
     if family == "bytes":
         data = seed_bytes(seed)
         for m in mutations:
@@ -451,9 +547,21 @@ class InvalidGraph(Exception):
     """from_onnx returned a graph the hasher rejects (NaN features, bad indices): a converter bug."""
 
 
-class HugeAllocation(Exception):
-    """An allocation beyond MEMORY_HEADROOM failed inside code that turned it into a fallback
-    (the probe records any failure as static features)."""
+class HugeAllocation(BaseException):
+    """An allocation beyond MEMORY_HEADROOM failed inside code that turns failures into a
+    fallback (the probe, constant folding, region fusion). A BaseException, so that no
+    `except Exception` there hides it."""
+
+
+def _loud(function):
+    """`function`, with a MemoryError raised as HugeAllocation."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except MemoryError as e:
+            raise HugeAllocation(str(e)) from None
+    return wrapper
 
 
 _ALLOCATION_FAILED = re.compile(r"unable to allocate|bad_alloc|failed to allocate|memoryerror", re.I)
@@ -510,7 +618,7 @@ def run_case(case) -> str:
                 f.write(source if isinstance(source, bytes) else source.SerializeToString())
             source = path
         try:
-            with limits():
+            with limits(), mock.patch.object(canonical, "_evaluate", _loud(canonical._evaluate)):
                 graph = converters.from_onnx(source, probe_timeout=PROBE_TIMEOUT_S)
                 try:
                     validate_graph(graph)
