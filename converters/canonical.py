@@ -909,7 +909,9 @@ def form_linear(w: _Work) -> None:
             inputs = [n.inputs[0], w.add_const(weight, n.inputs[1])]
             if len(n.inputs) > 2 and n.inputs[2] in w.consts:
                 bias = w.consts[n.inputs[2]].astype(np.float32) * float(n.attrs.get("beta", 1.0))
-                inputs.append(w.add_const(np.broadcast_to(bias, (weight.shape[0],)).copy(), n.inputs[2]))
+                if bias.size != 1 and (bias.size != weight.shape[0] or bias.shape[-1] != weight.shape[0]):
+                    continue  # C of shape [M, N] or [M, 1]: not one bias per output
+                inputs.append(w.add_const(np.broadcast_to(bias.reshape(-1), (weight.shape[0],)).copy(), n.inputs[2]))
             elif len(n.inputs) > 2 and n.inputs[2]:
                 continue
             n.inputs, n.kind, n.attrs = inputs, "linear", {}
@@ -1344,6 +1346,10 @@ def build(w: _Work) -> CanonicalGraph:
 def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> CanonicalGraph:
     """The whole merge operation: ONNX model -> CanonicalGraph. `folder` holds its external
     data files, if any (converters.load.load_onnx checks them)."""
+    maps = {}
+    for t in model.graph.initializer:  # external data must fill the dims before shape inference
+        if external_data_helper.uses_external_data(t):  # trusts them (10**9 elements: GBs there)
+            tensor_array(t, folder, maps)
     prepared = prepare(model)
     w = _Work(prepared, folder)
     if not w.nodes and not w.outputs:
