@@ -43,12 +43,12 @@ def attempt(case) -> tuple[str, BaseException | None]:
 
 def shrink(case, sig: str):
     """Drop mutations one at a time while the same failure remains."""
-    family, name, mutations, as_file = case
+    family, name, mutations, where = case
     changed = True
     while changed and len(mutations) > 1:
         changed = False
         for i in range(len(mutations)):
-            smaller = (family, name, mutations[:i] + mutations[i + 1:], as_file)
+            smaller = (family, name, mutations[:i] + mutations[i + 1:], where)
             outcome, error = attempt(smaller)
             if error is not None and signature(error) == sig:
                 case, mutations, changed = smaller, smaller[2], True
@@ -89,7 +89,7 @@ def main():
     onnxruntime.set_default_logger_severity(4)  # the probe's failures are expected: no log lines
 
     for name in fuzzing.SEEDS:  # build the seeds (and warm the hasher) outside the timing
-        assert fuzzing.run_case(("bytes", name, [], False)) == "HashCode", name
+        assert fuzzing.run_case(("bytes", name, [], fuzzing.IN_MEMORY)) == "HashCode", name
     families = list(fuzzing.FAMILIES) if args.family == "all" else [args.family]
     records: list = []
     start = time.perf_counter()

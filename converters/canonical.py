@@ -1346,9 +1346,11 @@ def build(w: _Work) -> CanonicalGraph:
 def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> CanonicalGraph:
     """The whole merge operation: ONNX model -> CanonicalGraph. `folder` holds its external
     data files, if any (converters.load.load_onnx checks them)."""
+    # External weights must fill their dims before shape inference trusts the dims: a tensor
+    # declaring 10**9 elements over 40 bytes made ONNX's data propagation allocate GBs.
     maps = {}
-    for t in model.graph.initializer:  # external data must fill the dims before shape inference
-        if external_data_helper.uses_external_data(t):  # trusts them (10**9 elements: GBs there)
+    for t in model.graph.initializer:
+        if external_data_helper.uses_external_data(t):
             tensor_array(t, folder, maps)
     prepared = prepare(model)
     w = _Work(prepared, folder)

@@ -2,8 +2,9 @@
 harness that runs a case through from_onnx + hash and names the outcome.
 
 Shared by tests/test_fuzz.py (a bounded run in CI) and benchmarks/fuzz.py (a longer run by hand).
-A case is plain data, (seed name, mutations, as_file), so a failure prints its own reproducer:
-`build(case)` rebuilds the exact input, `run_case(case)` runs it.
+A case is plain data, (family, seed name, mutations, where), so a failure prints its own
+reproducer: `run_case(case)` rebuilds the exact input and runs it. `where` says how the model is
+given: in memory, as a file, or as a file whose initializers are in an external data file.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ import os
 import re
 import resource
 import signal
+import sys
 import tempfile
-import traceback
+import types
 import warnings
 from unittest import mock
 
 import numpy as np
 import onnx
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 import hnn_jax
 import models
@@ -31,6 +33,7 @@ from hnn_jax import HashCode, HNNError, converters
 from hnn_jax.converters import canonical
 from hnn_jax.hasher import validate_graph
 
+IN_MEMORY, AS_FILE, EXTERNAL_DATA = 0, 1, 2   # how a case's model is given to from_onnx
 SEEDS = ("cnn", "mlp", "transformer", "int8_mlp", "handmade_vision", "handmade_ids", "handmade_sizes",
          "identity_chain")
 PROBE_TIMEOUT_S = 2.0
@@ -223,6 +226,17 @@ SAME_TYPE_VALUES = {
 INIT_EDITS = ["truncate_raw", "extend_raw", "clear", "dims_huge", "dims_negative", "dims_zero",
               "dims_scalar", "dims_extra", "dtype", "float_data", "external", "nan", "huge_values",
               "int_values"]
+# external_data entries: paths out of the model's folder (OUTSIDE is a file next to that folder,
+# link.bin a symlink to it), other files, offsets and lengths out of range or not numbers.
+OUTSIDE = "outside.bin"
+EXTERNAL_VALUES = {
+    "location": ["w.bin", "./w.bin", "../" + OUTSIDE, "link.bin", "/etc/passwd", "", "m.onnx",
+                 "missing.bin", "sub/../w.bin", "w.bin/", "."],
+    "offset": ["0", "-1", "4", "7", "4096", str(10**12), "abc", ""],
+    "length": ["0", "-1", "3", "4096", str(10**12), "abc", ""],
+    "checksum": ["0"],
+    "basepath": ["..", "/"],
+}
 DECLARED_SHAPES = [None, [], [0], [1], [7], [1, 1], [2, 3], [1, 8, 0], [1, 3, 16, 16], [10**9, 10**9],
                    ["N", 4], [1, 2, 3, 4, 5, 6, 7, 8]]
 INT_VALUES = [0, -1, 1, 2, 7, -7, 2**31, 10**9, -10**9, 2**62, -(2**63)]
@@ -259,7 +273,9 @@ def _set_dim(dim, value) -> None:
 
 
 def _readable(t: onnx.TensorProto) -> bool:
-    """Whether an (earlier mutated) initializer still holds data that fills its dims."""
+    """Whether an (earlier mutated) initializer holds, inline, data that fills its dims."""
+    if external_data_helper.uses_external_data(t):
+        return False
     try:
         numpy_helper.to_array(t)
     except (ValueError, TypeError, KeyError):
@@ -394,6 +410,14 @@ def mutate_structure(model: onnx.ModelProto, mutation: tuple) -> None:
         value = helper.make_tensor_value_info(_pick(names, args[0]), _pick(ELEM_TYPES[1:17], args[1]),
                                               _pick(DECLARED_SHAPES, args[2]))
         (g.output if args[1] % 5 == 0 else g.value_info).append(value)
+    elif name == "external_entry" and len(g.initializer):
+        t = g.initializer[args[0] % len(g.initializer)]
+        key = _pick(sorted(EXTERNAL_VALUES), args[1])
+        t.data_location = TensorProto.EXTERNAL
+        entries = [e for e in t.external_data if e.key != key]
+        del t.external_data[:]
+        t.external_data.extend(entries)
+        t.external_data.add(key=key, value=_pick(EXTERNAL_VALUES[key], args[2]))
     elif name == "drop_functions":
         del model.functions[:]
     elif name == "reverse_nodes":
@@ -469,6 +493,7 @@ def structure_mutations():
         st.tuples(st.just("opset"), st.one_of(st.none(), st.sampled_from(OPSETS)),
                   st.sampled_from(["", "ai.onnx", "com.example"])),
         st.tuples(st.just("ir_version"), st.sampled_from(IR_VERSIONS)),
+        st.tuples(st.just("external_entry"), _index, _index, _index),
         st.tuples(st.just("remove_output"), st.one_of(st.none(), _index)),
         st.tuples(st.just("output_name"), _index, st.one_of(st.none(), _index)),
         st.tuples(st.just("remove_input"), _index),
@@ -499,7 +524,7 @@ def graph_cases(draw):
         output = name([n for n in GRAPH_NAMES if n not in written])
         nodes.append((op, inputs, output))
         written.append(output)
-    return "graphs", name(written[-1:]), nodes, draw(st.booleans())
+    return "graphs", name(written[-1:]), nodes, draw(st.sampled_from([IN_MEMORY, AS_FILE]))
 
 
 def graph_model(output: str, nodes) -> onnx.ModelProto:
@@ -512,31 +537,63 @@ FAMILIES = ("bytes", "structure", "graphs")
 
 
 def cases(family: str):
-    """Cases of one family: (family, seed, mutations, as_file) for "bytes" and "structure",
-    ("graphs", output name, nodes, as_file) for "graphs"."""
+    """Cases of one family: (family, seed, mutations, where) for "bytes" and "structure",
+    ("graphs", output name, nodes, where) for "graphs"."""
     if family == "graphs":
         return graph_cases()
     mutations = byte_mutations() if family == "bytes" else structure_mutations()
     return st.tuples(st.just(family), st.sampled_from(SEEDS), st.lists(mutations, min_size=1, max_size=4),
-                     st.booleans())
+                     st.sampled_from([IN_MEMORY, AS_FILE, EXTERNAL_DATA]))
 
 
 # ----------------------------------------------------------------------------- running a case
 
-def build(case) -> bytes | onnx.ModelProto:
-    """The model of a case: bytes for the byte family, a ModelProto for the others."""
-    family, seed, mutations, _ = case
+def _with_external_data(seed: str, folder: str) -> onnx.ModelProto:
+    """The seed saved in `folder` with every initializer in w.bin; the saved proto, data not loaded.
+    Next to the folder lies OUTSIDE, and in it link.bin points there."""
+    model = onnx.load_from_string(seed_bytes(seed))
+    path = os.path.join(folder, "m.onnx")
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin",
+              size_threshold=0)
+    outside = os.path.join(os.path.dirname(folder), OUTSIDE)
+    weights = os.path.join(folder, "w.bin")
+    with open(outside, "wb") as g:  # w.bin's bytes (a seed without initializers has no w.bin)
+        g.write(open(weights, "rb").read() if os.path.exists(weights) else b"")
+    os.symlink(outside, os.path.join(folder, "link.bin"))
+    return onnx.load(path, load_external_data=False)
+
+
+def build(case, folder: str | None = None) -> bytes | onnx.ModelProto:
+    """The model of a case: bytes for the byte family, a ModelProto for the others. EXTERNAL_DATA
+    cases write their data files in `folder`."""
+    family, seed, mutations, where = case
     if family == "graphs":
         return graph_model(seed, mutations)
+    external = where == EXTERNAL_DATA and folder is not None
     if family == "bytes":
-        data = seed_bytes(seed)
+        data = _with_external_data(seed, folder).SerializeToString() if external else seed_bytes(seed)
         for m in mutations:
             data = mutate_bytes(data, m)
         return data
-    model = onnx.load_from_string(seed_bytes(seed))
+    model = _with_external_data(seed, folder) if external else onnx.load_from_string(seed_bytes(seed))
     for m in mutations:
         mutate_structure(model, m)
     return model
+
+
+class OutsideRead(Exception):
+    """A file outside the model's folder (OUTSIDE, /etc/passwd) was opened."""
+
+
+_opened: list[str] | None = None  # paths opened while a case runs (Python-level opens)
+
+
+def _audit(event: str, args) -> None:
+    if _opened is not None and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        _opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)
 
 
 class CaseTimeout(Exception):
@@ -560,8 +617,18 @@ def _loud(function):
         try:
             return function(*args, **kwargs)
         except MemoryError as e:
-            raise HugeAllocation(str(e)) from None
+            raise HugeAllocation(f"{function.__name__}: {e}") from None
     return wrapper
+
+
+@contextlib.contextmanager
+def loud_allocations():
+    """MemoryError in constant folding, region fusion (onnx.reference) and shape inference (C++
+    std::bad_alloc), whose broad excepts make failures a fallback, raises HugeAllocation."""
+    shapes = types.SimpleNamespace(infer_shapes=_loud(canonical.shape_inference.infer_shapes))
+    with mock.patch.object(canonical, "_evaluate", _loud(canonical._evaluate)), \
+            mock.patch.object(canonical, "shape_inference", shapes):
+        yield
 
 
 _ALLOCATION_FAILED = re.compile(r"unable to allocate|bad_alloc|failed to allocate|memoryerror", re.I)
@@ -589,36 +656,25 @@ def limits(time_limit_s: float = CASE_TIME_LIMIT_S, headroom: int = MEMORY_HEADR
         signal.signal(signal.SIGALRM, previous)
 
 
-# Crashes in code that another change is rewriting, left to it: (exception type, function) ->
-# what is wrong. Each has a strict-xfail regression test in test_fuzz.py; run_case reports them
-# as "known bug in <function>". Remove the entry with the fix.
-KNOWN_BUGS = {
-    ("ValueError", "form_linear"): "a Gemm's constant C that does not broadcast to [out] (valid: "
-                                   "C of shape [M, N]) is broadcast anyway (test_gemm_bias_of_shape_m_n)",
-}
-
-
-def crash_site(error: BaseException) -> str:
-    """The innermost hnn-jax function (converters or hnn_jax) an exception came through."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__)
-              if "/converters/" in f.filename or "/hnn_jax/" in f.filename]
-    return frames[-1].name if frames else "?"
-
-
 def run_case(case) -> str:
-    """Convert and hash one case; returns "HashCode", the HNNError subclass's name or a
-    KNOWN_BUGS outcome. Any other exception (including CaseTimeout, MemoryError, InvalidGraph and
-    HugeAllocation) propagates: that is a bug."""
-    source = build(case)
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings(record=True) as caught:
+    """Convert and hash one case; returns "HashCode" or the HNNError subclass's name. Any other
+    exception (including CaseTimeout, MemoryError, InvalidGraph, OutsideRead and HugeAllocation)
+    propagates: that is a bug."""
+    global _opened
+    with tempfile.TemporaryDirectory() as root, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if case[3]:  # through a file: the path loader and its external-data checks
+        folder = os.path.join(root, "model")
+        os.mkdir(folder)
+        source = build(case, folder)
+        if case[3] != IN_MEMORY:  # through a file: the path loader and its external-data checks
             path = os.path.join(folder, "m.onnx")
             with open(path, "wb") as f:
                 f.write(source if isinstance(source, bytes) else source.SerializeToString())
             source = path
+        forbidden = {os.path.realpath(os.path.join(root, OUTSIDE)), "/etc/passwd"}
+        _opened = []
         try:
-            with limits(), mock.patch.object(canonical, "_evaluate", _loud(canonical._evaluate)):
+            with limits(), loud_allocations():
                 graph = converters.from_onnx(source, probe_timeout=PROBE_TIMEOUT_S)
                 try:
                     validate_graph(graph)
@@ -627,10 +683,11 @@ def run_case(case) -> str:
                 code = hnn_jax.hash(graph)
         except HNNError as e:
             return type(e).__name__
-        except Exception as e:  # noqa: BLE001 - only to let a known bug through
-            if (type(e).__name__, crash_site(e)) in KNOWN_BUGS:
-                return f"known bug in {crash_site(e)}"
-            raise
+        finally:
+            opened, _opened = _opened, None
+        outside = sorted({p for p in opened if os.path.realpath(p) in forbidden})
+        if outside:
+            raise OutsideRead(f"opened {outside} (the model is in {folder})")
     for w in caught:
         if _ALLOCATION_FAILED.search(str(w.message)):
             raise HugeAllocation(str(w.message))
