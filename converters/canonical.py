@@ -139,9 +139,9 @@ class CanonicalGraph:
 
 # ----------------------------------------------------------------------------- preparation
 
-def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inline functions, check names, nodes and weights are well formed, give symbolic input
-    dims defaults, and infer shapes."""
+def prepare(model: onnx.ModelProto, folder: Path | None = None) -> onnx.ModelProto:
+    """Inline functions, check names, nodes and weights (external ones in `folder`) are well
+    formed, give symbolic input dims defaults, and infer shapes."""
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     model = model_copy
@@ -153,6 +153,12 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     _check_names(model.graph)
     _check_nodes(model)
     _check_initializers(model.graph)
+    # External weights must fill their dims before shape inference trusts the dims: a tensor
+    # declaring 10**9 elements over 40 bytes made ONNX's data propagation allocate GBs.
+    maps = {}
+    for t in model.graph.initializer:
+        if external_data_helper.uses_external_data(t):
+            tensor_array(t, folder, maps)
     initializers = {t.name for t in model.graph.initializer}
     for value in model.graph.input:
         if value.name in initializers or not value.type.HasField("tensor_type"):
@@ -249,6 +255,7 @@ _ITEMSIZE = {t: np.dtype(helper.tensor_dtype_to_np_dtype(t)).itemsize for t in (
     onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
     onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64,
     onnx.TensorProto.BOOL)}
+_DATA_TYPES = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}  # all defined
 
 
 def _tensor_value(t: onnx.TensorProto) -> np.ndarray:
@@ -264,9 +271,13 @@ def _tensor_value(t: onnx.TensorProto) -> np.ndarray:
 
 
 def _check_initializers(graph: onnx.GraphProto) -> None:
-    """Every inline initializer's data must fill its dims (a length check for raw data; other
-    encodings, small in practice, are decoded once). External data is checked where it is read."""
+    """Every initializer has an element type ONNX defines, and inline data that fills its dims (a
+    length check for raw data; other encodings, small in practice, are decoded once). External
+    data is checked where it is read (load.tensor_array)."""
     for t in graph.initializer:
+        if t.data_type not in _DATA_TYPES:
+            raise CorruptFileError(f"initializer '{t.name}' has element type {t.data_type}, which ONNX does "
+                                   "not define. The file is corrupt; re-export the model")
         if external_data_helper.uses_external_data(t):
             continue
         if not (t.HasField("raw_data") and t.data_type in _ITEMSIZE):
@@ -1346,13 +1357,7 @@ def build(w: _Work) -> CanonicalGraph:
 def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> CanonicalGraph:
     """The whole merge operation: ONNX model -> CanonicalGraph. `folder` holds its external
     data files, if any (converters.load.load_onnx checks them)."""
-    # External weights must fill their dims before shape inference trusts the dims: a tensor
-    # declaring 10**9 elements over 40 bytes made ONNX's data propagation allocate GBs.
-    maps = {}
-    for t in model.graph.initializer:
-        if external_data_helper.uses_external_data(t):
-            tensor_array(t, folder, maps)
-    prepared = prepare(model)
+    prepared = prepare(model, folder)
     w = _Work(prepared, folder)
     if not w.nodes and not w.outputs:
         raise CorruptFileError("the ONNX graph has no nodes and no outputs")

@@ -215,11 +215,15 @@ def test_transpose_without_perm_is_kept():
         "input", "relu", "transpose", "relu"]
 
 
-def test_external_weights_fill_their_dims_before_shape_inference():
-    """An external initializer declaring 10**9 elements over 40 bytes: ONNX's data propagation in
-    prepare() allocated GBs (std::bad_alloc under the cap, an OOM kill without) before load's
-    size check ran."""
-    case = ("structure", "handmade_vision", [("initializer", 15, "dims_huge", 0)], fuzzing.EXTERNAL_DATA)
+@pytest.mark.parametrize("mutation", [
+    # 10**9 elements declared over 40 bytes: ONNX's data propagation in prepare() allocated GBs
+    # (std::bad_alloc under the cap, an OOM kill without) before load's size check ran
+    ("initializer", 15, "dims_huge", 0),
+    # an element type ONNX does not define: KeyError in load.tensor_array
+    ("elem_type", "initializer", 15, 99),
+])
+def test_external_weights_are_checked_before_use(mutation):
+    case = ("structure", "handmade_vision", [mutation], fuzzing.EXTERNAL_DATA)
     assert fuzzing.run_case(case) == "CorruptFileError"
 
 
