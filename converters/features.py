@@ -151,14 +151,21 @@ def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
 
 
 def _activation_features(value: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean, std, min, max and share of positives, read a chunk at a time: a float64 copy of a
+    1 GB activation (what std() made) would be 2 GB more."""
     stats = np.zeros(6, np.float32)
     if value is None or value.size == 0 or not np.issubdtype(value.dtype, np.number):
         return stats, np.zeros(N_PROJ, np.float32)
-    v = _finite(value if value.dtype == np.float32 else value.astype(np.float32))
-    mean, std = v.mean(dtype=np.float64), v.std(dtype=np.float64)
-    stats[:5] = [slog(mean), slog(std), slog(v.min()), slog(v.max()), np.count_nonzero(v > 0) / v.size]
+    lo, hi, positive = np.inf, -np.inf, 0
+    for chunk in _chunks([value]):
+        chunk = _finite(chunk)
+        lo, hi, positive = min(lo, chunk.min()), max(hi, chunk.max()), positive + np.count_nonzero(chunk > 0)
+    n, total, squares, _ = _moments([value])
+    mean = total / n
+    std = np.sqrt(max(squares / n - mean * mean, 0.0))
+    stats[:5] = [slog(mean), slog(std), slog(lo), slog(hi), positive / n]
     stats[5] = 1.0
-    return stats, projections(v, "act", mean, std)
+    return stats, projections(value, "act", mean, std)
 
 
 def _dtype_kind(elem_type: int) -> float:

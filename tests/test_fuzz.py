@@ -227,6 +227,21 @@ def test_external_weights_are_checked_before_use(mutation):
     assert fuzzing.run_case(case) == "CorruptFileError"
 
 
+def test_activation_statistics_do_not_copy_the_activation():
+    """std(dtype=float64) made a float64 copy of each activation: 2.4 GB more for a 1.2 GB Range
+    output (within max_activation_bytes), a MemoryError under the fuzzer's cap."""
+    import tracemalloc
+
+    from hnn_jax.converters.features import _activation_features
+
+    value = np.random.default_rng(0).standard_normal(1 << 24).astype(np.float32)  # 64 MB
+    tracemalloc.start()
+    _activation_features(value)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < value.nbytes  # one float64 chunk at a time, never the whole array
+
+
 @pytest.mark.parametrize("dims", [[1, 10**9], [2**32, 2**32]])
 def test_probe_skips_inputs_too_large_to_make(dims):
     """Inputs count toward max_activation_bytes (they did not: a [1, 10**9] input of an op shape
