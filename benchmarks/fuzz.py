@@ -22,11 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import fuzzing  # noqa: E402
+import onnxruntime  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 
 def signature(error: BaseException) -> str:
-    """Exception type and the innermost hnn-jax frame: one line per distinct bug."""
+    """Exception type and the innermost frame outside site-packages and the harness: one line per
+    distinct bug."""
     frames = [f for f in traceback.extract_tb(error.__traceback__)
               if "site-packages" not in f.filename and not f.filename.endswith("fuzzing.py")] or \
         [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
@@ -49,7 +51,7 @@ def shrink(case, sig: str):
         changed = False
         for i in range(len(mutations)):
             smaller = (family, name, mutations[:i] + mutations[i + 1:], where)
-            outcome, error = attempt(smaller)
+            _, error = attempt(smaller)
             if error is not None and signature(error) == sig:
                 case, mutations, changed = smaller, smaller[2], True
                 break
@@ -84,8 +86,6 @@ def main():
     parser.add_argument("--family", choices=["all", *fuzzing.FAMILIES], default="all")
     parser.add_argument("--trace", action="store_true", help="print each case before running it")
     args = parser.parse_args()
-    import onnxruntime
-
     onnxruntime.set_default_logger_severity(4)  # the probe's failures are expected: no log lines
 
     for name in fuzzing.SEEDS:  # build the seeds (and warm the hasher) outside the timing

@@ -37,6 +37,7 @@ IN_MEMORY, AS_FILE, EXTERNAL_DATA = 0, 1, 2   # how a case's model is given to f
 SEEDS = ("cnn", "mlp", "transformer", "int8_mlp", "handmade_vision", "handmade_ids", "handmade_sizes",
          "identity_chain")
 PROBE_TIMEOUT_S = 2.0
+MAX_ACTIVATION_BYTES = 1 << 28   # the probe's limit here (default 2 GiB): cases stay light
 CASE_TIME_LIMIT_S = 10.0         # a case slower than this counts as a hang
 MEMORY_HEADROOM = 4 << 30        # address space a case may add before allocations fail
 
@@ -225,7 +226,7 @@ SAME_TYPE_VALUES = {
 }
 INIT_EDITS = ["truncate_raw", "extend_raw", "clear", "dims_huge", "dims_negative", "dims_zero",
               "dims_scalar", "dims_extra", "dtype", "float_data", "external", "nan", "huge_values",
-              "int_values"]
+              "int_values", "float_values"]
 # external_data entries: paths out of the model's folder (OUTSIDE is a file next to that folder,
 # link.bin a symlink to it), other files, offsets and lengths out of range or not numbers.
 OUTSIDE = "outside.bin"
@@ -239,6 +240,7 @@ EXTERNAL_VALUES = {
 }
 DECLARED_SHAPES = [None, [], [0], [1], [7], [1, 1], [2, 3], [1, 8, 0], [1, 3, 16, 16], [10**9, 10**9],
                    ["N", 4], [1, 2, 3, 4, 5, 6, 7, 8]]
+FLOAT_VALUES = [0.5, -1.0, 1e6, 3e7, 1e9, -1e9, 1e-30]  # sizes (Range), scales, epsilons
 INT_VALUES = [0, -1, 1, 2, 7, -7, 2**31, 10**9, -10**9, 2**62, -(2**63)]
 MISSING = "__hnn_fuzz_missing__"
 
@@ -318,6 +320,8 @@ def _edit_initializer(t: onnx.TensorProto, edit: str, arg: int) -> None:
         fill = np.full_like(value, np.int64(_pick(INT_VALUES, arg)).astype(value.dtype))  # int32 wraps
         fill.reshape(-1)[: arg % max(value.size, 1)] = value.reshape(-1)[: arg % max(value.size, 1)]
         t.CopyFrom(numpy_helper.from_array(fill, t.name))
+    elif edit == "float_values" and t.data_type == TensorProto.FLOAT and _readable(t):
+        t.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(t), _pick(FLOAT_VALUES, arg)), t.name))
     elif edit in ("nan", "huge_values") and t.data_type == TensorProto.FLOAT and _readable(t):
         value = numpy_helper.to_array(t)
         t.CopyFrom(numpy_helper.from_array(np.full_like(value, np.nan if edit == "nan" else 3e38), t.name))
@@ -606,8 +610,8 @@ class InvalidGraph(Exception):
 
 class HugeAllocation(BaseException):
     """An allocation beyond MEMORY_HEADROOM failed inside code that turns failures into a
-    fallback (the probe, constant folding, region fusion). A BaseException, so that no
-    `except Exception` there hides it."""
+    fallback (the probe, constant folding, region fusion, shape inference). A BaseException, so
+    that no `except Exception` there hides it."""
 
 
 def _loud(function):
@@ -675,14 +679,17 @@ def run_case(case) -> str:
         _opened = []
         try:
             with limits(), loud_allocations():
-                graph = converters.from_onnx(source, probe_timeout=PROBE_TIMEOUT_S)
+                graph = converters.from_onnx(source, probe_timeout=PROBE_TIMEOUT_S,
+                                             max_activation_bytes=MAX_ACTIVATION_BYTES)
                 try:
                     validate_graph(graph)
                 except HNNError as e:
                     raise InvalidGraph(str(e)) from None
                 code = hnn_jax.hash(graph)
+            assert isinstance(code, HashCode), type(code)
+            outcome = "HashCode"
         except HNNError as e:
-            return type(e).__name__
+            outcome = type(e).__name__
         finally:
             opened, _opened = _opened, None
         outside = sorted({p for p in opened if os.path.realpath(p) in forbidden})
@@ -691,8 +698,7 @@ def run_case(case) -> str:
     for w in caught:
         if _ALLOCATION_FAILED.search(str(w.message)):
             raise HugeAllocation(str(w.message))
-    assert isinstance(code, HashCode), type(code)
-    return "HashCode"
+    return outcome
 
 
 def describe(case) -> str:
