@@ -943,7 +943,8 @@ def fold_into_producers(w: _Work) -> None:
         if n.domain != "" or len(dyn) != 1:
             continue
         x = dyn[0]
-        if n.op == "BatchNormalization" and n.kind is None and all(i in w.consts for i in n.inputs[1:5]):
+        if (n.op == "BatchNormalization" and n.kind is None and all(i in w.consts for i in n.inputs[1:5])
+                and len({w.consts[i].size for i in n.inputs[1:5]}) == 1):  # one value per channel each
             gamma, beta, mean, var = (w.consts[i].astype(np.float32) for i in n.inputs[1:5])
             scale = gamma / np.sqrt(var + float(n.attrs.get("epsilon", 1e-5)))
             per_channel = (-1,) + (1,) * max(len(w.shape(x) or (0, 0)) - 2, 0)  # [C,1,1] for NCHW

@@ -195,6 +195,9 @@ def transpose_between_relus(**attrs):
                       [models.float_input("x", [1, 0, 8])], [models.float_input("y", None)]),
     models.onnx_model([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])],
                       [models.float_input("x", [1, 2**31, 8])], [models.float_input("y", None)]),
+    # BatchNormalization whose scale is empty and mean has 4 values (broadcast ValueError)
+    one_node("BatchNormalization", ["x", "s", "b", "m", "v"], shape=(1, 4, 2, 2),
+             inits=[("s", np.zeros(0, np.float32))] + [(k, np.ones(4, np.float32)) for k in "bmv"]),
     # Slice and Split of a scalar (axis % rank: ZeroDivisionError)
     models.onnx_model([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
                        helper.make_node("Slice", ["s", "zero", "one", "zero"], ["y"])],
@@ -205,7 +208,7 @@ def transpose_between_relus(**attrs):
                       [models.float_input("x", [1, 8])], [models.float_input("y", None), models.float_input("z", None)]),
 ], ids=["array_attribute", "empty_list_attribute", "transpose_without_perm", "clip_vector_bounds",
         "source_op", "odd_attribute_types", "infinite_alpha", "infinite_epsilon", "negative_pads",
-        "zero_size_input", "huge_input", "slice_of_scalar", "split_of_scalar"])
+        "zero_size_input", "huge_input", "batch_norm_params_of_other_sizes", "slice_of_scalar", "split_of_scalar"])
 def test_odd_but_convertible_models_hash(model):
     assert outcome(model)[0] == "HashCode"
 
