@@ -689,6 +689,14 @@ def drop_shape_arithmetic(w: _Work) -> None:
     w.nodes = [n for n in w.nodes if id(n) not in shape_only]
 
 
+def _fits(shape: tuple[int, ...], *values: np.ndarray) -> bool:
+    """Whether every value broadcasts to `shape` without growing it."""
+    try:
+        return np.broadcast_shapes(shape, *(v.shape for v in values)) == tuple(shape)
+    except ValueError:
+        return False
+
+
 def dequantize(w: _Work) -> None:
     """Turn onnxruntime's int8 patterns back into float ops with dequantised weights.
 
@@ -735,14 +743,13 @@ def dequantize(w: _Work) -> None:
         if w_scale is None:
             continue
         wq = w.consts[n.inputs[1]].astype(np.float32)
-        zp = w.consts.get(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] else None
-        if zp is not None:
-            zp = zp.astype(np.float32)
-            wq = wq - (zp.reshape(-1, *([1] * (wq.ndim - 1))) if n.op == "ConvInteger" and zp.size > 1 else zp)
-        w_scale = np.asarray(w_scale, dtype=np.float32)
-        if n.op == "ConvInteger" and w_scale.size > 1:
-            w_scale = w_scale.reshape(-1, *([1] * (wq.ndim - 1)))
-        weight = w.add_const((wq * w_scale).astype(np.float32), n.inputs[1])
+        zp = w.consts.get(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] else np.zeros(1)
+        zp, w_scale = (np.asarray(v, np.float32) for v in (zp, w_scale))
+        if n.op == "ConvInteger":  # per output channel: along the weight's first axis
+            zp, w_scale = (v.reshape(-1, *([1] * (wq.ndim - 1))) if v.size > 1 else v for v in (zp, w_scale))
+        if not _fits(wq.shape, zp, w_scale):  # scales or zero points of another shape: not this pattern
+            continue
+        weight = w.add_const(((wq - zp) * w_scale).astype(np.float32), n.inputs[1])
         float_op = "MatMul" if n.op == "MatMulInteger" else "Conv"
         attrs = {} if float_op == "MatMul" else dict(n.attrs)
         w.nodes[w.nodes.index(n)] = Node(float_op, [quant[0].inputs[0], weight], [mul.outputs[0]], attrs)
@@ -957,9 +964,9 @@ def fold_into_producers(w: _Work) -> None:
         target = producer.get(x)
         if target is not None and (readers.get(x) != 1 or x in w.outputs):
             target = None
-        foldable = target is not None and (
-            target.kind == "linear"
-            or (target.op in ("Conv", "ConvTranspose") and target.inputs[1] in w.consts))
+        foldable = (target is not None and len(target.inputs) > 1  # a constant weight and bias
+                    and all(i in w.consts for i in target.inputs[1:3] if i)
+                    and (target.kind == "linear" or target.op in ("Conv", "ConvTranspose")))
         if foldable and _fold_affine(w, target, mul, add):
             target.outputs = [n.outputs[0]]
             producer[n.outputs[0]] = target

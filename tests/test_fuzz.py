@@ -159,6 +159,17 @@ def test_constant_with_external_data_is_never_read_from_the_working_directory(tm
         np.testing.assert_array_equal(external.nodes, inline.nodes)
 
 
+def int8_with_scale(scale):
+    """onnxruntime's dynamic int8 MatMul pattern with weight scale `scale` (x [1, 8], weight [8, 4])."""
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("MatMulInteger", ["xq", "wq", "xz", "wz"], ["mi"]),
+             helper.make_node("Cast", ["mi"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "ws"], ["s"]),
+             helper.make_node("Mul", ["mf", "s"], ["y"])]
+    return models.onnx_model(nodes, [models.float_input("x", [1, 8])], [models.float_input("y", None)],
+                             [("wq", np.ones((8, 4), np.uint8)), ("wz", np.array(0, np.uint8)), ("ws", scale)])
+
+
 def transpose_between_relus(**attrs):
     return models.onnx_model([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Transpose", ["a"], ["t"], **attrs),
                               helper.make_node("Relu", ["t"], ["y"])],
@@ -198,6 +209,14 @@ def transpose_between_relus(**attrs):
     # BatchNormalization whose scale is empty and mean has 4 values (broadcast ValueError)
     one_node("BatchNormalization", ["x", "s", "b", "m", "v"], shape=(1, 4, 2, 2),
              inits=[("s", np.zeros(0, np.float32))] + [(k, np.ones(4, np.float32)) for k in "bmv"]),
+    # a Conv whose bias is computed, followed by a per-channel Mul (KeyError folding it)
+    models.onnx_model([helper.make_node("ReduceMean", ["x"], ["bias"], axes=[0, 2, 3], keepdims=0),
+                       helper.make_node("Conv", ["x", "w", "bias"], ["c"], kernel_shape=[1, 1]),
+                       helper.make_node("Mul", ["c", "k"], ["y"])],
+                      [models.float_input("x", [1, 4, 2, 2])], [models.float_input("y", None)],
+                      [("w", np.ones((4, 4, 1, 1), np.float32)), ("k", np.full((4, 1, 1), 2, np.float32))]),
+    # int8 MatMulInteger whose weight scale does not fit the weight (broadcast ValueError)
+    int8_with_scale(np.ones(3, np.float32)),
     # Slice and Split of a scalar (axis % rank: ZeroDivisionError)
     models.onnx_model([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
                        helper.make_node("Slice", ["s", "zero", "one", "zero"], ["y"])],
@@ -208,7 +227,8 @@ def transpose_between_relus(**attrs):
                       [models.float_input("x", [1, 8])], [models.float_input("y", None), models.float_input("z", None)]),
 ], ids=["array_attribute", "empty_list_attribute", "transpose_without_perm", "clip_vector_bounds",
         "source_op", "odd_attribute_types", "infinite_alpha", "infinite_epsilon", "negative_pads",
-        "zero_size_input", "huge_input", "batch_norm_params_of_other_sizes", "slice_of_scalar", "split_of_scalar"])
+        "zero_size_input", "huge_input", "batch_norm_params_of_other_sizes", "computed_conv_bias",
+        "int8_scale_of_another_shape", "slice_of_scalar", "split_of_scalar"])
 def test_odd_but_convertible_models_hash(model):
     assert outcome(model)[0] == "HashCode"
 
