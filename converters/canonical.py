@@ -363,6 +363,18 @@ def _check_nodes(model: onnx.ModelProto) -> None:
                                        "of the axes. The model is invalid; re-export it")
 
 
+def _captured(node: onnx.NodeProto) -> list[str]:
+    """Tensors of the enclosing graph that the node's subgraphs (If/Loop/Scan bodies) read."""
+    names: list[str] = []
+    for a in node.attribute:
+        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            local = {v.name for v in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                names += [x for x in [*n.input, *_captured(n)] if x and x not in local]
+                local.update(n.output)
+    return list(dict.fromkeys(names))
+
+
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out = {}
     for a in node.attribute:
@@ -445,7 +457,9 @@ class _Work:
                     self.consts[n.output[0]] = value
                     continue
             domain = n.domain if n.domain != "ai.onnx" else ""
-            self.nodes.append(Node(n.op_type, list(n.input), list(n.output),
+            # what its subgraphs read from this graph counts as inputs, for every pass and edge
+            inputs = [*n.input, *(x for x in _captured(n) if x not in n.input)]
+            self.nodes.append(Node(n.op_type, inputs, list(n.output),
                                    _with_defaults(n.op_type, domain, self.opset, _attrs(n)), domain))
         self._fresh = 0
 

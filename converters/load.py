@@ -32,6 +32,9 @@ def _checked_location(tensor: onnx.TensorProto, folder: Path) -> Path:
     range inside the file."""
     info = _external_info(tensor)
     location = info.get("location", "")
+    if not isinstance(location, str) or "\0" in location:  # protobuf hands invalid UTF-8 back as bytes
+        raise CorruptFileError(f"tensor '{tensor.name}': external data location {location!r} is not a "
+                               "file name. The file is corrupt; re-export the model")
     if not location or os.path.isabs(location) or ".." in Path(location).parts:
         raise CorruptFileError(f"tensor '{tensor.name}' points at external data '{location}': only "
                                "relative paths inside the model's folder are read")

@@ -3,7 +3,7 @@
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from hnn_jax import CorruptFileError, converters
 from hnn_jax.converters import canonicalize
@@ -216,3 +216,16 @@ def test_infinite_masks_and_nan_activations_give_finite_features():
                        [float_input("x", [1, 8])], [float_input("y", None)], [("mask", mask)])
     g = converters.from_onnx(model)
     assert np.isfinite(g.nodes).all() and np.isfinite(g.edges).all()
+
+
+def test_tensors_read_only_inside_a_subgraph_are_kept():
+    then_branch = helper.make_graph([helper.make_node("Neg", ["r"], ["t"])], "then", [],
+                                    [float_input("t", [1, 4])])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["r"], ["e"])], "else", [],
+                                    [float_input("e", [1, 4])])
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    model = onnx_model([helper.make_node("Relu", ["x"], ["r"]),
+                        helper.make_node("Constant", [], ["c"], value=cond),
+                        helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)],
+                       [float_input("x", [1, 4])], [float_input("y", [1, 4])])
+    assert "relu" in ops(model)

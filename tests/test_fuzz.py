@@ -275,11 +275,9 @@ def test_probe_skips_inputs_too_large_to_make(dims):
     assert g.globals[0, schema.GLOBAL_PROBE] == schema.PROBE_SKIPPED
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, ValueError),
-                   reason="load._checked_location: a location that is not UTF-8 (protobuf gives bytes) "
-                          "or holds a NUL raises TypeError/ValueError; found by the fuzzer, left to load.py")
 @pytest.mark.parametrize("location", [b"w\xc8bin", b"w\x00bin"])
 def test_external_location_that_is_not_a_path_is_a_clear_error(tmp_path, location):
+    """A location that is not UTF-8 (protobuf gives bytes) or holds a NUL raised TypeError/ValueError."""
     model = one_node("Add", ["x", "b"], inits=[("b", np.ones(8, np.float32))])
     onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="w.bin", size_threshold=0)
     data = (tmp_path / "m.onnx").read_bytes()
