@@ -152,7 +152,7 @@ def prepare(model: onnx.ModelProto, folder: Path | None = None) -> onnx.ModelPro
             raise UnsupportedModelError(f"could not inline the model's local functions: {e}")
     _check_names(model.graph)
     _check_nodes(model)
-    _check_initializers(model.graph)
+    _check_tensors(model.graph)
     # External weights must fill their dims before shape inference trusts the dims: a tensor
     # declaring 10**9 elements over 40 bytes made ONNX's data propagation allocate GBs.
     maps = {}
@@ -270,22 +270,34 @@ def _tensor_value(t: onnx.TensorProto) -> np.ndarray:
                                f"be read: {e}. The file is corrupt; re-export the model") from None
 
 
-def _check_initializers(graph: onnx.GraphProto) -> None:
-    """Every initializer has an element type ONNX defines, and inline data that fills its dims (a
-    length check for raw data; other encodings, small in practice, are decoded once). External
-    data is checked where it is read (load.tensor_array)."""
-    for t in graph.initializer:
+def _tensors(graph: onnx.GraphProto):
+    """(tensor, what it is) for the initializers and node attribute tensors, subgraphs included."""
+    yield from ((t, "initializer") for t in graph.initializer)
+    for n in graph.node:
+        for a in n.attribute:
+            what = f"tensor attribute '{a.name}' of a {n.op_type} node"
+            yield from ((t, what) for t in ([a.t] if a.type == onnx.AttributeProto.TENSOR else a.tensors))
+            for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs:
+                yield from _tensors(g)
+
+
+def _check_tensors(graph: onnx.GraphProto) -> None:
+    """Every initializer and attribute tensor has an element type ONNX defines, and inline data
+    that fills its dims (a length check for raw data; other encodings, small in practice, are
+    decoded once), before shape inference trusts the dims. External initializer data is checked
+    where it is read (load.tensor_array)."""
+    for t, what in _tensors(graph):
         if t.data_type not in _DATA_TYPES:
-            raise CorruptFileError(f"initializer '{t.name}' has element type {t.data_type}, which ONNX does "
+            raise CorruptFileError(f"{what} '{t.name}' has element type {t.data_type}, which ONNX does "
                                    "not define. The file is corrupt; re-export the model")
-        if external_data_helper.uses_external_data(t):
+        if external_data_helper.uses_external_data(t) and what == "initializer":
             continue
         if not (t.HasField("raw_data") and t.data_type in _ITEMSIZE):
             _tensor_value(t)
             continue
         count = math.prod(t.dims) if all(d >= 0 for d in t.dims) else -1
         if len(t.raw_data) != count * _ITEMSIZE[t.data_type]:
-            raise CorruptFileError(f"initializer '{t.name}' holds {len(t.raw_data)} bytes, but its dims "
+            raise CorruptFileError(f"{what} '{t.name}' holds {len(t.raw_data)} bytes, but its dims "
                                    f"{list(t.dims)} need {max(count, 0) * _ITEMSIZE[t.data_type]}. The file "
                                    "is corrupt (truncated or edited); re-export the model")
 

@@ -109,6 +109,12 @@ def test_local_functions_are_inlined():
     # a tensor written twice: remove_noops' alias map got a loop (a hang)
     (lambda: fuzzing.graph_model("d", [("Sigmoid", ("x",), "b"), ("Dropout", ("b",), "d"), ("Dropout", ("d",), "d")]),
      CorruptFileError, "writes tensor 'd', which"),
+    # a Constant whose 4 bytes claim 10**9 elements (shape inference's data propagation: bad_alloc)
+    (lambda: models.onnx_model([helper.make_node("Constant", [], ["c"], value=onnx.TensorProto(
+                                    name="c", data_type=TensorProto.FLOAT, dims=[10**9], raw_data=b"\0" * 4)),
+                                helper.make_node("Add", ["x", "c"], ["y"])],
+                               [models.float_input("x", [1, 8])], [models.float_input("y", None)]),
+     CorruptFileError, "holds 4 bytes, but its dims"),
     # a perm that is not a permutation (IndexError)
     (lambda: one_node("Transpose", attrs={"perm": [0, 5]}), CorruptFileError, "not a permutation"),
     # an opset version that does not exist
