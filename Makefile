@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test bench examples clean
+.PHONY: install demo test bench fuzz examples clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ bench: install  ## benchmark tables (see benchmarks/)
 	$(PY) benchmarks/bench_index.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_large.py
+
+fuzz: install  ## a longer fuzzing run than CI's (mutated ONNX models must give a code or an HNNError)
+	$(PY) benchmarks/fuzz.py --cases 20000
 
 examples: install  ## rebuild the bundled example models in hnn_jax/examples/
 	$(PY) examples/make_examples.py
