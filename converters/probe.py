@@ -115,7 +115,7 @@ def run_probe(model: onnx.ModelProto, tensors: list[str], timeout_s: float = DEF
         if folder is not None:  # external data: from this folder only, never the working directory
             options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # failures reach the user as a warning with the reason
         session = ort.InferenceSession(_serialized_with_outputs(model, tensors), options,
                                        providers=["CPUExecutionProvider"])
         wanted_set = set(tensors)
