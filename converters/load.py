@@ -7,6 +7,7 @@ Code that reads a large view whole calls `release_pages` afterwards to drop it f
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from pathlib import Path
@@ -112,7 +113,7 @@ def tensor_array(tensor: onnx.TensorProto, folder: Path | None, maps: dict[Path,
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
     if any(d < 0 for d in tensor.dims):
         raise CorruptFileError(f"tensor '{tensor.name}' has a negative dimension: {list(tensor.dims)}")
-    count = int(np.prod(tensor.dims, dtype=np.int64))
+    count = math.prod(tensor.dims)  # exact: np.prod wraps around for huge dims
     info = _external_info(tensor)
     offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
     packed = tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)

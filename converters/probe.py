@@ -77,7 +77,7 @@ def _itemsize(data_type: int) -> int:
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
-    return sum(int(np.prod(t.dims, dtype=np.int64)) * _itemsize(t.data_type) for t in model.graph.initializer)
+    return sum(math.prod(t.dims) * _itemsize(t.data_type) for t in model.graph.initializer)
 
 
 def _serialized_with_outputs(model: onnx.ModelProto, tensors: list[str]) -> bytes:

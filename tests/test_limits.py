@@ -63,6 +63,11 @@ def test_truncated_or_mis_sized_external_data_is_a_clear_error(tmp_path):
     onnx.save(m, path)
     with pytest.raises(CorruptFileError, match="needs"):
         converters.from_onnx(path)
+    del m.graph.initializer[0].dims[:]
+    m.graph.initializer[0].dims.extend([2**40, 2**40])  # 2**80 elements: np.prod in int64 wrapped to 0
+    onnx.save(m, path)
+    with pytest.raises(CorruptFileError, match="needs 4835703278458516698824704"):
+        converters.from_onnx(path)
 
 
 def test_models_beyond_the_size_limits_are_refused_clearly():
