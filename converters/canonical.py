@@ -186,7 +186,7 @@ def _infer_shapes(graph: onnx.GraphProto, model: onnx.ModelProto,
     small, large = [], []
     if consts is None:
         for t in graph.initializer:
-            if int(np.prod(t.dims)) <= 4096:
+            if math.prod(t.dims) <= 4096:
                 small.append(t)
             else:
                 large.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
@@ -635,7 +635,7 @@ def fold_constants(w: _Work) -> None:
               and all(x in w.consts for x in n.inputs if x) and not _has_subgraph(n.attrs)
               and any(n.inputs)):
             out_shape = w.shape(n.outputs[0])
-            if out_shape is None or int(np.prod(out_shape)) <= MAX_FOLD_ELEMENTS:
+            if out_shape is None or math.prod(out_shape) <= MAX_FOLD_ELEMENTS:
                 try:
                     value = _evaluate(w, [n], {}, [o for o in n.outputs if o])
                 except Exception:  # noqa: BLE001 - an op the reference runtime lacks stays a node
@@ -804,7 +804,7 @@ def _is_noop(w: _Work, n: Node, x: str, dyn: list[str]) -> bool:
         return _same_float(w, x, out) or w.elem_type(x) == n.attrs.get("to")
     if n.op in RESHAPES or n.op == "Expand":
         return (w.shape(x) is not None and _squeezed(w.shape(x)) == _squeezed(w.shape(out))
-                and (n.op != "Expand" or np.prod(w.shape(x)) == np.prod(w.shape(out))))
+                and (n.op != "Expand" or math.prod(w.shape(x)) == math.prod(w.shape(out))))
     if n.op == "Transpose":
         perm, shape = n.attrs.get("perm"), w.shape(x)
         if perm is None or (shape is not None and len(perm) != len(shape)):
