@@ -13,6 +13,11 @@ class HasherConfig:
     bits: int = 64
     hidden: int = 128
     layers: int = 4
+    # The last `instance_bits` bits are not learned: a fixed random projection of every node's
+    # weight fingerprint in canonical node order (hnn_jax.model.instance_code). They tell
+    # initialisations apart and follow copies; the learned bits then see no fingerprints and code
+    # the architecture. 0: every bit is learned and sees everything.
+    instance_bits: int = 0
 
     def __post_init__(self):
         if not isinstance(self.bits, int) or self.bits not in ALLOWED_BITS:
@@ -21,9 +26,18 @@ class HasherConfig:
             raise ValueError(f"hidden must be an even int >= 2, got {self.hidden!r}")
         if not isinstance(self.layers, int) or self.layers < 1:
             raise ValueError(f"layers must be an int >= 1, got {self.layers!r}")
+        if not isinstance(self.instance_bits, int) or not 0 <= self.instance_bits < self.bits:
+            raise ValueError(f"instance_bits must be an int in [0, bits), got {self.instance_bits!r}")
+
+    @property
+    def learned_bits(self) -> int:
+        return self.bits - self.instance_bits
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.instance_bits:  # checkpoints from before instance bits keep their versions
+            del d["instance_bits"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HasherConfig":

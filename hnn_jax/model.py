@@ -7,9 +7,12 @@ buckets also needs XLA to keep each row's arithmetic independent of the array si
 sets the compiler options for that (see hasher.py) and tests it.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import jraph
+import numpy as np
 from flax import nnx
 
 from hnn_jax import schema
@@ -31,6 +34,53 @@ def _ste_sign_bwd(x, g):
 
 
 ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
+
+
+# Columns that differ between two initialisations of one architecture: the fixed-position
+# projections of weights and probe activations. Instance bits read the weight ones; learned bits
+# read none of them when the config has instance bits.
+FINGERPRINT_COLUMNS = np.r_[schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_PROJ]
+INSTANCE_COLUMNS = np.r_[schema.NODE_WEIGHT_PROJ]
+INSTANCE_SEED = 0x5EED
+
+
+@functools.cache
+def _instance_mixing(width: int, bits: int) -> np.ndarray:
+    return np.random.default_rng(INSTANCE_SEED).choice([-1.0, 1.0], (width, bits)).astype(np.float32)
+
+
+def _fmix32(x: jax.Array) -> jax.Array:
+    """MurmurHash3's finaliser on uint32: exact integer arithmetic, the same on every backend."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def instance_code(graph: jraph.GraphsTuple, bits: int) -> jax.Array:
+    """[n_graph, bits] of +-1: a SimHash of the weight fingerprints in canonical node order.
+
+    Node i of a graph contributes (its weight projections @ a fixed +-1 matrix) times +-1 signs
+    drawn by hashing (i, op); the sums are signed. Two inits of one architecture share no weights,
+    so about half these bits differ; an fp16, int8, pruned or lightly tuned copy keeps most of
+    them. No parameters: nothing here is trained.
+    """
+    nodes = graph.nodes
+    n, n_graph = nodes.shape[0], graph.n_node.shape[0]
+    graph_idx = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=n)
+    first = jnp.cumsum(graph.n_node) - graph.n_node
+    local = (jnp.arange(n) - first[graph_idx]).astype(jnp.uint32)
+    op = jnp.clip(jnp.round(nodes[:, schema.NODE_OP]), 0, schema.VOCAB_SIZE - 1).astype(jnp.uint32)
+    key = local * jnp.uint32(schema.VOCAB_SIZE) + op
+    words = jnp.stack([_fmix32(key ^ _fmix32(jnp.uint32(INSTANCE_SEED + w)))
+                       for w in range((bits + 31) // 32)], axis=1)
+    column = np.arange(bits)
+    sign_bits = (words[:, column // 32] >> jnp.asarray(column % 32, jnp.uint32)) & jnp.uint32(1)
+    signs = sign_bits.astype(nodes.dtype) * 2 - 1
+    mixing = jnp.asarray(_instance_mixing(len(INSTANCE_COLUMNS), bits))
+    total = jraph.segment_sum((nodes[:, INSTANCE_COLUMNS] @ mixing) * signs, graph_idx, n_graph)
+    return jnp.where(total >= 0, 1.0, -1.0).astype(nodes.dtype)
 
 
 class DirectedLayer(nnx.Module):
@@ -56,7 +106,11 @@ class DirectedLayer(nnx.Module):
 
 
 class HashNet(nnx.Module):
-    """Graph -> K continuous pre-sign values per graph (apply ste_sign for the code)."""
+    """Graph -> K continuous pre-sign values per graph (apply ste_sign for the code).
+
+    With config.instance_bits, the last ones are instance_code's +-1 values and the network
+    computes only the first config.learned_bits, blind to the fingerprint columns.
+    """
 
     def __init__(self, config: HasherConfig, *, rngs: nnx.Rngs):
         h = config.hidden
@@ -70,7 +124,7 @@ class HashNet(nnx.Module):
         self.global_proj = nnx.Linear(schema.GLOBAL_WIDTH - 1, h, rngs=rngs)
         self.head = nnx.Linear(4 * h, h, rngs=rngs)
         self.head_norm = nnx.LayerNorm(h, rngs=rngs)
-        self.to_bits = nnx.Linear(h, config.bits, rngs=rngs)
+        self.to_bits = nnx.Linear(h, config.learned_bits, rngs=rngs)
 
     def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
         graph = jax.tree.map(jnp.asarray, graph)  # jraph's padding masks index with jnp arrays
@@ -79,7 +133,10 @@ class HashNet(nnx.Module):
         n_graph = graph.n_node.shape[0]
 
         op = jnp.clip(jnp.round(nodes[:, schema.NODE_OP]), 0, schema.VOCAB_SIZE - 1)
-        h = self.op_embed(op.astype(jnp.int32)) + self.node_proj(nodes[:, 1:])
+        features = nodes
+        if self.config.instance_bits:
+            features = nodes.at[:, FINGERPRINT_COLUMNS].set(0.0)
+        h = self.op_embed(op.astype(jnp.int32)) + self.node_proj(features[:, 1:])
         h = self.input_norm(h)
 
         half = h.shape[1] // 2
@@ -91,7 +148,10 @@ class HashNet(nnx.Module):
         dst = jnp.concatenate([2 * graph.receivers, 2 * graph.senders + 1])
         for layer in self.layers:
             h = layer(h, edge_msg, src, dst)
-        return self._readout(h, graph, n, n_graph)
+        learned = self._readout(h, graph, n, n_graph)
+        if not self.config.instance_bits:
+            return learned
+        return jnp.concatenate([learned, instance_code(graph, self.config.instance_bits)], axis=1)
 
     def _readout(self, h, graph, n, n_graph):
         """Mean, max and attention pooling per graph (padding nodes masked), plus globals."""

@@ -105,3 +105,70 @@ def test_short_training_lowers_the_loss_and_groups_families():
     same = np.asarray(labels[:, None] == labels[None, :]) & ~np.eye(n, dtype=bool)
     diff = np.asarray(labels[:, None] != labels[None, :])
     assert dist[same].mean() < dist[diff].mean()
+
+
+# ----------------------------------------------------------------------------- instance bits
+
+INSTANCE = HasherConfig(bits=32, hidden=16, layers=1, instance_bits=12)
+
+
+def _reference_instance_code(graph, bits):
+    """instance_code restated in plain numpy and Python integers, for one unpadded graph."""
+    from hnn_jax import schema
+    from hnn_jax.model import INSTANCE_COLUMNS, INSTANCE_SEED, _instance_mixing
+
+    def fmix(x):
+        x ^= x >> 16
+        x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+        x ^= x >> 13
+        x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    total = np.zeros(bits, np.float64)
+    mixing = _instance_mixing(len(INSTANCE_COLUMNS), bits).astype(np.float64)
+    for i, row in enumerate(np.asarray(graph.nodes, np.float64)):
+        key = i * schema.VOCAB_SIZE + int(row[schema.NODE_OP])
+        words = [fmix(key ^ fmix(INSTANCE_SEED + w)) for w in range((bits + 31) // 32)]
+        signs = np.array([1.0 if (words[b // 32] >> (b % 32)) & 1 else -1.0 for b in range(bits)])
+        total += (row[INSTANCE_COLUMNS] @ mixing) * signs
+    return np.where(total >= 0, 1.0, -1.0)
+
+
+def test_instance_bits_match_a_plain_reference_in_any_batch_position():
+    from hnn_jax.model import instance_code
+
+    graphs = [random_graph(i, 20 + 7 * i) for i in range(4)]
+    batch = pad_batch(graphs, n_graph=6)
+    for bits in (12, 40):  # 40: two hashed words per node
+        out = np.asarray(jax.jit(instance_code, static_argnums=1)(batch, bits))
+        for k, g in enumerate(graphs):
+            np.testing.assert_array_equal(out[k], _reference_instance_code(g, bits))
+
+
+def test_instance_bits_follow_weights_and_learned_bits_ignore_fingerprints():
+    from hnn_jax.model import FINGERPRINT_COLUMNS
+
+    model = HashNet(INSTANCE, rngs=nnx.Rngs(0))
+    g = random_graph(3, 40)
+    other = g._replace(nodes=g.nodes.copy())
+    other.nodes[:, FINGERPRINT_COLUMNS] = np.random.default_rng(9).standard_normal(
+        (g.nodes.shape[0], len(FINGERPRINT_COLUMNS)))
+    a, b = (np.asarray(apply(model, pad_batch([x], n_graph=2))[0]) for x in (g, other))
+    learned = INSTANCE.learned_bits
+    np.testing.assert_array_equal(a[:learned], b[:learned])      # another init: same learned part
+    assert set(np.unique(a[learned:])) <= {-1.0, 1.0}
+    assert (a[learned:] != b[learned:]).sum() >= 2                 # ... other instance bits
+    noisy = g._replace(nodes=g.nodes * np.float32(1.001))          # a near copy keeps them
+    c = np.asarray(apply(model, pad_batch([noisy], n_graph=2))[0])
+    np.testing.assert_array_equal(a[learned:], c[learned:])
+
+
+def test_instance_bits_config():
+    assert INSTANCE.learned_bits == 20
+    assert HasherConfig.from_dict(INSTANCE.to_dict()) == INSTANCE
+    assert "instance_bits" not in SMALL.to_dict()  # older checkpoints keep their code versions
+    for bad in (-1, 32, 40, 1.5):
+        with pytest.raises(ValueError, match="instance_bits"):
+            HasherConfig(bits=32, instance_bits=bad)
+    model = HashNet(INSTANCE, rngs=nnx.Rngs(0))
+    assert model.to_bits.kernel.shape == (16, 20)
