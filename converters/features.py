@@ -38,14 +38,17 @@ def _projection_plan(tag: str, shape: tuple[int, ...], size: int) -> tuple[np.nd
     return rng.integers(0, size, (N_PROJ, PROJ_SAMPLES)), rng.choice([-1.0, 1.0], (N_PROJ, PROJ_SAMPLES))
 
 
-def projections(values: np.ndarray, tag: str, centre: float, scale: float) -> np.ndarray:
-    """N_PROJ signed sums of elements at fixed positions, less `centre`, over `scale`."""
+def projections(values: np.ndarray, tag: str, centre: float, scale: float | np.ndarray) -> np.ndarray:
+    """N_PROJ signed sums of elements at fixed positions, less `centre`, over `scale`: one number,
+    or one per row of `values` (an element of row r is divided by scale[r])."""
     out = np.zeros(N_PROJ, np.float32)
     if values.size == 0:
         return out
     positions, signs = _projection_plan(tag, tuple(values.shape), values.size)
     sample = _finite(np.asarray(values_at(values, positions), np.float32)).astype(np.float64)
-    proj = ((sample - centre) * signs).sum(1) / (np.sqrt(PROJ_SAMPLES) * (scale + 1e-12))
+    if np.ndim(scale):
+        scale = np.asarray(scale, np.float64)[positions // (values.size // len(scale))]
+    proj = ((sample - centre) * signs / (scale + 1e-12)).sum(1) / np.sqrt(PROJ_SAMPLES)
     return np.clip(proj, -8, 8).astype(np.float32)
 
 
@@ -127,6 +130,26 @@ def _moments(arrays: list[np.ndarray]) -> tuple[int, float, float, float]:
     return n, total, squares, absolute
 
 
+def _row_rms(primary: np.ndarray) -> np.ndarray | None:
+    """RMS of every row of a weight of 2 or more dims (an output channel of a conv or linear
+    weight, [out, ...]), read a chunk at a time; None for vectors and for views whose memory
+    order is neither the rows' nor their transpose's."""
+    rows = primary.shape[0] if primary.ndim >= 2 else 0
+    if rows < 2 or primary.size == 0:
+        return None
+    row_len = primary.size // rows
+    by_column = primary.size > CHUNK and not primary.flags.c_contiguous  # _chunks reads memory order
+    if by_column and not (primary.ndim == 2 and primary.flags.f_contiguous):
+        return None
+    squares, start = np.zeros(rows), 0
+    for chunk in _chunks([primary]):
+        flat = np.arange(start, start + chunk.size)
+        row = flat % rows if by_column else flat // row_len
+        squares += np.bincount(row, np.square(_finite(chunk), dtype=np.float64), minlength=rows)
+        start += chunk.size
+    return np.sqrt(squares / row_len)
+
+
 def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     stats = np.zeros(8, np.float32)
     floats = [v for v in weights if np.issubdtype(v.dtype, np.number)]
@@ -145,7 +168,10 @@ def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     if rest:
         n_rest, _, squares_rest, _ = _moments(rest)
         stats[7] = slog(np.sqrt(squares_rest / n_rest)) if n_rest else 0.0
-    weight_proj = projections(primary, "weight", 0.0, rms)
+    # Per output channel: a BatchNorm folded into the weight (recalibrated by fine-tuning) scales
+    # whole channels, which must not move the fingerprint.
+    row_rms = _row_rms(primary)
+    weight_proj = projections(primary, "weight", 0.0, rms if row_rms is None else row_rms)
     release_pages(primary)
     return stats, weight_proj
 

@@ -147,14 +147,20 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True) -> dic
     out.mkdir(parents=True, exist_ok=True)
     graphs, rows = zoo.load(eval_zoo)
     k_graphs, k_rows = zoo.load(keras_zoo) if keras_zoo else ([], [])
-    methods = {"hnn-jax (learned)": hasher, **BASELINES}
     results, all_bits = {}, {}
-    for name, method in methods.items():
-        bits = all_bits[name] = codes_of(graphs, method)
-        res = evaluate_codes(bits, rows)
-        if k_graphs:
-            res.update(evaluate_twins(codes_of(k_graphs, method), k_rows, bits, rows))
-        results[name] = res
+    for name, method in {"hnn-jax": hasher, **BASELINES}.items():
+        bits, k_bits = codes_of(graphs, method), codes_of(k_graphs, method) if k_graphs else None
+        parts = {name: slice(None)}
+        learned = getattr(getattr(method, "config", None), "learned_bits", 0)
+        if method is hasher and learned < bits.shape[1]:  # the two parts alone, for the record
+            parts[f"{name}: its {learned} learned bits alone"] = slice(0, learned)
+            parts[f"{name}: its {bits.shape[1] - learned} instance bits alone"] = slice(learned, None)
+        for part, columns in parts.items():
+            all_bits[part] = bits[:, columns]
+            res = evaluate_codes(bits[:, columns], rows)
+            if k_graphs:
+                res.update(evaluate_twins(k_bits[:, columns], k_rows, bits[:, columns], rows))
+            results[part] = res
     summary = dict(models=len({r['parent'] for r in rows}), graphs=len(rows),
                    families=len({r['family'] for r in rows}), results=results)
     (out / "results.json").write_text(json.dumps(summary, indent=1))
@@ -207,7 +213,7 @@ def _plots(out: Path, all_bits: dict[str, np.ndarray], rows) -> None:
             ax.hist(dist, bins=np.arange(top + 1) - 0.5, density=True, alpha=0.5, label=f"{label} ({len(dist)})")
     ax.set_xlabel("Hamming distance (bits)")
     ax.set_ylabel("share of pairs")
-    ax.set_title("Learned hash: distance by relation (held-out models)")
+    ax.set_title("hnn-jax: distance by relation (held-out models)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "distance_histograms.png", dpi=120)

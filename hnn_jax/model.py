@@ -36,10 +36,13 @@ def _ste_sign_bwd(x, g):
 ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
 
 
-# Columns that differ between two initialisations of one architecture: the fixed-position
-# projections of weights and probe activations. Instance bits read the weight ones; learned bits
-# read none of them when the config has instance bits.
-FINGERPRINT_COLUMNS = np.r_[schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_PROJ]
+# Columns whose values depend on the weights, not only on the architecture: weight rms/mean/|mean|,
+# bias rms, probe activation figures, and the fixed-position projections of weights and
+# activations. With instance bits, the learned bits read none of them (so an fp16, pruned or
+# fine-tuned copy, or a twin from another framework with its own initialiser, keeps them) and the
+# instance bits read the weight projections.
+WEIGHT_DEPENDENT_COLUMNS = np.r_[schema.NODE_WEIGHT_STATS.start + np.array([3, 4, 5, 7]),
+                                 schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_STATS, schema.NODE_ACT_PROJ]
 INSTANCE_COLUMNS = np.r_[schema.NODE_WEIGHT_PROJ]
 INSTANCE_SEED = 0x5EED
 
@@ -109,7 +112,7 @@ class HashNet(nnx.Module):
     """Graph -> K continuous pre-sign values per graph (apply ste_sign for the code).
 
     With config.instance_bits, the last ones are instance_code's +-1 values and the network
-    computes only the first config.learned_bits, blind to the fingerprint columns.
+    computes only the first config.learned_bits, blind to WEIGHT_DEPENDENT_COLUMNS.
     """
 
     def __init__(self, config: HasherConfig, *, rngs: nnx.Rngs):
@@ -135,7 +138,7 @@ class HashNet(nnx.Module):
         op = jnp.clip(jnp.round(nodes[:, schema.NODE_OP]), 0, schema.VOCAB_SIZE - 1)
         features = nodes
         if self.config.instance_bits:
-            features = nodes.at[:, FINGERPRINT_COLUMNS].set(0.0)
+            features = nodes.at[:, WEIGHT_DEPENDENT_COLUMNS].set(0.0)
         h = self.op_embed(op.astype(jnp.int32)) + self.node_proj(features[:, 1:])
         h = self.input_norm(h)
 

@@ -4,7 +4,7 @@ Bump SCHEMA_VERSION whenever the meaning of any column or the vocabulary changes
 record the version they were trained on and refuse graphs of another one.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: weight projections normalised per output channel
 
 # Canonical op vocabulary. Index 0 is the bucket for every op not listed here.
 OPS = (
@@ -44,7 +44,7 @@ NODE_SHAPE = slice(1, 7)         # output: log numel, #non-1 dims, log of up to 
 NODE_DEGREE = slice(7, 10)       # #data inputs, #consumers, #outputs
 NODE_ATTRS = slice(10, 18)       # kernel numel, stride, groups, dilation, pads, axis, eps, alpha
 NODE_WEIGHT_STATS = slice(18, 26)  # #params, #tensors, primary: log numel, rms, mean, |mean|, has bias, bias rms
-NODE_WEIGHT_PROJ = slice(26, 42)   # 16 fixed random projections of the primary weight, rms-normalised
+NODE_WEIGHT_PROJ = slice(26, 42)   # 16 fixed random projections of the primary weight, each row rms-normalised
 NODE_ACT_STATS = slice(42, 48)     # probe activation: mean, std, min, max, fraction > 0, probed flag
 NODE_ACT_PROJ = slice(48, 64)      # 16 fixed random projections of the activation, std-normalised
 NODE_WIDTH = 64

@@ -37,7 +37,7 @@ from hnn_jax.padding import bucket_size, pad_batch
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs besides the zoo. Config as code: see default() and tiny_cpu()."""
-    hasher: HasherConfig = HasherConfig()
+    hasher: HasherConfig = HasherConfig(bits=64, instance_bits=24)
     steps: int = 3000
     families_per_batch: int = 8
     archs_per_family: int = 2
@@ -80,7 +80,7 @@ def default() -> TrainConfig:
 
 def tiny_cpu() -> TrainConfig:
     """Seconds on a CPU: for tests, notebooks and checking a set-up."""
-    return TrainConfig(hasher=HasherConfig(bits=32, hidden=32, layers=2), steps=12,
+    return TrainConfig(hasher=HasherConfig(bits=32, hidden=32, layers=2, instance_bits=8), steps=12,
                        families_per_batch=2, archs_per_family=1, parents_per_arch=2,
                        variants_per_parent=2, warmup_steps=2, checkpoint_every=4, log_every=2)
 

@@ -145,14 +145,14 @@ def test_instance_bits_match_a_plain_reference_in_any_batch_position():
             np.testing.assert_array_equal(out[k], _reference_instance_code(g, bits))
 
 
-def test_instance_bits_follow_weights_and_learned_bits_ignore_fingerprints():
-    from hnn_jax.model import FINGERPRINT_COLUMNS
+def test_instance_bits_follow_weights_and_learned_bits_ignore_them():
+    from hnn_jax.model import WEIGHT_DEPENDENT_COLUMNS
 
     model = HashNet(INSTANCE, rngs=nnx.Rngs(0))
     g = random_graph(3, 40)
     other = g._replace(nodes=g.nodes.copy())
-    other.nodes[:, FINGERPRINT_COLUMNS] = np.random.default_rng(9).standard_normal(
-        (g.nodes.shape[0], len(FINGERPRINT_COLUMNS)))
+    other.nodes[:, WEIGHT_DEPENDENT_COLUMNS] = np.random.default_rng(9).standard_normal(
+        (g.nodes.shape[0], len(WEIGHT_DEPENDENT_COLUMNS)))
     a, b = (np.asarray(apply(model, pad_batch([x], n_graph=2))[0]) for x in (g, other))
     learned = INSTANCE.learned_bits
     np.testing.assert_array_equal(a[:learned], b[:learned])      # another init: same learned part

@@ -29,7 +29,7 @@ def tiny_zoo(tmp_path_factory):
 
 
 def config(**overrides):
-    base = dict(hasher=HasherConfig(bits=32, hidden=32, layers=2), steps=40, families_per_batch=3,
+    base = dict(hasher=HasherConfig(bits=32, hidden=32, layers=2, instance_bits=8), steps=40, families_per_batch=3,
                 archs_per_family=2, parents_per_arch=2, variants_per_parent=2, learning_rate=3e-3,
                 warmup_steps=4, checkpoint_every=4, log_every=2)
     base.update(overrides)
@@ -69,8 +69,10 @@ def test_training_on_4_devices_lowers_the_loss_and_orders_relations(tiny_zoo, tm
     bits = np.stack([c.bits for c in trainer.hasher().hash(data.graphs)])
     groups = evaluate.relation_distances(bits, data.rows)
     variants = groups["same model (derivative)"].mean()
+    inits = groups["same architecture, other init"].mean()
     families = groups["other family"].mean()
     assert variants + 2 < families, (variants, families)
+    assert variants + 1 < inits, (variants, inits)  # the instance bits tell initialisations apart
 
 
 CHILD = """
@@ -130,7 +132,8 @@ def test_zoo_train_eval_from_the_command_line(tmp_path):
     table = cli("eval", zoo_dir, "-o", results, "--hasher", run_dir / "hasher", "--no-plots")
     assert "WL-subtree SimHash" in table
     summary = json.loads((results / "results.json").read_text())
-    assert summary["graphs"] == 24 and 0 <= summary["results"]["hnn-jax (learned)"]["copy_map"] <= 1
+    assert summary["graphs"] == 24 and 0 <= summary["results"]["hnn-jax"]["copy_map"] <= 1
+    assert {"hnn-jax: its 24 learned bits alone", "hnn-jax: its 8 instance bits alone"} <= set(summary["results"])
     bad = subprocess.run([sys.executable, "-m", "hnn_jax.cli", "train", tmp_path / "nothing", "-o", run_dir],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not a zoo" in bad.stderr and "Traceback" not in bad.stderr
