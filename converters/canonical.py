@@ -1329,8 +1329,11 @@ def build(w: _Work) -> CanonicalGraph:
             ins = sorted(ins)
         weights = _weights(w, n, kinds[id(n)])
         # Structure first (op, attributes, inputs, weight shapes); weight values only break ties
-        # between structurally identical nodes, so two inits of one architecture order alike.
-        keys[id(n)] = _digest(kinds[id(n)], _attr_key(n.attrs), ins, [v.shape for v in weights])
+        # between structurally identical nodes, so two inits of one architecture order alike. A
+        # conv or linear bias is left out: whether it is there depends on its values (a folded
+        # BatchNorm of a fresh init gives zeros, which count as none; fine-tuning makes them not).
+        shaped = weights[:1] if kinds[id(n)] in ("conv", "conv_transpose", "linear") else weights
+        keys[id(n)] = _digest(kinds[id(n)], _attr_key(n.attrs), ins, [v.shape for v in shaped])
         ties[id(n)] = _digest(*[_fingerprint(v) for v in weights])
         for i, o in enumerate(n.outputs):
             key_of_tensor[o] = _digest(keys[id(n)], i)

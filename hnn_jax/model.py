@@ -36,12 +36,12 @@ def _ste_sign_bwd(x, g):
 ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
 
 
-# Columns whose values depend on the weights, not only on the architecture: weight rms/mean/|mean|,
-# bias rms, probe activation figures, and the fixed-position projections of weights and
-# activations. With instance bits, the learned bits read none of them (so an fp16, pruned or
+# Columns whose values depend on the weights, not only on the architecture: weight count of
+# tensors, rms/mean/|mean|, has-bias and bias rms (a zero bias counts as none), probe activation
+# figures, and the fixed-position projections of weights and activations. With instance bits, the learned bits read none of them (so an fp16, pruned or
 # fine-tuned copy, or a twin from another framework with its own initialiser, keeps them) and the
 # instance bits read the weight projections.
-WEIGHT_DEPENDENT_COLUMNS = np.r_[schema.NODE_WEIGHT_STATS.start + np.array([3, 4, 5, 7]),
+WEIGHT_DEPENDENT_COLUMNS = np.r_[schema.NODE_WEIGHT_STATS.start + np.array([1, 3, 4, 5, 6, 7]),
                                  schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_STATS, schema.NODE_ACT_PROJ]
 INSTANCE_COLUMNS = np.r_[schema.NODE_WEIGHT_PROJ]
 INSTANCE_SEED = 0x5EED
