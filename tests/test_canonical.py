@@ -229,3 +229,27 @@ def test_tensors_read_only_inside_a_subgraph_are_kept():
                         helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)],
                        [float_input("x", [1, 4])], [float_input("y", [1, 4])])
     assert "relu" in ops(model)
+
+
+def test_order_does_not_depend_on_whether_a_folded_bias_is_zero():
+    """A fresh BatchNorm (mean 0, beta 0) folds into a zero bias, which counts as no bias; after
+    fine-tuning the bias is there. Node order, and so every position-keyed feature, must not move."""
+    branches = 8
+
+    def model(bn_mean):
+        nodes, inits = [], []
+        for k in range(branches):
+            c = 2 + k  # other output widths: structurally different branches, all ready at once
+            nodes += [helper.make_node("Conv", ["x", f"w{k}"], [f"c{k}"]),
+                      helper.make_node("BatchNormalization", [f"c{k}", f"g{k}", f"be{k}", f"m{k}", f"v{k}"], [f"y{k}"])]
+            inits += [(f"w{k}", RNG.standard_normal((c, 3, 1, 1)).astype(np.float32)),
+                      (f"g{k}", np.ones(c, np.float32)), (f"be{k}", np.zeros(c, np.float32)),
+                      (f"m{k}", np.full(c, bn_mean, np.float32)), (f"v{k}", np.ones(c, np.float32))]
+        nodes.append(helper.make_node("Concat", [f"y{k}" for k in range(branches)], ["y"], axis=1))
+        return onnx_model(nodes, [float_input("x", [1, 3, 4, 4])], [float_input("y", None)], inits)
+
+    fresh, tuned = canonicalize(model(0.0)), canonicalize(model(0.1))
+    assert all(len(n.weights) == 1 for n in fresh.nodes if n.op == "conv")   # zero bias: none
+    assert all(len(n.weights) == 2 for n in tuned.nodes if n.op == "conv")
+    shapes = lambda g: [n.weights[0].shape if n.weights else None for n in g.nodes]  # noqa: E731
+    assert shapes(fresh) == shapes(tuned)
