@@ -132,22 +132,28 @@ def _moments(arrays: list[np.ndarray]) -> tuple[int, float, float, float]:
 
 def _row_rms(primary: np.ndarray) -> np.ndarray | None:
     """RMS of every row of a weight of 2 or more dims (an output channel of a conv or linear
-    weight, [out, ...]), read a chunk at a time; None for vectors and for views whose memory
-    order is neither the rows' nor their transpose's."""
+    weight, [out, ...]), read in blocks of about CHUNK / 4 values in memory order with the pages
+    of a mapped weight released after each; None for vectors and for views whose memory order is
+    neither the rows' nor (for 2-D) their transpose's."""
     rows = primary.shape[0] if primary.ndim >= 2 else 0
     if rows < 2 or primary.size == 0:
         return None
-    row_len = primary.size // rows
-    by_column = primary.size > CHUNK and not primary.flags.c_contiguous  # _chunks reads memory order
-    if by_column and not (primary.ndim == 2 and primary.flags.f_contiguous):
+    if primary.flags.c_contiguous:
+        blocks, axis = primary.reshape(rows, -1), 1        # a block: whole rows
+    elif primary.ndim == 2 and primary.flags.f_contiguous:
+        blocks, axis = primary.T, 0                        # a block: whole columns
+    else:
         return None
-    squares, start = np.zeros(rows), 0
-    for chunk in _chunks([primary]):
-        flat = np.arange(start, start + chunk.size)
-        row = flat % rows if by_column else flat // row_len
-        squares += np.bincount(row, np.square(_finite(chunk), dtype=np.float64), minlength=rows)
-        start += chunk.size
-    return np.sqrt(squares / row_len)
+    step = max(1, (CHUNK // 4) // blocks.shape[1])
+    squares = np.zeros(rows)
+    for first in range(0, blocks.shape[0], step):
+        part = np.square(_finite(np.asarray(blocks[first:first + step], np.float32)), dtype=np.float64).sum(axis)
+        if axis:
+            squares[first:first + step] = part
+        else:
+            squares += part
+        release_pages(primary)
+    return np.sqrt(squares / (primary.size // rows))
 
 
 def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
