@@ -321,6 +321,8 @@ def add_arguments(parser) -> None:
                         help="default: the shipped 64-bit setting; tiny: seconds on a CPU")
     parser.add_argument("--steps", type=int, help="override the number of steps")
     parser.add_argument("--bits", type=int, help="override the code length (16..256)")
+    parser.add_argument("--instance-bits", type=int,
+                        help="override how many of the bits are instance bits (0: all learned)")
     parser.add_argument("--seed", type=int, help="override the seed")
     parser.add_argument("--cpu-devices", type=int, help="split the CPU into N virtual devices (on a "
                         "CPU-only machine 4 devices train about 4x faster than 1 on 2 cores)")
@@ -336,9 +338,10 @@ def _cli_train(args) -> int:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any device is touched
     config = default() if args.config == "default" else tiny_cpu()
     overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed).items() if v is not None}
-    if args.bits is not None:
+    shape = {k: v for k, v in dict(bits=args.bits, instance_bits=args.instance_bits).items() if v is not None}
+    if shape:
         try:
-            overrides["hasher"] = dataclasses.replace(config.hasher, bits=args.bits)
+            overrides["hasher"] = dataclasses.replace(config.hasher, **shape)
         except ValueError as e:
             raise HNNError(str(e)) from None
     config = dataclasses.replace(config, **overrides)
