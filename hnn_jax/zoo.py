@@ -9,9 +9,10 @@ graphs are all in the manifest is skipped.
 
 Sources: `generated` (MLP, CNN, ResNet-like, RNN, transformer and encoder-decoder families with
 random depth/width/kernels, torch), `timm` (family = timm module), `keras` (keras.applications,
-weights=None), `torchvision` (classifiers, family = builder module; the held-out evaluation set,
-never used for training). timm and torchvision need `pip install torch==2.14.1 torchvision==0.29.1
-timm`, kept out of the core install.
+weights=None), `twins` (timm builds of those keras.applications architectures, labelled like
+them), `torchvision` (classifiers, family = builder module; the held-out evaluation set, never
+used for training). timm, twins and torchvision need `pip install torch==2.14.1
+torchvision==0.29.1 timm`, kept out of the core install.
 """
 
 from __future__ import annotations
@@ -190,6 +191,17 @@ KERAS_MODELS = {  # keras.applications constructor -> family (its module)
     "Xception": "xception", "VGG16": "vgg",
 }  # not here: ConvNeXt* (tf2onnx 1.17 cannot convert its layers), RegNet* (not in Keras 3.15)
 
+KERAS_TIMM_TWINS = {  # keras.applications constructor -> the same architecture in timm
+    "MobileNet": "mobilenetv1_100", "MobileNetV2": "mobilenetv2_100",
+    "MobileNetV3Small": "mobilenetv3_small_100", "MobileNetV3Large": "mobilenetv3_large_100",
+    "EfficientNetB0": "efficientnet_b0", "EfficientNetB1": "efficientnet_b1",
+    "EfficientNetV2B0": "tf_efficientnetv2_b0", "EfficientNetV2B1": "tf_efficientnetv2_b1",
+    "ResNet50": "resnet50", "ResNet101": "resnet101", "ResNet50V2": "resnetv2_50",
+    "DenseNet121": "densenet121", "DenseNet169": "densenet169", "InceptionV3": "inception_v3",
+    "Xception": "legacy_xception",
+}  # source `twins`: labelled with the keras arch and family, so training sees one architecture
+# built by two frameworks (relation "same architecture") without touching torchvision
+
 TORCHVISION_MODELS = {  # torchvision.models builder -> family (its module); held out
     "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet", "resnext50_32x4d": "resnet",
     "wide_resnet50_2": "resnet", "densenet121": "densenet", "densenet169": "densenet",
@@ -231,12 +243,16 @@ def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
             for name, family in (keras_models or KERAS_MODELS).items():
                 parents += [Parent("keras", family, name, s, {}, tuple(transforms or KERAS_TRANSFORMS))
                             for s in range(inits)]
+        elif source == "twins":
+            for name, timm_name in KERAS_TIMM_TWINS.items():
+                parents += [Parent("twins", KERAS_MODELS[name], name, s, {"timm": timm_name},
+                                   tuple(transforms or TORCH_TRANSFORMS)) for s in range(inits)]
         elif source == "torchvision":
             for name, family in (torchvision_models or TORCHVISION_MODELS).items():
                 parents += [Parent("torchvision", family, name, s, {}, tuple(transforms or TORCH_TRANSFORMS))
                             for s in range(inits)]
         else:
-            raise ValueError(f"unknown zoo source {source!r} (generated, timm, keras, torchvision)")
+            raise ValueError(f"unknown zoo source {source!r} (generated, timm, keras, twins, torchvision)")
     return parents
 
 
@@ -271,10 +287,10 @@ def _torch_parent(parent: Parent):
     torch.manual_seed(parent.seed)
     if parent.source == "generated":
         model, x = _generated_model(parent.family, parent.spec)
-    elif parent.source == "timm":
+    elif parent.source in ("timm", "twins"):
         import timm
 
-        model = timm.create_model(parent.arch, pretrained=False)
+        model = timm.create_model(parent.spec.get("timm", parent.arch), pretrained=False)
         size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
         x = torch.randn(1, *size)
     elif parent.source == "torchvision":
@@ -456,10 +472,10 @@ def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="zoo_command", required=True)
     b = sub.add_parser("build", help="build or resume a zoo", description=(
         "Build (or resume) a labelled zoo of converted graphs. Example: hnn-jax zoo build zoo/gen "
-        "--sources generated --archs-per-family 8 --inits 3. timm/torchvision sources need "
+        "--sources generated --archs-per-family 8 --inits 3. timm/twins/torchvision sources need "
         "`pip install torch==2.14.1 torchvision==0.29.1 timm`; keras needs the tf extra."))
     b.add_argument("out", help="zoo folder (graphs/ and manifest.jsonl are written there)")
-    b.add_argument("--sources", default="generated", help="comma-separated: generated,keras,timm,torchvision")
+    b.add_argument("--sources", default="generated", help="comma-separated: generated,keras,timm,twins,torchvision")
     b.add_argument("--archs-per-family", type=int, default=6, help="generated architectures per family")
     b.add_argument("--inits", type=int, default=3, help="independent initialisations per architecture")
     b.add_argument("--timm-per-family", type=int, default=2, help="smallest timm models per timm module")

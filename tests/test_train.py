@@ -110,6 +110,19 @@ def test_kill_and_resume_restores_the_same_step_and_parameters(tiny_zoo, tmp_pat
     assert all(jax.tree.leaves(same))
 
 
+def test_twins_are_labelled_like_their_keras_architecture():
+    """timm builds of keras.applications models share the keras arch and family labels, so the
+    sampler pairs them as "same architecture"."""
+    twins = zoo.plan(["twins"], inits=1, transforms=("original",))
+    keras = {p.arch: p for p in zoo.plan(["keras"], inits=1, transforms=("original",))}
+    assert twins and all(t.arch in keras and t.family == keras[t.arch].family for t in twins)
+    assert all(t.spec["timm"] != t.arch and t.name.startswith("twins.") for t in twins)
+    rows = [dict(family=p.family, arch=p.arch, parent=p.name) for p in (twins[0], keras[twins[0].arch])]
+    data = train.Dataset.__new__(train.Dataset)
+    data.rows = rows
+    assert data.levels(np.arange(2))[0, 1] == 1  # same architecture, another "initialisation"
+
+
 def test_config_round_trips_through_json():
     cfg = config(seed=5)
     assert train.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
