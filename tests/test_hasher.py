@@ -120,7 +120,7 @@ def _bad(field, value):
 
 
 @pytest.mark.parametrize("graph, match", [
-    (random_graph(3, 30, version=2), "schema version 2, expected 1"),
+    (random_graph(3, 30, version=1), "schema version 1, expected 2"),
     (_bad("nodes", np.zeros((30, 60), np.float32)), r"node features have shape \(30, 60\)"),
     (_bad("edges", np.zeros((0, 5), np.float32)), "edge features"),
     (_bad("globals", np.zeros((1, 4), np.float32)), "global features"),
