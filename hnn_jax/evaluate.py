@@ -132,6 +132,25 @@ def relation_distances(bits: np.ndarray, rows: list[dict]) -> dict[str, np.ndarr
             "same family, other architecture": dist[f & ~a], "other family": dist[~f]}
 
 
+def relation_summary(bits: np.ndarray, rows: list[dict]) -> dict[str, dict]:
+    """Per relation: pair count, mean and percentiles of the distance, and the share of pairs in
+    each band of hnn_jax.index.RELATIONS (what the thresholds there are read from)."""
+    from hnn_jax.index import RELATIONS
+
+    out = {}
+    for name, d in relation_distances(bits, rows).items():
+        if not len(d):
+            continue
+        bands, low = {}, 0
+        for fraction, key, _ in RELATIONS:
+            high = int(fraction * bits.shape[1] + 1e-9)
+            bands[f"{key} ({low}-{high})"] = float(np.mean((d >= low) & (d <= high)))
+            low = high + 1
+        out[name] = dict(n=len(d), mean=float(d.mean()), p5=float(np.percentile(d, 5)),
+                         p50=float(np.median(d)), p95=float(np.percentile(d, 95)), bands=bands)
+    return out
+
+
 def codes_of(graphs, method) -> np.ndarray:
     """0/1 matrix for a list of graphs: method is a Hasher or a baseline function."""
     if callable(method) and not hasattr(method, "hash"):
@@ -140,7 +159,8 @@ def codes_of(graphs, method) -> np.ndarray:
 
 
 def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True) -> dict:
-    """Evaluate `hasher` and the baselines; write results.json, results.md and plots to out_dir."""
+    """Evaluate `hasher` and the baselines; write results.json, results.md,
+    relation_distances.json (the hasher's distances by relation) and plots to out_dir."""
     from hnn_jax import zoo
 
     out = Path(out_dir)
@@ -164,6 +184,7 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True) -> dic
     summary = dict(models=len({r['parent'] for r in rows}), graphs=len(rows),
                    families=len({r['family'] for r in rows}), results=results)
     (out / "results.json").write_text(json.dumps(summary, indent=1))
+    (out / "relation_distances.json").write_text(json.dumps(relation_summary(all_bits["hnn-jax"], rows), indent=1))
     (out / "results.md").write_text(markdown_table(summary))
     if plots:
         _plots(out, all_bits, rows)
