@@ -171,8 +171,8 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True) -> dic
     for name, method in {"hnn-jax": hasher, **BASELINES}.items():
         bits, k_bits = codes_of(graphs, method), codes_of(k_graphs, method) if k_graphs else None
         parts = {name: slice(None)}
-        learned = getattr(getattr(method, "config", None), "learned_bits", 0)
-        if method is hasher and learned < bits.shape[1]:  # the two parts alone, for the record
+        if method is hasher and hasher.config.instance_bits:  # the two parts alone, for the record
+            learned = hasher.config.learned_bits
             parts[f"{name}: its {learned} learned bits alone"] = slice(0, learned)
             parts[f"{name}: its {bits.shape[1] - learned} instance bits alone"] = slice(learned, None)
         for part, columns in parts.items():

@@ -38,13 +38,25 @@ ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
 
 # Columns whose values depend on the weights, not only on the architecture: weight count of
 # tensors, rms/mean/|mean|, has-bias and bias rms (a zero bias counts as none), probe activation
-# figures, and the fixed-position projections of weights and activations. With instance bits, the learned bits read none of them (so an fp16, pruned or
-# fine-tuned copy, or a twin from another framework with its own initialiser, keeps them) and the
-# instance bits read the weight projections.
+# figures, and the fixed-position projections of weights and activations. With instance bits,
+# the learned bits read none of them (so an fp16, pruned or fine-tuned copy, or a twin from
+# another framework with its own initialiser, keeps them) and the instance bits read the weight
+# projections.
 WEIGHT_DEPENDENT_COLUMNS = np.r_[schema.NODE_WEIGHT_STATS.start + np.array([1, 3, 4, 5, 6, 7]),
                                  schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_STATS, schema.NODE_ACT_PROJ]
 INSTANCE_COLUMNS = np.r_[schema.NODE_WEIGHT_PROJ]
 INSTANCE_SEED = 0x5EED
+
+
+def op_ids(nodes: jax.Array) -> jax.Array:
+    """The op column as valid vocabulary indices (float, rounded and clipped)."""
+    return jnp.clip(jnp.round(nodes[:, schema.NODE_OP]), 0, schema.VOCAB_SIZE - 1)
+
+
+def node_graph_index(graph: jraph.GraphsTuple) -> jax.Array:
+    """For every node row of a padded batch, the index of the graph it belongs to."""
+    n = graph.nodes.shape[0]
+    return jnp.repeat(jnp.arange(graph.n_node.shape[0]), graph.n_node, total_repeat_length=n)
 
 
 @functools.cache
@@ -71,10 +83,10 @@ def instance_code(graph: jraph.GraphsTuple, bits: int) -> jax.Array:
     """
     nodes = graph.nodes
     n, n_graph = nodes.shape[0], graph.n_node.shape[0]
-    graph_idx = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=n)
+    graph_idx = node_graph_index(graph)
     first = jnp.cumsum(graph.n_node) - graph.n_node
     local = (jnp.arange(n) - first[graph_idx]).astype(jnp.uint32)
-    op = jnp.clip(jnp.round(nodes[:, schema.NODE_OP]), 0, schema.VOCAB_SIZE - 1).astype(jnp.uint32)
+    op = op_ids(nodes).astype(jnp.uint32)
     key = local * jnp.uint32(schema.VOCAB_SIZE) + op
     words = jnp.stack([_fmix32(key ^ _fmix32(jnp.uint32(INSTANCE_SEED + w)))
                        for w in range((bits + 31) // 32)], axis=1)
@@ -135,7 +147,7 @@ class HashNet(nnx.Module):
         n = nodes.shape[0]
         n_graph = graph.n_node.shape[0]
 
-        op = jnp.clip(jnp.round(nodes[:, schema.NODE_OP]), 0, schema.VOCAB_SIZE - 1)
+        op = op_ids(nodes)
         features = nodes
         if self.config.instance_bits:
             features = nodes.at[:, WEIGHT_DEPENDENT_COLUMNS].set(0.0)
@@ -159,7 +171,7 @@ class HashNet(nnx.Module):
     def _readout(self, h, graph, n, n_graph):
         """Mean, max and attention pooling per graph (padding nodes masked), plus globals."""
         node_mask = jraph.get_node_padding_mask(graph)
-        graph_idx = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=n)
+        graph_idx = node_graph_index(graph)
         h = jnp.where(node_mask[:, None], h, 0.0)
         count = jnp.maximum(graph.n_node, 1).astype(h.dtype)[:, None]
         mean = jraph.segment_sum(h, graph_idx, n_graph) / count
