@@ -18,15 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from hnn_jax.baselines import BASELINES
+from hnn_jax.zoo import KERAS_TORCHVISION_TWINS
 
 TIE_REPEATS = 32
 
-KERAS_TWINS = {  # keras.applications -> its torchvision twin
-    "ResNet50": "resnet50", "ResNet101": "resnet101", "DenseNet121": "densenet121",
-    "DenseNet169": "densenet169", "MobileNetV2": "mobilenet_v2", "MobileNetV3Small": "mobilenet_v3_small",
-    "MobileNetV3Large": "mobilenet_v3_large", "EfficientNetB0": "efficientnet_b0",
-    "EfficientNetB1": "efficientnet_b1", "InceptionV3": "inception_v3", "VGG16": "vgg16",
-}
 KERAS_TO_TORCHVISION_FAMILY = {"efficientnet_v2": "efficientnet", "inception_v3": "inception",
                                "resnet_v2": "resnet"}
 
@@ -98,7 +93,7 @@ def evaluate_twins(keras_bits, keras_rows, tv_bits, tv_rows) -> dict:
     """keras.applications queries against torchvision originals: family mAP and twin ranks."""
     tv_orig = [i for i, r in enumerate(tv_rows) if r["transform"] == "original"]
     k_orig = [i for i, r in enumerate(keras_rows) if r["transform"] == "original"
-              and r["arch"] in KERAS_TWINS]
+              and r["arch"] in KERAS_TORCHVISION_TWINS]
     if not tv_orig or not k_orig:
         return {}
     d = hamming(keras_bits[k_orig], tv_bits[tv_orig])
@@ -112,7 +107,7 @@ def evaluate_twins(keras_bits, keras_rows, tv_bits, tv_rows) -> dict:
         if relevant.any():
             aps.append(average_precision(d[row], relevant, rng))
             p1s.append(precision_at_1(d[row], relevant))
-        twins = np.flatnonzero(tv_arch == KERAS_TWINS[keras_rows[k]["arch"]])
+        twins = np.flatnonzero(tv_arch == KERAS_TORCHVISION_TWINS[keras_rows[k]["arch"]])
         if len(twins):
             ranks.append(min(expected_rank(d[row], t) for t in twins))
     return dict(twin_family_map=float(np.mean(aps)) if aps else float("nan"),

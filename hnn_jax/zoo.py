@@ -202,6 +202,24 @@ KERAS_TIMM_TWINS = {  # keras.applications constructor -> the same architecture 
 }  # source `twins`: labelled with the keras arch and family, so training sees one architecture
 # built by two frameworks (relation "same architecture") without touching torchvision
 
+KERAS_TORCHVISION_TWINS = {  # keras.applications constructor -> the same architecture in torchvision
+    "ResNet50": "resnet50", "ResNet101": "resnet101", "DenseNet121": "densenet121",
+    "DenseNet169": "densenet169", "MobileNetV2": "mobilenet_v2", "MobileNetV3Small": "mobilenet_v3_small",
+    "MobileNetV3Large": "mobilenet_v3_large", "EfficientNetB0": "efficientnet_b0",
+    "EfficientNetB1": "efficientnet_b1", "InceptionV3": "inception_v3", "VGG16": "vgg16",
+}  # the twins evaluation asks each keras model to find its torchvision twin
+
+TIMM_FAMILY_SPELLING = {"mobilenetv3": "mobilenet_v3", "resnetv2": "resnet_v2"}
+# timm modules that keras.applications names with an underscore: one family, one label
+
+
+def twin_choice(held_out=None) -> dict[str, str]:
+    """The KERAS_TIMM_TWINS whose architecture is not held out (default: not one of
+    TORCHVISION_MODELS), so training never sees a build of an evaluated architecture."""
+    held_out = TORCHVISION_MODELS if held_out is None else held_out
+    return {k: t for k, t in KERAS_TIMM_TWINS.items() if KERAS_TORCHVISION_TWINS.get(k) not in held_out}
+
+
 TORCHVISION_MODELS = {  # torchvision.models builder -> family (its module); held out
     "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet", "resnext50_32x4d": "resnet",
     "wide_resnet50_2": "resnet", "densenet121": "densenet", "densenet169": "densenet",
@@ -218,7 +236,8 @@ TORCHVISION_MODELS = {  # torchvision.models builder -> family (its module); hel
 
 def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
          timm_models: list[tuple[str, str]] | None = None, keras_models: dict | None = None,
-         torchvision_models: dict | None = None, seed: int = 0, transforms=None,
+         twin_models: dict | None = None, torchvision_models: dict | None = None, seed: int = 0,
+         transforms=None,
          families=GENERATED_FAMILIES) -> list[Parent]:
     """The parents to build. Every initialisation of an architecture gets all derivatives."""
     parents: list[Parent] = []
@@ -236,7 +255,8 @@ def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
                     parents += [Parent("generated", family, arch, s, dict(spec),
                                        tuple(transforms or TORCH_TRANSFORMS)) for s in range(inits)]
         elif source == "timm":
-            for name, family in timm_models or []:
+            for name, module in timm_models or []:
+                family = TIMM_FAMILY_SPELLING.get(module, module)
                 parents += [Parent("timm", family, name, s, {}, tuple(transforms or TORCH_TRANSFORMS))
                             for s in range(inits)]
         elif source == "keras":
@@ -244,7 +264,7 @@ def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
                 parents += [Parent("keras", family, name, s, {}, tuple(transforms or KERAS_TRANSFORMS))
                             for s in range(inits)]
         elif source == "twins":
-            for name, timm_name in KERAS_TIMM_TWINS.items():
+            for name, timm_name in (twin_choice() if twin_models is None else twin_models).items():
                 parents += [Parent("twins", KERAS_MODELS[name], name, s, {"timm": timm_name},
                                    tuple(transforms or TORCH_TRANSFORMS)) for s in range(inits)]
         elif source == "torchvision":

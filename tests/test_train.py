@@ -123,6 +123,24 @@ def test_twins_are_labelled_like_their_keras_architecture():
     assert data.levels(np.arange(2))[0, 1] == 1  # same architecture, another "initialisation"
 
 
+def test_twins_leave_out_every_held_out_architecture():
+    """By default no timm build of an evaluated torchvision architecture reaches training; the
+    others (e.g. ResNet101, Xception) still teach that keras and timm builds are one architecture."""
+    twins = {p.arch for p in zoo.plan(["twins"], inits=1, transforms=("original",))}
+    held_out = {k for k, tv in zoo.KERAS_TORCHVISION_TWINS.items() if tv in zoo.TORCHVISION_MODELS}
+    assert held_out and not twins & held_out
+    assert {"ResNet101", "Xception", "MobileNet"} <= twins
+    every = zoo.plan(["twins"], inits=1, transforms=("original",), twin_models=zoo.KERAS_TIMM_TWINS)
+    assert {p.arch for p in every} == set(zoo.KERAS_TIMM_TWINS)
+
+
+def test_timm_modules_take_the_keras_spelling_of_a_family():
+    parents = zoo.plan(["timm"], inits=1, transforms=("original",),
+                       timm_models=[("mobilenetv3_small_050", "mobilenetv3"), ("resnet18", "resnet")])
+    assert [p.family for p in parents] == ["mobilenet_v3", "resnet"]
+    assert zoo.KERAS_MODELS["MobileNetV3Small"] == "mobilenet_v3"
+
+
 def test_config_round_trips_through_json():
     cfg = config(seed=5)
     assert train.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
