@@ -234,6 +234,16 @@ TORCHVISION_MODELS = {  # torchvision.models builder -> family (its module); hel
 # inception_v3, vit_b_16, swin_t, maxvit_t
 
 
+TIMM_BUILDS_OF_HELD_OUT = frozenset({  # timm names of TORCHVISION_MODELS' architectures
+    "resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "densenet121",
+    "densenet169", "mobilenetv2_100", "mobilenetv3_small_100", "mobilenetv3_large_100",
+    "tf_mobilenetv3_small_100", "tf_mobilenetv3_large_100", "efficientnet_b0", "efficientnet_b1",
+    "tf_efficientnet_b0", "tf_efficientnet_b1", "efficientnetv2_s", "tf_efficientnetv2_s",
+    "regnetx_004", "regnetx_004_tv", "regnety_004", "regnetx_008", "mnasnet_050", "mnasnet_100",
+    "convnext_tiny",
+})  # timm_choice skips them: no build of an evaluated architecture, from any framework, is trained on
+
+
 def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
          timm_models: list[tuple[str, str]] | None = None, keras_models: dict | None = None,
          twin_models: dict | None = None, torchvision_models: dict | None = None, seed: int = 0,
@@ -279,7 +289,7 @@ def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
 def timm_choice(per_module: int = 2, max_params: float = 25e6) -> list[tuple[str, str]]:
     """The `per_module` smallest timm models of every timm module (family), between 0.3M and
     max_params parameters, counted on the meta device (no memory, no download); timm's `test_*`
-    models and distilled twins are skipped."""
+    models, distilled twins and TIMM_BUILDS_OF_HELD_OUT are skipped."""
     import timm
     import torch
     from timm.models import _registry
@@ -293,7 +303,8 @@ def timm_choice(per_module: int = 2, max_params: float = 25e6) -> list[tuple[str
                 params = sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
         except Exception:  # noqa: BLE001 - models that need extra args are skipped
             continue
-        if 3e5 < params <= max_params and not name.startswith("test_") and "_dist" not in name:
+        if (3e5 < params <= max_params and not name.startswith("test_") and "_dist" not in name
+                and name not in TIMM_BUILDS_OF_HELD_OUT):
             chosen.setdefault(family, []).append((params, name))
     return [(name, family) for family, models in sorted(chosen.items())
             for _, name in sorted(models)[:per_module]]

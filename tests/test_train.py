@@ -132,6 +132,8 @@ def test_twins_leave_out_every_held_out_architecture():
     assert {"ResNet101", "Xception", "MobileNet"} <= twins
     every = zoo.plan(["twins"], inits=1, transforms=("original",), twin_models=zoo.KERAS_TIMM_TWINS)
     assert {p.arch for p in every} == set(zoo.KERAS_TIMM_TWINS)
+    # the timm source skips the same builds: every left-out twin is a known build of a held-out arch
+    assert {zoo.KERAS_TIMM_TWINS[k] for k in held_out} <= zoo.TIMM_BUILDS_OF_HELD_OUT
 
 
 def test_timm_modules_take_the_keras_spelling_of_a_family():
