@@ -52,6 +52,8 @@ class TrainConfig:
     w_balance: float = 0.5
     w_decor: float = 0.5
     margin: float = 3.0         # bits of distance between neighbouring relation levels
+    cross_taxonomy_negatives: bool = True  # False: unequal family labels from two label sources
+                                           # (timm modules vs keras modules) are no relation
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     log_every: int = 25
@@ -86,6 +88,9 @@ def tiny_cpu() -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------- data
+
+LABEL_TAXONOMY = {"twins": "keras"}  # zoo sources whose family labels come from another's taxonomy
+
 
 class Dataset:
     """Zoo graphs with integer labels, and the hierarchical batch sampler."""
@@ -128,13 +133,18 @@ class Dataset:
                     picked += take(self.tree[family][arch][parent], config.variants_per_parent)
         return np.array(picked)
 
-    def levels(self, idx: np.ndarray) -> np.ndarray:
-        """Relation level of every pair: 0 same parent, 1 same arch, 2 same family, 3 other."""
+    def levels(self, idx: np.ndarray, cross_taxonomy_negatives: bool = True) -> np.ndarray:
+        """Relation level of every pair: 0 same parent, 1 same arch, 2 same family, 3 other; -1
+        (ignored by the margin loss) for unequal families named by two label sources when
+        cross_taxonomy_negatives is False: timm's efficientnet module holds MobileNetV2, which
+        keras files under mobilenet_v2, so unequal labels across sources need not mean unrelated."""
         rows = [self.rows[i] for i in idx]
         key = lambda f: np.array([r[f] for r in rows])  # noqa: E731
         parent, arch, family = key("parent"), key("arch"), key("family")
+        taxonomy = np.array([LABEL_TAXONOMY.get(r.get("source"), r.get("source")) for r in rows])
         same = lambda a: a[:, None] == a[None, :]  # noqa: E731
-        return np.where(same(parent), 0, np.where(same(arch), 1, np.where(same(family), 2, 3))).astype(np.int32)
+        other = 3 if cross_taxonomy_negatives else np.where(same(taxonomy), 3, -1)
+        return np.where(same(parent), 0, np.where(same(arch), 1, np.where(same(family), 2, other))).astype(np.int32)
 
 
 def _device_batch(graphs: list[jraph.GraphsTuple], n_devices: int, min_nodes: int = 0,
@@ -253,7 +263,7 @@ class Trainer:
         batch = _device_batch([self.data.graphs[i] for i in idx], self.n_devices, *self.min_bucket)
         sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         return (jax.device_put(batch, sharding), jnp.asarray(self.data.family[idx]),
-                jnp.asarray(self.data.levels(idx)))
+                jnp.asarray(self.data.levels(idx, self.config.cross_taxonomy_negatives)))
 
     def run(self, stop_at: int | None = None) -> dict:
         """Train until config.steps (or stop_at); returns the last metrics."""

@@ -143,6 +143,19 @@ def test_timm_modules_take_the_keras_spelling_of_a_family():
     assert zoo.KERAS_MODELS["MobileNetV3Small"] == "mobilenet_v3"
 
 
+def test_unequal_families_across_label_sources_can_be_left_unrelated():
+    rows = [dict(source="timm", family="efficientnet", arch="mobilenetv2_035", parent="a"),
+            dict(source="keras", family="mobilenet_v2", arch="MobileNetV2", parent="b"),
+            dict(source="twins", family="mobilenet_v2", arch="MobileNetV2", parent="c"),
+            dict(source="keras", family="resnet", arch="ResNet50", parent="d")]
+    data = train.Dataset.__new__(train.Dataset)
+    data.rows = rows
+    assert data.levels(np.arange(4))[0].tolist() == [0, 3, 3, 3]
+    masked = data.levels(np.arange(4), cross_taxonomy_negatives=False)
+    assert masked[0].tolist() == [0, -1, -1, -1]   # timm vs keras labels: no relation
+    assert masked[1].tolist() == [-1, 0, 1, 3]     # twins share keras's labels
+
+
 def test_config_round_trips_through_json():
     cfg = config(seed=5)
     assert train.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
