@@ -885,6 +885,44 @@ def fold_pads(w: _Work) -> None:
         w.remove([n])
 
 
+def drop_packaging(w: _Work) -> None:
+    """Drop what packages a classifier rather than builds it: elementwise steps by constants
+    between a graph input and the first conv (keras.applications' Rescaling and Normalization
+    layers; PyTorch models normalise outside the model) and a Softmax or LogSoftmax that only
+    makes a graph output (keras.applications end in softmax, torchvision in logits). A keras
+    model and its PyTorch twin then start and end alike."""
+    uses = w.consumers()
+
+    def scaling_step(x: str) -> Node | None:
+        readers = uses.get(x, [])
+        if len(readers) != 1:
+            return None
+        n, slot = readers[0]
+        out = n.outputs[0] if n.outputs else None
+        if (n.domain != "" or n.op not in ("Mul", "Add", "Sub", "Div") or len(n.inputs) != 2
+                or n.inputs[1 - slot] not in w.consts or (slot == 1 and n.op in ("Sub", "Div"))
+                or out in w.outputs or w.shape(out) is None or w.shape(out) != w.shape(x)
+                or not _same_float(w, x, out)):
+            return None
+        return n
+
+    for x in list(w.inputs):
+        chain, end = [], x
+        while (n := scaling_step(end)) is not None:
+            chain.append(n)
+            end = n.outputs[0]
+        readers = uses.get(end, [])
+        if chain and readers and all(r.op in ("Conv", "Transpose") and r.domain == "" for r, _ in readers):
+            w.rename(end, x)
+            w.remove(chain)
+            uses = w.consumers()
+    for n in list(w.nodes):
+        if (n.domain == "" and n.op in ("Softmax", "LogSoftmax") and n.outputs and n.outputs[0] in w.outputs
+                and not uses.get(n.outputs[0]) and n.inputs[0] not in w.inputs):
+            w.outputs = [n.inputs[0] if o == n.outputs[0] else o for o in w.outputs]
+            w.remove([n])
+
+
 def drop_layout_transposes(w: _Work) -> None:
     """Compose Transpose chains; drop transposes right after a graph input or before an output
     (tf2onnx puts them around NHWC models); the input keeps the transposed shape."""
@@ -997,12 +1035,48 @@ def fold_into_producers(w: _Work) -> None:
             target.outputs = [n.outputs[0]]
             producer[n.outputs[0]] = target
             folded.add(id(n))
+        elif (target is not None and target.kind == "batch_norm" and n.op != "BatchNormalization"
+              and _fold_into_batch_norm(w, target, mul, add)):
+            target.outputs = [n.outputs[0]]
+            producer[n.outputs[0]] = target
+            folded.add(id(n))
         elif n.op == "BatchNormalization":
             n.inputs = [x, w.add_const(np.asarray(mul, np.float32).reshape(-1), n.inputs[1]),
                         w.add_const(np.asarray(add, np.float32).reshape(-1), n.inputs[2])]
             n.kind, n.attrs = "batch_norm", {"epsilon": n.attrs.get("epsilon", 1e-5)}
             n.outputs = n.outputs[:1]
+        elif (scale_shift := _channel_affine(w, x, mul, add)) is not None:
+            # tf2onnx writes a Keras BatchNormalization as Mul (+ Add) by per-channel constants:
+            # standing alone (after a Concat, say) it is the batch_norm PyTorch exports; at
+            # initialisation it is close to x*1, which region fusion would drop as an identity
+            n.inputs = [x] + [w.add_const(v, n.inputs[-1]) for v in scale_shift]
+            n.kind, n.attrs = "batch_norm", {}
     w.nodes = [n for n in w.nodes if id(n) not in folded]
+
+
+def _channel_affine(w: _Work, x: str, mul, add) -> list[np.ndarray] | None:
+    """[scale, shift] if mul/add act per channel (axis 1, rank >= 3, more than one value)."""
+    shape = w.shape(x)
+    c = mul if mul is not None else add
+    if shape is None or len(shape) < 3 or np.asarray(c).size < 2:
+        return None
+    v = _channel_vector(np.asarray(c), shape[1], len(shape) - 1)
+    if v is None:
+        return None
+    ones, zeros = np.ones_like(v), np.zeros_like(v)
+    return [v, zeros] if mul is not None else [ones, v]
+
+
+def _fold_into_batch_norm(w: _Work, target: Node, mul, add) -> bool:
+    """A per-channel Mul or Add after a batch_norm becomes part of its scale and shift."""
+    scale, shift = (w.consts[i] for i in target.inputs[1:3])
+    m = np.ones_like(scale) if mul is None else _channel_vector(np.asarray(mul), scale.size, len(w.shape(target.inputs[0]) or ()) - 1)
+    a = np.zeros_like(shift) if add is None else _channel_vector(np.asarray(add), shift.size, len(w.shape(target.inputs[0]) or ()) - 1)
+    if m is None or a is None:
+        return False
+    target.inputs = [target.inputs[0], w.add_const(scale * m, target.inputs[1]),
+                     w.add_const(shift * m + a, target.inputs[2])]
+    return True
 
 
 def _fold_affine(w: _Work, target: Node, mul, add) -> bool:
@@ -1409,6 +1483,7 @@ def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> Canonica
     dequantize(w)  # ends by dropping what it left unused
     drop_shape_arithmetic(w)
     remove_noops(w)
+    drop_packaging(w)
     drop_layout_transposes(w)
     fold_pads(w)
     form_linear(w)
