@@ -209,10 +209,6 @@ KERAS_TORCHVISION_TWINS = {  # keras.applications constructor -> the same archit
     "EfficientNetB1": "efficientnet_b1", "InceptionV3": "inception_v3", "VGG16": "vgg16",
 }  # the twins evaluation asks each keras model to find its torchvision twin
 
-TIMM_FAMILY_SPELLING = {"mobilenetv3": "mobilenet_v3", "resnetv2": "resnet_v2"}
-# timm modules that keras.applications names with an underscore: one family, one label
-
-
 def twin_choice(held_out=None) -> dict[str, str]:
     """The KERAS_TIMM_TWINS whose architecture is not held out (default: not one of
     TORCHVISION_MODELS), so training never sees a build of an evaluated architecture."""
@@ -265,8 +261,7 @@ def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
                     parents += [Parent("generated", family, arch, s, dict(spec),
                                        tuple(transforms or TORCH_TRANSFORMS)) for s in range(inits)]
         elif source == "timm":
-            for name, module in timm_models or []:
-                family = TIMM_FAMILY_SPELLING.get(module, module)
+            for name, family in timm_models or []:
                 parents += [Parent("timm", family, name, s, {}, tuple(transforms or TORCH_TRANSFORMS))
                             for s in range(inits)]
         elif source == "keras":

@@ -136,13 +136,6 @@ def test_twins_leave_out_every_held_out_architecture():
     assert {zoo.KERAS_TIMM_TWINS[k] for k in held_out} <= zoo.TIMM_BUILDS_OF_HELD_OUT
 
 
-def test_timm_modules_take_the_keras_spelling_of_a_family():
-    parents = zoo.plan(["timm"], inits=1, transforms=("original",),
-                       timm_models=[("mobilenetv3_small_050", "mobilenetv3"), ("resnet18", "resnet")])
-    assert [p.family for p in parents] == ["mobilenet_v3", "resnet"]
-    assert zoo.KERAS_MODELS["MobileNetV3Small"] == "mobilenet_v3"
-
-
 def test_unequal_families_across_label_sources_can_be_left_unrelated():
     rows = [dict(source="timm", family="efficientnet", arch="mobilenetv2_035", parent="a"),
             dict(source="keras", family="mobilenet_v2", arch="MobileNetV2", parent="b"),
