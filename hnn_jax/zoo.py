@@ -11,7 +11,7 @@ Sources: `generated` (MLP, CNN, ResNet-like, RNN, transformer and encoder-decode
 random depth/width/kernels, torch), `timm` (family = timm module), `keras` (keras.applications,
 weights=None), `twins` (timm builds of those keras.applications architectures, labelled like
 them), `torchvision` (classifiers, family = builder module; the held-out evaluation set, never
-used for training). timm, twins and torchvision need `pip install torch==2.14.1
+used for training, and no build of its architectures from another framework is either). timm, twins and torchvision need `pip install torch==2.14.1
 torchvision==0.29.1 timm`, kept out of the core install.
 """
 
