@@ -1070,8 +1070,9 @@ def _channel_affine(w: _Work, x: str, mul, add) -> list[np.ndarray] | None:
 def _fold_into_batch_norm(w: _Work, target: Node, mul, add) -> bool:
     """A per-channel Mul or Add after a batch_norm becomes part of its scale and shift."""
     scale, shift = (w.consts[i] for i in target.inputs[1:3])
-    m = np.ones_like(scale) if mul is None else _channel_vector(np.asarray(mul), scale.size, len(w.shape(target.inputs[0]) or ()) - 1)
-    a = np.zeros_like(shift) if add is None else _channel_vector(np.asarray(add), shift.size, len(w.shape(target.inputs[0]) or ()) - 1)
+    axis_from_end = len(w.shape(target.inputs[0]) or ()) - 1
+    m = np.ones_like(scale) if mul is None else _channel_vector(np.asarray(mul), scale.size, axis_from_end)
+    a = np.zeros_like(shift) if add is None else _channel_vector(np.asarray(add), shift.size, axis_from_end)
     if m is None or a is None:
         return False
     target.inputs = [target.inputs[0], w.add_const(scale * m, target.inputs[1]),

@@ -10,9 +10,10 @@ graphs are all in the manifest is skipped.
 Sources: `generated` (MLP, CNN, ResNet-like, RNN, transformer and encoder-decoder families with
 random depth/width/kernels, torch), `timm` (family = timm module), `keras` (keras.applications,
 weights=None), `twins` (timm builds of those keras.applications architectures, labelled like
-them), `torchvision` (classifiers, family = builder module; the held-out evaluation set, never
-used for training, and no build of its architectures from another framework is either). timm, twins and torchvision need `pip install torch==2.14.1
-torchvision==0.29.1 timm`, kept out of the core install.
+them), `torchvision` (classifiers, family = builder module; the held-out evaluation set: never
+used for training, nor is any build of its architectures from another framework). timm, twins
+and torchvision need `pip install torch==2.14.1 torchvision==0.29.1 timm`, kept out of the core
+install.
 """
 
 from __future__ import annotations
@@ -243,8 +244,7 @@ TIMM_BUILDS_OF_HELD_OUT = frozenset({  # timm names of TORCHVISION_MODELS' archi
 def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
          timm_models: list[tuple[str, str]] | None = None, keras_models: dict | None = None,
          twin_models: dict | None = None, torchvision_models: dict | None = None, seed: int = 0,
-         transforms=None,
-         families=GENERATED_FAMILIES) -> list[Parent]:
+         transforms=None, families=GENERATED_FAMILIES) -> list[Parent]:
     """The parents to build. Every initialisation of an architecture gets all derivatives."""
     parents: list[Parent] = []
     rng = np.random.default_rng(seed)
