@@ -38,29 +38,27 @@ _MAX_BITS = 65535  # distances are accumulated in uint16
 
 # Provisional match thresholds, as fractions of the code length (64-bit equivalents in brackets).
 RELATIONS: tuple[tuple[float, str, str], ...] = (
-    (1 / 64, "same-model",
+    (3 / 64, "same-model",
      "the same model or a near copy: re-export, fp16/int8, pruning, fine-tuning or weight noise"),
-    (5 / 64, "same-architecture", "the same architecture with other weights (or a close relative)"),
+    (11 / 64, "same-architecture", "the same architecture with other weights (or a close relative)"),
     (18 / 64, "same-family", "the same architecture family, another size or depth"),
     (1.0, "unrelated", "unrelated models"),
 )
 """What a Hamming distance suggests about two models, as (max fraction of differing bits, key,
 description), checked in order: the first row whose fraction is >= distance / code length wins.
-For 64-bit codes: 0-1 bits same model, 2-5 same architecture, 6-18 same family, 19+ unrelated.
+For 64-bit codes: 0-3 bits same model, 4-11 same architecture, 12-18 same family, 19+ unrelated.
 
 Measured with the shipped 64-bit weights on held-out torchvision classifiers (benchmarks/results,
 `hnn-jax eval`), share of pairs in each band:
 
-    relation                          0-1     2-5     6-18    19+
-    same model (8 derivatives)        91.3%   7.8%    0.9%    0
-    same architecture, other init     4.6%    93.5%   1.9%    0
-    same family, other architecture   0       16.5%   75.8%   7.7%
-    other family                      0       0       13.1%   86.9%
+    relation                          0-3     4-11    12-18   19+
+    same model (8 derivatives)        98.2%   1.8%    0       0
+    same architecture, other init     4.6%    90.0%   5.3%    0
+    same family, other architecture   0       69.5%   27.3%   3.2%
+    other family                      0       1.3%    12.3%   86.4%
 
-The first two bands are narrow: 8 instance bits tell copies from other initialisations (two inits
-differ in about half of them, 2-5 bits), so a pruned or re-exported copy 2 bits away reads as
-"same architecture". The family bands overlap: a close relative can lie within 2-5 bits and an
-unrelated model within 18.
+The first two bands are sharp (the 16 instance bits separate copies from other initialisations);
+the family bands overlap: a close relative (resnet50 and resnext50) often lies 4-11 bits away.
 """
 
 

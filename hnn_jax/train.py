@@ -37,7 +37,7 @@ from hnn_jax.padding import bucket_size, pad_batch
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs besides the zoo. Config as code: see default() and tiny_cpu()."""
-    hasher: HasherConfig = HasherConfig(bits=64, instance_bits=8)
+    hasher: HasherConfig = HasherConfig(bits=64, instance_bits=16)
     steps: int = 3000
     families_per_batch: int = 8
     archs_per_family: int = 2

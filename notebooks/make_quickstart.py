@@ -103,7 +103,7 @@ print("\\nfirst code as bits:", "".join(map(str, codes["cnn"].bits)))"""),
 `hnn_jax.index.RELATIONS` (the same ones `hnn-jax compare` prints).
 
 The thresholds were measured with the shipped 64-bit weights on held-out torchvision models
-(0-1 bits: same model; 2-5: same architecture, other weights; 6-18: same family; 19+: unrelated);
+(0-3 bits: same model; 4-11: same architecture, other weights; 12-18: same family; 19+: unrelated);
 the bands overlap, so read them as likelihoods, not verdicts."""),
     new_code_cell("""\
 names = list(codes)

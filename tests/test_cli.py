@@ -112,7 +112,7 @@ def test_compare(hashed, models, capsys):
     assert cli.main(["compare", str(a), str(far)]) == 0
     text = capsys.readouterr().out
     assert "distance: 64 of 64 bits" in text and "relation: unrelated" in text
-    assert "thresholds: <= 1 same-model" in text
+    assert "thresholds: <= 3 same-model" in text
 
 
 def test_index_build_search_add(hashed, models, tmp_path, capsys):

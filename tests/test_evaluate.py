@@ -90,12 +90,12 @@ def test_relation_summary_counts_pairs_into_the_threshold_bands():
     rows = _rows([("f", "a", "p1", "original"), ("f", "a", "p1", "fp16"), ("f", "a", "p2", "original"),
                   ("g", "b", "p3", "original")])
     bits = np.zeros((4, 64), np.uint8)
-    bits[1, :1] = 1      # a copy: 1 bit from its original
-    bits[2, 10:14] = 1   # another init: 4 and 5 bits away
+    bits[1, :2] = 1      # a copy: 2 bits from its original
+    bits[2, 10:18] = 1   # another init: 8 and 10 bits away
     bits[3, 30:60] = 1   # another family: 30+ bits away
     summary = evaluate.relation_summary(bits, rows)
     assert summary["same model (derivative)"]["n"] == 1
-    assert summary["same model (derivative)"]["bands"]["same-model (0-1)"] == 1.0
-    assert summary["same architecture, other init"]["bands"]["same-architecture (2-5)"] == 1.0
+    assert summary["same model (derivative)"]["bands"]["same-model (0-3)"] == 1.0
+    assert summary["same architecture, other init"]["bands"]["same-architecture (4-11)"] == 1.0
     assert summary["other family"]["bands"]["unrelated (19-64)"] == 1.0
     assert "same family, other architecture" not in summary  # no such pair here

@@ -285,8 +285,8 @@ def test_relation_thresholds_are_ordered_and_cover_every_distance():
     fractions = [f for f, _, _ in RELATIONS]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     keys = [relation(d, 64)[0] for d in range(65)]
-    assert keys[0] == keys[1] == "same-model" and keys[2] == keys[5] == "same-architecture"
-    assert keys[6] == keys[18] == "same-family" and keys[19] == keys[64] == "unrelated"
-    assert relation(2, 128)[0] == "same-model" and relation(3, 128)[0] == "same-architecture"
+    assert keys[0] == keys[3] == "same-model" and keys[4] == keys[11] == "same-architecture"
+    assert keys[12] == keys[18] == "same-family" and keys[19] == keys[64] == "unrelated"
+    assert relation(6, 128)[0] == "same-model" and relation(7, 128)[0] == "same-architecture"
     with pytest.raises(ValueError):
         relation(65, 64)
