@@ -83,8 +83,8 @@ def _sink_layout_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
     """tf2onnx wraps every NHWC conv in Transposes and cannot cancel them across a Pad, Clip or
     per-channel Mul (Keras MobileNetV3 keeps ~100). onnxruntime's basic optimiser (standard ONNX
     ops only, the same on every machine), without its fusions, sinks and cancels them, so the
-    graph comes out in the layout a PyTorch export has. Models it cannot load,
-    and ones too large to pass as bytes, stay as tf2onnx wrote them."""
+    graph comes out in the layout a PyTorch export has. Models it cannot load, and ones too large
+    to pass as bytes, stay as tf2onnx wrote them."""
     if model.ByteSize() > 1_500_000_000:
         return model
     import onnxruntime as ort

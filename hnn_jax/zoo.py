@@ -210,11 +210,11 @@ KERAS_TORCHVISION_TWINS = {  # keras.applications constructor -> the same archit
     "EfficientNetB1": "efficientnet_b1", "InceptionV3": "inception_v3", "VGG16": "vgg16",
 }  # the twins evaluation asks each keras model to find its torchvision twin
 
-def twin_choice(held_out=None) -> dict[str, str]:
-    """The KERAS_TIMM_TWINS whose architecture is not held out (default: not one of
-    TORCHVISION_MODELS), so training never sees a build of an evaluated architecture."""
-    held_out = TORCHVISION_MODELS if held_out is None else held_out
-    return {k: t for k, t in KERAS_TIMM_TWINS.items() if KERAS_TORCHVISION_TWINS.get(k) not in held_out}
+def twin_choice() -> dict[str, str]:
+    """The KERAS_TIMM_TWINS whose torchvision twin is not one of TORCHVISION_MODELS, so training
+    never sees a build of an evaluated architecture."""
+    return {keras_name: timm_name for keras_name, timm_name in KERAS_TIMM_TWINS.items()
+            if KERAS_TORCHVISION_TWINS.get(keras_name) not in TORCHVISION_MODELS}
 
 
 TORCHVISION_MODELS = {  # torchvision.models builder -> family (its module); held out
