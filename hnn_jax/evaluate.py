@@ -58,7 +58,8 @@ def expected_rank(distances: np.ndarray, target: int) -> float:
     return float((distances < d).sum() + ((distances == d).sum() + 1) / 2)
 
 
-def _retrieval(d: np.ndarray, relevant: np.ndarray, queries: np.ndarray, seed: int = 0) -> tuple[float, float]:
+def _retrieval(d: np.ndarray, relevant: np.ndarray, queries: np.ndarray, seed: int = 0):
+    """Per query (itself left out): AP and P@1, as two arrays."""
     rng = np.random.default_rng(seed)
     aps, p1s = [], []
     for q in queries:
@@ -66,7 +67,7 @@ def _retrieval(d: np.ndarray, relevant: np.ndarray, queries: np.ndarray, seed: i
         keep[q] = False
         aps.append(average_precision(d[q, keep], relevant[q, keep], rng))
         p1s.append(precision_at_1(d[q, keep], relevant[q, keep]))
-    return float(np.nanmean(aps)), float(np.mean(p1s))
+    return np.array(aps), np.array(p1s)
 
 
 def evaluate_codes(bits: np.ndarray, rows: list[dict]) -> dict:
@@ -77,16 +78,18 @@ def evaluate_codes(bits: np.ndarray, rows: list[dict]) -> dict:
     transform = np.array([r["transform"] for r in rows])
     originals = np.flatnonzero(transform == "original")
     d_orig = d[np.ix_(originals, originals)]
-    family_map, family_p1 = _retrieval(d_orig, fam[originals][:, None] == fam[originals][None, :],
-                                       np.arange(len(originals)))
+    family_aps, family_p1s = _retrieval(d_orig, fam[originals][:, None] == fam[originals][None, :],
+                                        np.arange(len(originals)))
     derivatives = np.flatnonzero(transform != "original")
-    copy_map, copy_p1 = _retrieval(d, parent[:, None] == parent[None, :], derivatives)
+    copy_aps, copy_p1s = _retrieval(d, parent[:, None] == parent[None, :], derivatives)
     original_of = {parent[i]: i for i in originals}
     per_transform = {str(t): float(np.mean([d[i, original_of[parent[i]]] for i in np.flatnonzero(transform == t)
                                        if parent[i] in original_of]))
                      for t in sorted(set(transform) - {"original"})}
-    return dict(family_map=family_map, family_p1=family_p1, copy_map=copy_map, copy_p1=copy_p1,
-                distance_to_original=per_transform)
+    family_ap = {str(f): float(np.nanmean(family_aps[fam[originals] == f])) for f in sorted(set(fam[originals]))}
+    return dict(family_map=float(np.nanmean(family_aps)), family_p1=float(np.mean(family_p1s)),
+                copy_map=float(np.nanmean(copy_aps)), copy_p1=float(np.mean(copy_p1s)),
+                distance_to_original=per_transform, family_ap=family_ap)
 
 
 def evaluate_twins(keras_bits, keras_rows, tv_bits, tv_rows) -> dict:
@@ -198,6 +201,11 @@ def markdown_table(summary: dict) -> str:
               "| method | " + " | ".join(transforms) + " |", "|---" * (len(transforms) + 1) + "|"]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{r['distance_to_original'][t]:.2f}" for t in transforms) + " |")
+    families = sorted(next(iter(results.values()))["family_ap"])
+    lines += ["", "Family AP per family (mean over that family's original queries):", "",
+              "| method | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r['family_ap'][f]:.2f}" for f in families) + " |")
     return "\n".join(lines) + "\n"
 
 

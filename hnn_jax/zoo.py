@@ -8,12 +8,12 @@ parallel processes, shows a progress bar, and resumes after an interruption: a p
 graphs are all in the manifest is skipped.
 
 Sources: `generated` (MLP, CNN, ResNet-like, RNN, transformer and encoder-decoder families with
-random depth/width/kernels, torch), `timm` (family = timm module), `keras` (keras.applications,
-weights=None), `twins` (timm builds of those keras.applications architectures, labelled like
-them), `torchvision` (classifiers, family = builder module; the held-out evaluation set: never
-used for training, nor is any build of its architectures from another framework). timm, twins
-and torchvision need `pip install torch==2.14.1 torchvision==0.29.1 timm`, kept out of the core
-install.
+random depth/width/kernels, torch), `timm` (family = timm module, or the model name's stem in
+modules that mix families: `timm_family`), `keras` (keras.applications, weights=None), `twins`
+(timm builds of those keras.applications architectures, labelled like them), `torchvision`
+(classifiers, family = builder module; the held-out evaluation set: never used for training, nor
+is any build of its architectures from another framework). timm, twins and torchvision need
+`pip install torch==2.14.1 torchvision==0.29.1 timm`, kept out of the core install.
 """
 
 from __future__ import annotations
@@ -281,8 +281,23 @@ def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
     return parents
 
 
-def timm_choice(per_module: int = 2, max_params: float = 25e6) -> list[tuple[str, str]]:
-    """The `per_module` smallest timm models of every timm module (family), between 0.3M and
+TIMM_MIXED_MODULES = ("efficientnet", "mobilenetv3")  # timm modules that hold several architecture
+# families (MnasNet, MobileNetV1/V2, EfficientNet, MixNet, FBNet, TinyNet ... / MobileNetV3, V4, LCNet,
+# FBNetV3): their family is the model name's stem, as torchvision and keras.applications keep them apart
+TIMM_STEM_ALIASES = {"semnasnet": "mnasnet"}  # MnasNet-A1 (with SE) and -B1: one paper, one family
+
+
+def timm_family(name: str, module: str) -> str:
+    """The family label of a timm model: its module, or for TIMM_MIXED_MODULES the name's stem
+    ("tf_mixnet_s" -> "mixnet", "gc_efficientnetv2_rw_t" -> "efficientnetv2")."""
+    if module not in TIMM_MIXED_MODULES:
+        return module
+    stem = next(token for token in name.split("_") if token not in ("tf", "gc"))
+    return TIMM_STEM_ALIASES.get(stem, stem)
+
+
+def timm_choice(per_family: int = 2, max_params: float = 25e6) -> list[tuple[str, str]]:
+    """The `per_family` smallest timm models of every family (`timm_family`), between 0.3M and
     max_params parameters, counted on the meta device (no memory, no download); timm's `test_*`
     models, distilled twins and TIMM_BUILDS_OF_HELD_OUT are skipped."""
     import timm
@@ -291,7 +306,7 @@ def timm_choice(per_module: int = 2, max_params: float = 25e6) -> list[tuple[str
 
     chosen: dict[str, list[tuple[int, str]]] = {}
     for name in timm.list_models():
-        family = _registry.model_entrypoint(name).__module__.split(".")[-1]
+        family = timm_family(name, _registry.model_entrypoint(name).__module__.split(".")[-1])
         try:
             with torch.device("meta"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -302,7 +317,7 @@ def timm_choice(per_module: int = 2, max_params: float = 25e6) -> list[tuple[str
                 and name not in TIMM_BUILDS_OF_HELD_OUT):
             chosen.setdefault(family, []).append((params, name))
     return [(name, family) for family, models in sorted(chosen.items())
-            for _, name in sorted(models)[:per_module]]
+            for _, name in sorted(models)[:per_family]]
 
 
 # ----------------------------------------------------------------------------- building
@@ -504,7 +519,7 @@ def add_arguments(parser) -> None:
     b.add_argument("--sources", default="generated", help="comma-separated: generated,keras,timm,twins,torchvision")
     b.add_argument("--archs-per-family", type=int, default=6, help="generated architectures per family")
     b.add_argument("--inits", type=int, default=3, help="independent initialisations per architecture")
-    b.add_argument("--timm-per-family", type=int, default=2, help="smallest timm models per timm module")
+    b.add_argument("--timm-per-family", type=int, default=2, help="smallest timm models per timm family (zoo.timm_family)")
     b.add_argument("--transforms", help="comma-separated derivatives (default: all that apply)")
     b.add_argument("--workers", type=int, default=2, help="parallel processes (1: in this process)")
     b.set_defaults(func=_cli_build)

@@ -40,8 +40,12 @@ def test_perfect_codes_score_one_and_shuffled_codes_do_not():
     assert res["family_map"] == 1.0 and res["family_p1"] == 1.0
     assert res["copy_map"] == 1.0 and res["copy_p1"] == 1.0
     assert res["distance_to_original"] == {"fp16": 0.0, "int8": 0.0}
+    assert res["family_ap"] == {"f1": 1.0, "f2": 1.0}
     shuffled = evaluate.evaluate_codes(bits[[4, 2, 6, 0, 1, 5, 3]], rows)
     assert shuffled["family_map"] < 0.9 and shuffled["copy_map"] < 0.9
+    # the family mAP is the mean of the per-query APs; per family it is that family's queries' mean
+    ap = shuffled["family_ap"]
+    assert min(ap.values()) < 0.9 and np.isclose(shuffled["family_map"], (3 * ap["f1"] + 2 * ap["f2"]) / 5)
 
 
 def test_twins_rank_the_exact_twin():
