@@ -284,12 +284,15 @@ def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
 TIMM_MIXED_MODULES = ("efficientnet", "mobilenetv3")  # timm modules that hold several architecture
 # families (MnasNet, MobileNetV1/V2, EfficientNet, MixNet, FBNet, TinyNet ... / MobileNetV3, V4, LCNet,
 # FBNetV3): their family is the model name's stem, as torchvision and keras.applications keep them apart
-TIMM_STEM_ALIASES = {"semnasnet": "mnasnet"}  # MnasNet-A1 (with SE) and -B1: one paper, one family
+TIMM_STEM_ALIASES = {  # stems spelled as keras.applications' modules where the family is one
+    "mobilenetv1": "mobilenet", "mobilenetv2": "mobilenet_v2", "mobilenetv3": "mobilenet_v3",
+    "efficientnetv2": "efficientnet_v2", "semnasnet": "mnasnet",  # MnasNet-A1 (with SE) and -B1
+    "mobilenet": "mobilenet_edgetpu"}  # not MobileNet v1
 
 
 def timm_family(name: str, module: str) -> str:
     """The family label of a timm model: its module, or for TIMM_MIXED_MODULES the name's stem
-    ("tf_mixnet_s" -> "mixnet", "gc_efficientnetv2_rw_t" -> "efficientnetv2")."""
+    ("tf_mixnet_s" -> "mixnet", "gc_efficientnetv2_rw_t" -> "efficientnet_v2")."""
     if module not in TIMM_MIXED_MODULES:
         return module
     stem = next(token for token in name.split("_") if token not in ("tf", "gc"))

@@ -141,17 +141,24 @@ def test_timm_family_splits_modules_that_mix_architecture_families():
     them apart, so those modules' families come from the model names."""
     fam = zoo.timm_family
     assert fam("mnasnet_small", "efficientnet") == fam("semnasnet_075", "efficientnet") == "mnasnet"
-    assert fam("mobilenetv2_035", "efficientnet") == "mobilenetv2"
     assert fam("tf_efficientnet_lite0", "efficientnet") == fam("efficientnet_b2", "efficientnet")
     assert fam("gc_efficientnetv2_rw_t", "efficientnet") == fam("tf_efficientnetv2_b0", "efficientnet")
     assert fam("efficientnetv2_rw_t", "efficientnet") != fam("efficientnet_b0", "efficientnet")
     assert fam("lcnet_050", "mobilenetv3") == "lcnet" != fam("mobilenetv3_small_075", "mobilenetv3")
+    # spelled like keras.applications' modules where the family is the same
+    for timm_name, module, keras_name in [("mobilenetv2_035", "efficientnet", "MobileNetV2"),
+                                          ("mobilenetv1_100", "efficientnet", "MobileNet"),
+                                          ("mobilenetv3_small_075", "mobilenetv3", "MobileNetV3Small"),
+                                          ("efficientnet_lite0", "efficientnet", "EfficientNetB0"),
+                                          ("tf_efficientnetv2_b0", "efficientnet", "EfficientNetV2B0")]:
+        assert fam(timm_name, module) == zoo.KERAS_MODELS[keras_name]
+    assert fam("mobilenet_edgetpu_100", "efficientnet") != zoo.KERAS_MODELS["MobileNet"]
     assert fam("resnext26ts", "byobnet") == fam("repvgg_a0", "byobnet") == "byobnet"  # others: module
     assert fam("seresnext26d_32x4d", "resnet") == "resnet"
 
 
 def test_unequal_families_across_label_sources_can_be_left_unrelated():
-    rows = [dict(source="timm", family="mobilenetv2", arch="mobilenetv2_035", parent="a"),
+    rows = [dict(source="timm", family="lcnet", arch="lcnet_050", parent="a"),
             dict(source="keras", family="mobilenet_v2", arch="MobileNetV2", parent="b"),
             dict(source="twins", family="mobilenet_v2", arch="MobileNetV2", parent="c"),
             dict(source="keras", family="resnet", arch="ResNet50", parent="d")]
