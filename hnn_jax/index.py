@@ -53,9 +53,9 @@ Measured with the shipped 64-bit weights on held-out torchvision classifiers (be
 
     relation                          0-3     4-11    12-18   19+
     same model (8 derivatives)        98.2%   1.8%    0       0
-    same architecture, other init     4.6%    90.0%   5.3%    0
-    same family, other architecture   0       69.5%   27.3%   3.2%
-    other family                      0       1.3%    12.3%   86.4%
+    same architecture, other init     4.6%    90.1%   5.2%    0
+    same family, other architecture   0       68.2%   29.7%   2.1%
+    other family                      0       1.4%    5.0%    93.6%
 
 The first two bands are sharp (the 16 instance bits separate copies from other initialisations);
 the family bands overlap: a close relative (resnet50 and resnext50) often lies 4-11 bits away.
