@@ -77,8 +77,8 @@ def evaluate_codes(bits: np.ndarray, rows: list[dict]) -> dict:
     parent = np.array([r["parent"] for r in rows])
     transform = np.array([r["transform"] for r in rows])
     originals = np.flatnonzero(transform == "original")
-    d_orig = d[np.ix_(originals, originals)]
-    family_aps, family_p1s = _retrieval(d_orig, fam[originals][:, None] == fam[originals][None, :],
+    orig_fam = fam[originals]
+    family_aps, family_p1s = _retrieval(d[np.ix_(originals, originals)], orig_fam[:, None] == orig_fam[None, :],
                                         np.arange(len(originals)))
     derivatives = np.flatnonzero(transform != "original")
     copy_aps, copy_p1s = _retrieval(d, parent[:, None] == parent[None, :], derivatives)
@@ -86,7 +86,7 @@ def evaluate_codes(bits: np.ndarray, rows: list[dict]) -> dict:
     per_transform = {str(t): float(np.mean([d[i, original_of[parent[i]]] for i in np.flatnonzero(transform == t)
                                        if parent[i] in original_of]))
                      for t in sorted(set(transform) - {"original"})}
-    family_ap = {str(f): float(np.nanmean(family_aps[fam[originals] == f])) for f in sorted(set(fam[originals]))}
+    family_ap = {str(f): float(np.nanmean(family_aps[orig_fam == f])) for f in sorted(set(orig_fam))}
     return dict(family_map=float(np.nanmean(family_aps)), family_p1=float(np.mean(family_p1s)),
                 copy_map=float(np.nanmean(copy_aps)), copy_p1=float(np.mean(copy_p1s)),
                 distance_to_original=per_transform, family_ap=family_ap)
@@ -189,23 +189,23 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True) -> dic
     return summary
 
 
+def _method_table(results: dict, columns: list[str], cell) -> list[str]:
+    """Markdown rows: one per method, one column per name in `columns`, cell(result, column)."""
+    return (["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+            + [f"| {name} | " + " | ".join(cell(r, c) for c in columns) + " |" for name, r in results.items()])
+
+
 def markdown_table(summary: dict) -> str:
     results = summary["results"]
+    first = next(iter(results.values()))
     cols = ["family_map", "family_p1", "copy_map", "copy_p1", "twin_family_map", "twin_median_rank"]
-    lines = [f"{summary['graphs']} graphs of {summary['models']} held-out parents, {summary['families']} families\n",
-             "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r.get(c, float('nan')):.3f}" for c in cols) + " |")
-    transforms = sorted(next(iter(results.values()))["distance_to_original"])
-    lines += ["", "Mean Hamming distance to the original:", "",
-              "| method | " + " | ".join(transforms) + " |", "|---" * (len(transforms) + 1) + "|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['distance_to_original'][t]:.2f}" for t in transforms) + " |")
-    families = sorted(next(iter(results.values()))["family_ap"])
-    lines += ["", "Family AP per family (mean over that family's original queries):", "",
-              "| method | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['family_ap'][f]:.2f}" for f in families) + " |")
+    lines = [f"{summary['graphs']} graphs of {summary['models']} held-out parents, {summary['families']} families\n"]
+    lines += _method_table(results, cols, lambda r, c: f"{r.get(c, float('nan')):.3f}")
+    lines += ["", "Mean Hamming distance to the original:", ""]
+    lines += _method_table(results, sorted(first["distance_to_original"]),
+                           lambda r, t: f"{r['distance_to_original'][t]:.2f}")
+    lines += ["", "Family AP per family (mean over that family's original queries):", ""]
+    lines += _method_table(results, sorted(first["family_ap"]), lambda r, f: f"{r['family_ap'][f]:.2f}")
     return "\n".join(lines) + "\n"
 
 
