@@ -7,7 +7,7 @@ Tasks (Hamming distance, ties broken fairly: random order among equal distances,
   initialisations of the same architecture;
 - distance to the original, per transform;
 - twins: each keras.applications model queries the torchvision originals: family mAP and the
-  rank of its exact torchvision twin.
+  rank of its exact torchvision twin (the first of the twin architecture's initialisations).
 """
 
 from __future__ import annotations
@@ -52,10 +52,17 @@ def precision_at_1(distances: np.ndarray, relevant: np.ndarray) -> float:
     return float(relevant[nearest].mean())
 
 
-def expected_rank(distances: np.ndarray, target: int) -> float:
-    """1-based rank of `target`, ties counted fairly (mean position among equals)."""
-    d = distances[target]
-    return float((distances < d).sum() + ((distances == d).sum() + 1) / 2)
+def first_relevant_rank(distances: np.ndarray, relevant: np.ndarray) -> float:
+    """Expected 1-based rank of the first relevant item when ties are broken at random.
+
+    With k items strictly nearer than the nearest relevant one and m items at its distance, t of
+    them relevant, the first relevant one comes at k + (m + 1) / (t + 1) on average. (The smaller
+    of the relevant items' own expected ranks overstates it when relevant items tie each other:
+    two tied twins at the top are found at rank 1, not 1.5.)
+    """
+    nearest = distances[relevant].min()
+    at = distances == nearest
+    return float((distances < nearest).sum() + (at.sum() + 1) / ((at & relevant).sum() + 1))
 
 
 def _retrieval(d: np.ndarray, relevant: np.ndarray, queries: np.ndarray, seed: int = 0):
@@ -110,9 +117,9 @@ def evaluate_twins(keras_bits, keras_rows, tv_bits, tv_rows) -> dict:
         if relevant.any():
             aps.append(average_precision(d[row], relevant, rng))
             p1s.append(precision_at_1(d[row], relevant))
-        twins = np.flatnonzero(tv_arch == KERAS_TORCHVISION_TWINS[keras_rows[k]["arch"]])
-        if len(twins):
-            ranks.append(min(expected_rank(d[row], t) for t in twins))
+        twins = tv_arch == KERAS_TORCHVISION_TWINS[keras_rows[k]["arch"]]  # every init of the twin
+        if twins.any():
+            ranks.append(first_relevant_rank(d[row], twins))
     return dict(twin_family_map=float(np.mean(aps)) if aps else float("nan"),
                 twin_family_p1=float(np.mean(p1s)) if p1s else float("nan"),
                 twin_median_rank=float(np.median(ranks)) if ranks else float("nan"), twin_queries=len(ranks))

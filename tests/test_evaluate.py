@@ -15,7 +15,12 @@ def test_average_precision_and_fair_ties():
     tied = evaluate.average_precision(np.zeros(4), relevant, np.random.default_rng(1))
     assert 0.55 < tied < 0.75
     assert evaluate.precision_at_1(np.array([1, 1, 2]), np.array([True, False, True])) == 0.5
-    assert evaluate.expected_rank(np.array([3, 1, 1, 1]), 1) == 2.0
+    # first relevant item: 1 strictly nearer, then 3 tied of which 1 relevant -> 1 + 4/2
+    assert evaluate.first_relevant_rank(np.array([3, 0, 1, 1, 1]), np.array([0, 0, 1, 0, 0], bool)) == 3.0
+    # two relevant items tied at the top: the first of them is always first
+    assert evaluate.first_relevant_rank(np.array([2, 0, 0]), np.array([0, 1, 1], bool)) == 1.0
+    # 1 relevant among 3 tied at the top: 2 on average
+    assert evaluate.first_relevant_rank(np.array([0, 0, 0, 5]), np.array([0, 1, 0, 1], bool)) == 2.0
 
 
 def test_hamming_matrix():
@@ -56,6 +61,14 @@ def test_twins_rank_the_exact_twin():
     keras_bits = np.array([[0, 0, 0, 0], [1, 1, 1, 0]], np.uint8)
     res = evaluate.evaluate_twins(keras_bits, keras, tv_bits, tv)
     assert res["twin_median_rank"] == 1.0 and res["twin_family_map"] == 1.0 and res["twin_queries"] == 2
+    # a second init of resnet50 tied with the first: the twin is still found first
+    tv2 = tv + _rows([("resnet", "resnet50", "tv4", "original")])
+    res = evaluate.evaluate_twins(keras_bits, keras, np.vstack([tv_bits, [[0, 0, 0, 0]]]), tv2)
+    assert res["twin_median_rank"] == 1.0
+    # both resnet50 inits tied with resnet18 at the top: 3 tied, 2 relevant -> (3 + 1) / (2 + 1)
+    tied = np.array([[0, 0, 0, 1], [0, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 1]], np.uint8)
+    res = evaluate.evaluate_twins(keras_bits[:1], keras[:1], tied, tv2)
+    assert np.isclose(res["twin_median_rank"], 4 / 3)
 
 
 def _graph(ops, edges, weight_seed=None):
