@@ -311,7 +311,12 @@ def train(zoo_dir, workdir, config: TrainConfig | None = None, *, distributed: b
     if distributed:
         jax.distributed.initialize()
     graphs, rows = zoo.load(zoo_dir, sources=sources)
-    trainer = Trainer(config or default(), Dataset(graphs, [dict(r) for r in rows]), workdir, progress=progress)
+    kept = [i for i, r in enumerate(rows) if not zoo.held_out(r)]
+    if len(kept) < len(rows):
+        print(f"left out {len(rows) - len(kept)} zoo graphs of held-out architectures and twin queries "
+              "(zoo.held_out)", file=sys.stderr)
+    data = Dataset([graphs[i] for i in kept], [dict(rows[i]) for i in kept])
+    trainer = Trainer(config or default(), data, workdir, progress=progress)
     trainer.run()
     if jax.process_index() == 0:
         trainer.hasher().save(Path(workdir) / "hasher")

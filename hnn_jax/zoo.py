@@ -11,8 +11,9 @@ Sources: `generated` (MLP, CNN, ResNet-like, RNN, transformer and encoder-decode
 random depth/width/kernels, torch), `timm` (family = timm module, or the model name's stem in
 modules that mix families: `timm_family`), `keras` (keras.applications, weights=None), `twins`
 (timm builds of those keras.applications architectures, labelled like them), `torchvision`
-(classifiers, family = builder module; the held-out evaluation set: never used for training, nor
-is any build of its architectures from another framework). timm, twins and torchvision need
+(classifiers, family = builder module; the held-out evaluation set). Training leaves out every
+graph that `held_out` names: the torchvision models, any build of their architectures from another
+framework, and the keras models the twins evaluation queries with. timm, twins and torchvision need
 `pip install torch==2.14.1 torchvision==0.29.1 timm`, kept out of the core install.
 """
 
@@ -240,6 +241,16 @@ TIMM_BUILDS_OF_HELD_OUT = frozenset({  # timm names of TORCHVISION_MODELS' archi
     "convnext_tiny",
 })  # timm_choice skips them: no build of an evaluated architecture, from any framework, is trained on
 
+
+def held_out(row: dict) -> bool:
+    """Whether a zoo graph belongs to the evaluation, so training must not see it: a torchvision
+    model; a build of one of their architectures from another framework (timm's resnet50, keras's
+    ResNet50, the twins source's timm build of it); or a keras.applications model that the twins
+    evaluation queries with (KERAS_TORCHVISION_TWINS, e.g. ResNet101)."""
+    source, arch = row.get("source"), row["arch"]
+    return (source == "torchvision" or (source == "timm" and arch in TIMM_BUILDS_OF_HELD_OUT)
+            or (source == "keras" and arch in KERAS_TORCHVISION_TWINS)
+            or (source == "twins" and KERAS_TORCHVISION_TWINS.get(arch) in TORCHVISION_MODELS))
 
 def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
          timm_models: list[tuple[str, str]] | None = None, keras_models: dict | None = None,

@@ -136,6 +136,32 @@ def test_twins_leave_out_every_held_out_architecture():
     assert {zoo.KERAS_TIMM_TWINS[k] for k in held_out} <= zoo.TIMM_BUILDS_OF_HELD_OUT
 
 
+def test_training_never_sees_held_out_architectures_or_twin_queries(tiny_zoo, tmp_path):
+    """train() leaves out what the evaluation uses, whichever zoo folders it is given: torchvision
+    models, keras/timm/twins builds of their architectures, and the keras models the twins
+    evaluation queries with. Other keras models (Xception) are trained on."""
+    import shutil
+
+    labels = [("keras", "resnet", "ResNet50"), ("keras", "resnet", "ResNet101"), ("timm", "resnet", "resnet50"),
+              ("twins", "densenet", "DenseNet121"), ("torchvision", "resnet", "resnet18"),
+              ("keras", "xception", "Xception"), ("twins", "resnet", "ResNet101")]
+    held = [zoo.held_out(dict(source=s, family=f, arch=a)) for s, f, a in labels]
+    assert held == [True, True, True, True, True, False, False]
+    other = tmp_path / "other"
+    (other / "graphs").mkdir(parents=True)
+    first = zoo.read_manifest(tiny_zoo)[0]
+    with open(other / "manifest.jsonl", "w") as manifest:
+        for source, family, arch in labels:
+            gid = f"{source}.{arch}.s0.original"
+            shutil.copy(tiny_zoo / "graphs" / f"{first['id']}.npz", other / "graphs" / f"{gid}.npz")
+            manifest.write(json.dumps(dict(first, id=gid, source=source, family=family, arch=arch,
+                                           parent=f"{source}.{arch}.s0")) + "\n")
+    trainer = train.train([tiny_zoo, other], tmp_path / "run", config(steps=2), progress=False)
+    trained = {(r["source"], r["arch"]) for r in trainer.data.rows}
+    assert ("keras", "Xception") in trained and ("twins", "ResNet101") in trained
+    assert not trained & {(s, a) for (s, _, a), h in zip(labels, held) if h}
+    assert len(trainer.data.rows) == len(zoo.read_manifest(tiny_zoo)) + 2
+
 def test_timm_family_splits_modules_that_mix_architecture_families():
     """timm files MnasNet, MobileNetV2 and EfficientNet in one module; torchvision and keras keep
     them apart, so those modules' families come from the model names."""
