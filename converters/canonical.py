@@ -885,6 +885,32 @@ def fold_pads(w: _Work) -> None:
         w.remove([n])
 
 
+def flatten_concats(w: _Work) -> None:
+    """A Concat that reads another Concat along the same axis reads that one's inputs instead:
+    Keras's DenseNet grows its features as concat(concat(x, a), b), PyTorch's as concat(x, a, b).
+    The inner Concat stays only while something else reads it."""
+    w.topo_sort()  # inner concats first, so chains flatten all the way
+    prod = w.producers()
+
+    def axis(n: Node) -> int | None:
+        shape = w.shape(n.outputs[0])
+        a = int(n.attrs.get("axis", 0))
+        return a % len(shape) if shape else (a if a >= 0 else None)
+
+    for n in w.nodes:
+        if n.op != "Concat" or n.domain != "" or axis(n) is None:
+            continue
+        flat = []
+        for x in n.inputs:
+            p = prod.get(x)
+            inner = p[0] if p is not None else None
+            if inner is not None and inner.op == "Concat" and inner.domain == "" and axis(inner) == axis(n):
+                flat += inner.inputs
+            else:
+                flat.append(x)
+        n.inputs = flat
+    drop_dead(w)
+
 def drop_packaging(w: _Work) -> None:
     """Drop what packages a classifier rather than builds it: elementwise steps by constants
     between a graph input and the first conv (keras.applications' Rescaling and Normalization
@@ -1487,6 +1513,7 @@ def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> Canonica
     drop_packaging(w)
     drop_layout_transposes(w)
     fold_pads(w)
+    flatten_concats(w)
     form_linear(w)
     fold_into_producers(w)
     fuse_regions(w)

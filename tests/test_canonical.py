@@ -194,6 +194,31 @@ def test_slices_covering_a_tensor_become_one_split():
     assert node(graph, "split").n_outputs == 3
 
 
+def test_nested_concats_along_one_axis_flatten_like_pytorch_densenet():
+    """Keras's DenseNet: concat(concat(x, a), b), the inner one also read by the next layer;
+    PyTorch's: concat(x, a) and concat(x, a, b). Both give one graph."""
+    def model(nested):
+        relu = lambda i, o: helper.make_node("Relu", [i], [o])  # noqa: E731
+        cat = lambda ins, o: helper.make_node("Concat", ins, [o], axis=1)  # noqa: E731
+        nodes = [relu("x", "a"), cat(["x", "a"], "xa"), relu("xa", "b"),
+                 cat(["xa", "b"] if nested else ["x", "a", "b"], "xab"), relu("xab", "c"),
+                 cat(["xab", "c"] if nested else ["x", "a", "b", "c"], "y")]
+        return onnx_model(nodes, [float_input("x", [1, 2, 4, 4])], [float_input("y", None)])
+    keras_like, torch_like = canonicalize(model(True)), canonicalize(model(False))
+    assert [n.op for n in keras_like.nodes] == [n.op for n in torch_like.nodes]
+    assert [n.op for n in keras_like.nodes].count("concat") == 3
+    edges = lambda g: sorted((e.sender, e.receiver, e.slot) for e in g.edges)  # noqa: E731
+    assert edges(keras_like) == edges(torch_like)
+    fan_in = lambda g: sorted(sum(e.receiver == i for e in g.edges) for i, n in enumerate(g.nodes)  # noqa: E731
+                              if n.op == "concat")
+    assert fan_in(keras_like) == [2, 3, 4]
+    # another axis is another operation: nothing flattens
+    mixed = onnx_model([helper.make_node("Concat", ["x", "x"], ["xx"], axis=1),
+                        helper.make_node("Concat", ["xx", "xx"], ["y"], axis=2)],
+                       [float_input("x", [1, 2, 4, 4])], [float_input("y", None)])
+    g = canonicalize(mixed)
+    assert [n.op for n in g.nodes].count("concat") == 2 and len(g.edges) == 4
+
 def test_zero_padding_folds_into_the_following_pool():
     model = onnx_model(
         [helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant"),
