@@ -860,6 +860,28 @@ def remove_noops(w: _Work) -> None:
     w.outputs = [resolve(o) for o in w.outputs]
 
 
+def explicit_pads(w: _Work) -> None:
+    """auto_pad SAME_UPPER / SAME_LOWER / VALID as the `pads` they stand for (tf2onnx writes
+    Keras's padding="same" as SAME_UPPER, PyTorch exporters write the numbers)."""
+    for n in w.nodes:
+        mode = n.attrs.get("auto_pad", "NOTSET")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        shape = w.shape(n.inputs[0]) if n.inputs else None
+        kernel = n.attrs.get("kernel_shape")
+        if (n.domain != "" or n.op not in ("Conv", "MaxPool", "AveragePool", "LpPool")
+                or mode not in ("SAME_UPPER", "SAME_LOWER", "VALID") or not shape or not kernel):
+            continue
+        spatial = shape[2:]
+        strides = n.attrs.get("strides") or [1] * len(spatial)
+        dilations = n.attrs.get("dilations") or [1] * len(spatial)
+        begin, end = [], []
+        for size, k, stride, dilation in zip(spatial, kernel, strides, dilations):
+            total = 0 if mode == "VALID" else max((-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+            low = total // 2 if mode == "SAME_UPPER" else total - total // 2
+            begin.append(low)
+            end.append(total - low)
+        n.attrs["pads"], n.attrs["auto_pad"] = begin + end, "NOTSET"
+
 def fold_pads(w: _Work) -> None:
     """Zero padding of spatial dims before a Conv or pooling is that op's own `pads`
     (Keras writes ZeroPadding2D layers, PyTorch a padding argument)."""
@@ -1512,6 +1534,7 @@ def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> Canonica
     remove_noops(w)
     drop_packaging(w)
     drop_layout_transposes(w)
+    explicit_pads(w)
     fold_pads(w)
     flatten_concats(w)
     form_linear(w)

@@ -384,7 +384,12 @@ def _keras_parent(parent: Parent):
     import keras
 
     keras.utils.set_random_seed(parent.seed)
-    return getattr(keras.applications, parent.arch)(weights=None)
+    model = getattr(keras.applications, parent.arch)(weights=None)
+    if None in model.input_shape[1:3]:  # MobileNetV3 leaves its image size open: build it at the
+        # 224 x 224 its torchvision and timm twins are exported at, not the converter's default 32
+        keras.utils.set_random_seed(parent.seed)
+        model = getattr(keras.applications, parent.arch)(weights=None, input_shape=(224, 224, 3))
+    return model
 
 
 def _variant_models(parent: Parent):

@@ -233,6 +233,19 @@ def test_zero_padding_folds_into_the_following_pool():
     assert a.nodes[1].attrs["pads"] == [1, 1, 1, 1] and a.nodes[1].shape == b.nodes[1].shape
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_auto_pad_same_is_the_explicit_pads_it_stands_for(stride):
+    w = ("w", RNG.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    x = [float_input("x", [1, 3, 9, 9])]
+    auto = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[stride] * 2,
+                                        auto_pad="SAME_UPPER")], x, [float_input("y", None)], [w])
+    # stride 1: one each side; stride 2 on 9 pixels: 2 in all, 1 each side (SAME_UPPER puts any odd one after)
+    explicit = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[stride] * 2,
+                                            pads=[1, 1, 1, 1])], x, [float_input("y", None)], [w])
+    a, b = converters.from_onnx(auto), converters.from_onnx(explicit)
+    np.testing.assert_array_equal(a.nodes, b.nodes)
+    assert canonicalize(auto).nodes[1].attrs["pads"] == [1, 1, 1, 1]
+
 def test_infinite_masks_and_nan_activations_give_finite_features():
     mask = np.zeros((1, 8), np.float32)
     mask[0, ::2] = -np.inf  # an attention-style mask constant
