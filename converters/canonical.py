@@ -882,6 +882,7 @@ def explicit_pads(w: _Work) -> None:
             end.append(total - low)
         n.attrs["pads"], n.attrs["auto_pad"] = begin + end, "NOTSET"
 
+
 def fold_pads(w: _Work) -> None:
     """Zero padding of spatial dims before a Conv or pooling is that op's own `pads`
     (Keras writes ZeroPadding2D layers, PyTorch a padding argument)."""
@@ -932,6 +933,7 @@ def flatten_concats(w: _Work) -> None:
                 flat.append(x)
         n.inputs = flat
     drop_dead(w)
+
 
 def drop_packaging(w: _Work) -> None:
     """Drop what packages a classifier rather than builds it: elementwise steps by constants

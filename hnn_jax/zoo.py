@@ -252,6 +252,7 @@ def held_out(row: dict) -> bool:
             or (source == "keras" and arch in KERAS_TORCHVISION_TWINS)
             or (source == "twins" and KERAS_TORCHVISION_TWINS.get(arch) in TORCHVISION_MODELS))
 
+
 def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
          timm_models: list[tuple[str, str]] | None = None, keras_models: dict | None = None,
          twin_models: dict | None = None, torchvision_models: dict | None = None, seed: int = 0,
