@@ -921,13 +921,14 @@ def flatten_concats(w: _Work) -> None:
         return a % len(shape) if shape else (a if a >= 0 else None)
 
     for n in w.nodes:
-        if n.op != "Concat" or n.domain != "" or axis(n) is None:
+        along = axis(n) if n.op == "Concat" and n.domain == "" else None
+        if along is None:
             continue
         flat = []
         for x in n.inputs:
             p = prod.get(x)
             inner = p[0] if p is not None else None
-            if inner is not None and inner.op == "Concat" and inner.domain == "" and axis(inner) == axis(n):
+            if inner is not None and inner.op == "Concat" and inner.domain == "" and axis(inner) == along:
                 flat += inner.inputs
             else:
                 flat.append(x)

@@ -215,7 +215,7 @@ def twin_choice() -> dict[str, str]:
     """The KERAS_TIMM_TWINS whose torchvision twin is not one of TORCHVISION_MODELS, so training
     never sees a build of an evaluated architecture."""
     return {keras_name: timm_name for keras_name, timm_name in KERAS_TIMM_TWINS.items()
-            if KERAS_TORCHVISION_TWINS.get(keras_name) not in TORCHVISION_MODELS}
+            if not held_out(dict(source="twins", arch=keras_name))}
 
 
 TORCHVISION_MODELS = {  # torchvision.models builder -> family (its module); held out
@@ -329,7 +329,7 @@ def timm_choice(per_family: int = 2, max_params: float = 25e6) -> list[tuple[str
         except Exception:  # noqa: BLE001 - models that need extra args are skipped
             continue
         if (3e5 < params <= max_params and not name.startswith("test_") and "_dist" not in name
-                and name not in TIMM_BUILDS_OF_HELD_OUT):
+                and not held_out(dict(source="timm", arch=name))):
             chosen.setdefault(family, []).append((params, name))
     return [(name, family) for family, models in sorted(chosen.items())
             for _, name in sorted(models)[:per_family]]

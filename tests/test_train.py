@@ -162,11 +162,13 @@ def test_training_never_sees_held_out_architectures_or_twin_queries(tiny_zoo, tm
     assert not trained & {(s, a) for (s, _, a), h in zip(labels, held) if h}
     assert len(trainer.data.rows) == len(zoo.read_manifest(tiny_zoo)) + 2
 
+
 def test_keras_models_with_an_open_image_size_are_built_at_224():
     """keras.applications.MobileNetV3Small(weights=None) leaves its image size open; the
     converter would fill 32x32, far from the 224x224 of its torch twins."""
     model = zoo._keras_parent(zoo.Parent("keras", "mobilenet_v3", "MobileNetV3Small", 0, {}, ("original",)))
     assert model.input_shape == (None, 224, 224, 3)
+
 
 def test_timm_family_splits_modules_that_mix_architecture_families():
     """timm files MnasNet, MobileNetV2 and EfficientNet in one module; torchvision and keras keep
