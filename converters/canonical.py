@@ -474,6 +474,9 @@ class _Work:
             self.nodes.append(Node(n.op_type, inputs, list(n.output),
                                    _with_defaults(n.op_type, domain, self.opset, _attrs(n)), domain))
         self._fresh = 0
+        # tensor -> the tensor the probe reads for it: a constant moved into a producer's bias
+        # is undone for the probe by a node added to the model (see _unfold_hard_sigmoid_shift)
+        self.probe_as: dict[str, str] = {}
 
     # -- queries
     def shape(self, name: str) -> tuple[int, ...] | None:
@@ -1177,6 +1180,48 @@ def canonical_pools(w: _Work) -> None:
             n.inputs, n.attrs = n.inputs[:1], {}
 
 
+def linear_heads(w: _Work) -> None:
+    """A classifier head that keeps the unit spatial dims of its global pooling ([N, C, 1, 1]),
+    runs 1x1 convs and activations on them and flattens at the end (Keras MobileNets, timm's
+    conv_head) becomes the head PyTorch writes: flatten first, then linear layers. The pool's and
+    the chain's outputs lose their unit dims; each 1x1 conv becomes `linear` with weight [out, in]."""
+    readers = w.consumers()
+    for pool in list(w.nodes):
+        kind = (pool.kind or ALIASES.get(pool.op)) if pool.domain == "" else None
+        shape = w.shape(pool.outputs[0]) if pool.outputs else None
+        if kind not in ("global_avg_pool", "global_max_pool") or shape is None or len(shape) < 3 \
+                or any(d != 1 for d in shape[2:]):
+            continue
+        chain, t = [], pool.outputs[0]
+        while len(uses := readers.get(t, [])) == 1 and t not in w.outputs:
+            n, slot = uses[0]
+            if slot != 0 or w.dynamic_inputs(n) != [t] or not (_is_unit_conv(w, n) or _kind(w, n) in _ACTIVATIONS):
+                break
+            chain.append(n)
+            t = n.outputs[0]
+            if w.shape(t) is not None and len(w.shape(t)) == 2:  # the flatten that ended the head
+                break
+        if not chain or w.shape(t) is None or len(w.shape(t)) != 2:
+            continue
+        for name in [pool.outputs[0]] + [n.outputs[0] for n in chain[:-1]]:
+            unit_shape, elem_type = w.types[name]
+            w.types[name] = (unit_shape[:2], elem_type)
+        for n in chain:
+            if _is_unit_conv(w, n):
+                weight = w.consts[n.inputs[1]]
+                n.inputs = [n.inputs[0], w.add_const(weight.reshape(weight.shape[:2]), n.inputs[1]),
+                            *n.inputs[2:3]]
+                n.kind, n.attrs = "linear", {}
+
+
+def _is_unit_conv(w: _Work, n: Node) -> bool:
+    """A Conv with a constant all-1x1 kernel, one group and no padding."""
+    return (n.op == "Conv" and n.domain == "" and n.kind is None and len(n.inputs) > 1
+            and n.inputs[1] in w.consts and all(d == 1 for d in w.consts[n.inputs[1]].shape[2:])
+            and int(n.attrs.get("group", 1)) == 1 and not any(n.attrs.get("pads") or [])
+            and all(i in w.consts for i in n.inputs[2:3] if i))
+
+
 # ----------------------------------------------------------------------------- region fusion
 
 def _gelu(x):
@@ -1343,6 +1388,8 @@ def _fuse_best_cut(w: _Work, x: str, region: list[Node], uses, rng, slot_of, dea
             kind, weights = found
         else:
             kind, weights = _classify_elementwise(probe, y), []
+            if kind is None and _unfold_hard_sigmoid_shift(w, x, probe, y, nodes, uses):
+                kind = "hard_sigmoid"
             if kind is None:
                 continue
         _replace(w, x, t, nodes, kind, weights, uses, slot_of, dead)
@@ -1352,6 +1399,36 @@ def _fuse_best_cut(w: _Work, x: str, region: list[Node], uses, rng, slot_of, dea
         _replace(w, x, cuts[0][2], cuts[0][3], "elementwise", [], uses, slot_of, dead)
         return True
     return False
+
+
+def _unfold_hard_sigmoid_shift(w: _Work, x: str, probe: np.ndarray, y: np.ndarray,
+                               nodes: list[Node], uses) -> bool:
+    """True, after moving -3 into x's producer's bias, if the region computes relu6(x) / 6 and x
+    is read by it alone from a Conv or linear. That is hard_sigmoid(x - 3): tf2onnx folds the +3
+    of Keras's hard_sigmoid (relu6(x + 3) / 6) into the bias of the conv before it, which PyTorch
+    exports as a conv and a HardSigmoid (Keras vs torchvision MobileNetV3's squeeze-excite gate)."""
+    if _classify_elementwise(probe - 3.0, y) != "hard_sigmoid" or x in w.outputs:
+        return False
+    members = {id(m) for m in nodes}
+    if any(id(c) not in members for c, _ in uses.get(x, [])):
+        return False
+    target = next((n for n in w.nodes if x in n.outputs), None)
+    if (target is None or len(target.inputs) < 2 or len(target.outputs) != 1
+            or not all(i in w.consts for i in target.inputs[1:3] if i)
+            or not (target.kind == "linear" or target.op == "Conv")):
+        return False
+    old_consts = [i for i in target.inputs[1:3] if i]
+    if not _fold_affine(w, target, None, np.float32(-3.0)):
+        return False
+    three = w.add_const(np.asarray(3, helper.tensor_dtype_to_np_dtype(w.elem_type(x))), f"{x}_three")
+    w.probe_as[x] = f"{three}_unshifted"  # the probe reads the conv's output as PyTorch's conv gives it
+    w.model.graph.initializer.append(numpy_helper.from_array(w.consts[three], three))
+    w.model.graph.node.append(helper.make_node("Sub", [x, three], [w.probe_as[x]]))
+    for name in old_consts:
+        uses[name] = [(c, k) for c, k in uses.get(name, []) if c is not target]
+    for k, name in enumerate(target.inputs[1:3], start=1):
+        uses.setdefault(name, []).append((target, k))
+    return True
 
 
 def _reduce_axes(w: _Work, n: Node, rank: int) -> list[int] | None:
@@ -1501,7 +1578,8 @@ def build(w: _Work) -> CanonicalGraph:
             nodes.append(CanonicalNode("input", item, w.shape(item), [], {}, 1))
             continue
         weights = _weights(w, item, kinds[id(item)])
-        nodes.append(CanonicalNode(kinds[id(item)], item.outputs[0], w.shape(item.outputs[0]),
+        nodes.append(CanonicalNode(kinds[id(item)], w.probe_as.get(item.outputs[0], item.outputs[0]),
+                                   w.shape(item.outputs[0]),
                                    weights, item.attrs, len([o for o in item.outputs if o])))
         dyn = [x for x in w.dynamic_inputs(item) if x in tensor_owner]
         slots = list(range(len(dyn)))
@@ -1544,6 +1622,7 @@ def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> Canonica
     fold_into_producers(w)
     fuse_regions(w)
     canonical_pools(w)
+    linear_heads(w)
     remove_noops(w)
     drop_dead(w)
     if not w.nodes:

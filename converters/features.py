@@ -228,7 +228,11 @@ def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTu
         row[schema.NODE_WEIGHT_STATS] = w_stats
         row[schema.NODE_WEIGHT_PROJ] = w_proj
         total_params += sum(int(np.asarray(v).size) for v in node.weights)
-        a_stats, a_proj = _activation_features(probe.values.get(node.tensor))
+        value = probe.values.get(node.tensor)
+        if (value is not None and node.shape is not None and value.shape != node.shape
+                and value.size == math.prod(node.shape)):  # e.g. a head squeezed by linear_heads
+            value = value.reshape(node.shape)
+        a_stats, a_proj = _activation_features(value)
         row[schema.NODE_ACT_STATS] = a_stats
         row[schema.NODE_ACT_PROJ] = a_proj
     edges = np.zeros((len(graph.edges), schema.EDGE_WIDTH), np.float32)

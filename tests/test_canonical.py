@@ -246,6 +246,78 @@ def test_auto_pad_same_is_the_explicit_pads_it_stands_for(stride):
     np.testing.assert_array_equal(a.nodes, b.nodes)
     assert canonicalize(auto).nodes[1].attrs["pads"] == [1, 1, 1, 1]
 
+
+def _squeeze_excite(gate_nodes, extra_readers=()):
+    """x -> pool -> 1x1 conv (bias b) -> gate -> x * gate: the squeeze-excite of MobileNetV3."""
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+             helper.make_node("Conv", ["p", "w", "b"], ["s"]), *gate_nodes,
+             helper.make_node("Mul", ["x", "gate"], ["y"]), *extra_readers]
+    outputs = [float_input("y", None)] + [float_input(n.output[0], None) for n in extra_readers]
+    return nodes, outputs
+
+
+def test_hard_sigmoid_whose_plus_3_went_into_the_conv_bias_is_the_hard_sigmoid_pytorch_exports():
+    """Keras: hard_sigmoid(s) = relu6(s + 3) / 6, and tf2onnx folds the + 3 into the conv's bias;
+    PyTorch: conv, then HardSigmoid. Both give one graph, the conv with PyTorch's bias."""
+    w = RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    b = RNG.standard_normal(4).astype(np.float32)
+    x = [float_input("x", [1, 4, 6, 6])]
+    relu6_over_6 = [helper.make_node("Clip", ["s", "lo", "hi"], ["r"]),
+                    helper.make_node("Mul", ["r", "sixth"], ["gate"])]
+    consts = [("lo", np.float32(0)), ("hi", np.float32(6)), ("sixth", np.float32(1 / 6))]
+    nodes, outputs = _squeeze_excite(relu6_over_6)
+    keras_like = onnx_model(nodes, x, outputs, [("w", w), ("b", b + 3)] + consts)
+    nodes, outputs = _squeeze_excite([helper.make_node("HardSigmoid", ["s"], ["gate"], alpha=1 / 6)])
+    torch_like = onnx_model(nodes, x, outputs, [("w", w), ("b", b)])
+    a, b_ = canonicalize(keras_like), canonicalize(torch_like)
+    assert [n.op for n in a.nodes] == [n.op for n in b_.nodes] == ["input", "global_avg_pool", "conv",
+                                                                   "hard_sigmoid", "mul"]
+    np.testing.assert_allclose(node(a, "conv").weights[1], b, atol=1e-6)
+    np.testing.assert_allclose(converters.from_onnx(keras_like).nodes, converters.from_onnx(torch_like).nodes,
+                               atol=1e-5)
+    # the conv's output read elsewhere too: its bias cannot move, relu6(s) / 6 stays what it is
+    nodes, outputs = _squeeze_excite(relu6_over_6, [helper.make_node("Relu", ["s"], ["other"])])
+    shared = canonicalize(onnx_model(nodes, x, outputs, [("w", w), ("b", b + 3)] + consts))
+    assert "hard_sigmoid" not in [n.op for n in shared.nodes]
+    np.testing.assert_allclose(node(shared, "conv").weights[1], b + 3, atol=1e-6)
+
+
+def test_head_of_1x1_convs_on_the_pooled_map_is_the_flatten_then_linear_head():
+    """Keras MobileNetV3 and timm's conv_head keep the pool's 1x1 map, run 1x1 convs and flatten
+    last; torchvision flattens first and runs linear layers. Both give one graph."""
+    w1, b1 = RNG.standard_normal((8, 4, 1, 1)).astype(np.float32), RNG.standard_normal(8).astype(np.float32)
+    w2 = RNG.standard_normal((5, 8, 1, 1)).astype(np.float32)
+    x = [float_input("x", [1, 4, 6, 6])]
+    conv_head = onnx_model([helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+                            helper.make_node("Conv", ["p", "w1", "b1"], ["c1"]),
+                            helper.make_node("HardSwish", ["c1"], ["h"]),
+                            helper.make_node("Conv", ["h", "w2"], ["c2"]),
+                            helper.make_node("Flatten", ["c2"], ["y"])],
+                           x, [float_input("y", None)], [("w1", w1), ("b1", b1), ("w2", w2)])
+    linear_head = onnx_model([helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+                              helper.make_node("Flatten", ["p"], ["f"]),
+                              helper.make_node("Gemm", ["f", "l1", "b1"], ["c1"], transB=1),
+                              helper.make_node("HardSwish", ["c1"], ["h"]),
+                              helper.make_node("Gemm", ["h", "l2"], ["y"], transB=1)],
+                             x, [float_input("y", None)],
+                             [("l1", w1[:, :, 0, 0]), ("b1", b1), ("l2", w2[:, :, 0, 0])])
+    a, b = canonicalize(conv_head), canonicalize(linear_head)
+    assert [(n.op, n.shape) for n in a.nodes] == [(n.op, n.shape) for n in b.nodes] == [
+        ("input", (1, 4, 6, 6)), ("global_avg_pool", (1, 4)), ("linear", (1, 8)),
+        ("hard_swish", (1, 8)), ("linear", (1, 5))]
+    for m, n in zip(a.nodes, b.nodes):
+        assert len(m.weights) == len(n.weights)
+        for u, v in zip(m.weights, n.weights):
+            np.testing.assert_array_equal(u, v)
+    np.testing.assert_allclose(converters.from_onnx(conv_head).nodes, converters.from_onnx(linear_head).nodes,
+                               atol=1e-5)
+    # a squeeze-excite's 1x1 conv feeds a product with the feature map, not a flatten: a conv it stays
+    nodes, outputs = _squeeze_excite([helper.make_node("Sigmoid", ["s"], ["gate"])])
+    se = canonicalize(onnx_model(nodes, x, outputs, [("w", RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)),
+                                                     ("b", RNG.standard_normal(4).astype(np.float32))]))
+    assert [(n.op, n.shape) for n in se.nodes][1:3] == [("global_avg_pool", (1, 4, 1, 1)), ("conv", (1, 4, 1, 1))]
+
+
 def test_infinite_masks_and_nan_activations_give_finite_features():
     mask = np.zeros((1, 8), np.float32)
     mask[0, ::2] = -np.inf  # an attention-style mask constant
