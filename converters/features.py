@@ -230,8 +230,8 @@ def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTu
         total_params += sum(int(np.asarray(v).size) for v in node.weights)
         value = probe.values.get(node.tensor)
         if (value is not None and node.shape is not None and value.shape != node.shape
-                and value.size == math.prod(node.shape)):  # e.g. a head squeezed by linear_heads
-            value = value.reshape(node.shape)
+                and [d for d in value.shape if d != 1] == [d for d in node.shape if d != 1]):
+            value = value.reshape(node.shape)  # unit dims dropped by canonical.linear_heads
         a_stats, a_proj = _activation_features(value)
         row[schema.NODE_ACT_STATS] = a_stats
         row[schema.NODE_ACT_PROJ] = a_proj
