@@ -18,6 +18,10 @@ class HasherConfig:
     # initialisations apart and follow copies; the learned bits then see no fingerprints and code
     # the architecture. 0: every bit is learned and sees everything.
     instance_bits: int = 0
+    # Networks trained apart (seeds seed, seed+1, ...), each to `learned_bits` bits; the code
+    # keeps the first learned_bits / members of each. One network's family retrieval swings with
+    # its seed; a splice of several is steadier (README, Results).
+    members: int = 1
 
     def __post_init__(self):
         if not isinstance(self.bits, int) or self.bits not in ALLOWED_BITS:
@@ -28,6 +32,10 @@ class HasherConfig:
             raise ValueError(f"layers must be an int >= 1, got {self.layers!r}")
         if not isinstance(self.instance_bits, int) or not 0 <= self.instance_bits < self.bits:
             raise ValueError(f"instance_bits must be an int in [0, bits), got {self.instance_bits!r}")
+        if (not isinstance(self.members, int) or self.members < 1
+                or (self.bits - self.instance_bits) % self.members):
+            raise ValueError(f"members must be an int >= 1 dividing the {self.bits - self.instance_bits} "
+                             f"learned bits, got {self.members!r}")
 
     @property
     def learned_bits(self) -> int:
@@ -37,7 +45,14 @@ class HasherConfig:
         d = dataclasses.asdict(self)
         if not self.instance_bits:  # checkpoints from before instance bits keep their versions
             del d["instance_bits"]
+        if self.members == 1:  # and those from before members
+            del d["members"]
         return d
+
+    @property
+    def member(self) -> "HasherConfig":
+        """The config each member network is trained with."""
+        return dataclasses.replace(self, members=1)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HasherConfig":

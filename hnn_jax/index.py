@@ -52,10 +52,10 @@ Measured with the shipped 64-bit weights on held-out torchvision classifiers (be
 `hnn-jax eval`), share of pairs in each band:
 
     relation                          0-3     4-11    12-18   19+
-    same model (8 derivatives)        98.7%   1.3%    0       0
+    same model (8 derivatives)        99.1%   0.9%    0       0
     same architecture, other init     4.6%    90.6%   4.8%    0
-    same family, other architecture   0       60.4%   38.3%   1.3%
-    other family                      0       0       4.3%    95.7%
+    same family, other architecture   0       38.5%   53.2%   8.3%
+    other family                      0       0.02%   5.9%    94.1%
 
 The first two bands are sharp (the 16 instance bits separate copies from other initialisations);
 the family bands overlap: a close relative (resnet50 and resnext50) often lies 4-11 bits away.

@@ -124,12 +124,17 @@ class HashNet(nnx.Module):
     """Graph -> K continuous pre-sign values per graph (apply ste_sign for the code).
 
     With config.instance_bits, the last ones are instance_code's +-1 values and the network
-    computes only the first config.learned_bits, blind to WEIGHT_DEPENDENT_COLUMNS.
+    computes only the first config.learned_bits, blind to WEIGHT_DEPENDENT_COLUMNS. With
+    config.members > 1 it holds that many such networks (trained apart: hnn_jax.train) and the
+    learned bits are the first learned_bits / members of each, in member order.
     """
 
     def __init__(self, config: HasherConfig, *, rngs: nnx.Rngs):
         h = config.hidden
         self.config = config
+        if config.members > 1:  # a splice of separately trained networks (HasherConfig.members)
+            self.members = nnx.List([HashNet(config.member, rngs=rngs) for _ in range(config.members)])
+            return
         self.op_embed = nnx.Embed(schema.VOCAB_SIZE, h, rngs=rngs)
         self.node_proj = nnx.Linear(schema.NODE_WIDTH - 1, h, rngs=rngs)
         self.edge_proj = nnx.Linear(schema.EDGE_WIDTH, h, rngs=rngs)
@@ -143,6 +148,17 @@ class HashNet(nnx.Module):
 
     def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
         graph = jax.tree.map(jnp.asarray, graph)  # jraph's padding masks index with jnp arrays
+        if self.config.members > 1:
+            share = self.config.learned_bits // self.config.members
+            learned = jnp.concatenate([m.learned(graph)[:, :share] for m in self.members], axis=1)
+        else:
+            learned = self.learned(graph)
+        if not self.config.instance_bits:
+            return learned
+        return jnp.concatenate([learned, instance_code(graph, self.config.instance_bits)], axis=1)
+
+    def learned(self, graph: jraph.GraphsTuple) -> jax.Array:
+        """[n_graph, learned_bits] pre-sign values of one network (no instance bits)."""
         nodes, edges = graph.nodes, graph.edges
         n = nodes.shape[0]
         n_graph = graph.n_node.shape[0]
@@ -163,10 +179,7 @@ class HashNet(nnx.Module):
         dst = jnp.concatenate([2 * graph.receivers, 2 * graph.senders + 1])
         for layer in self.layers:
             h = layer(h, edge_msg, src, dst)
-        learned = self._readout(h, graph, n, n_graph)
-        if not self.config.instance_bits:
-            return learned
-        return jnp.concatenate([learned, instance_code(graph, self.config.instance_bits)], axis=1)
+        return self._readout(h, graph, n, n_graph)
 
     def _readout(self, h, graph, n, n_graph):
         """Mean, max and attention pooling per graph (padding nodes masked), plus globals."""

@@ -172,3 +172,15 @@ def test_instance_bits_config():
             HasherConfig(bits=32, instance_bits=bad)
     model = HashNet(INSTANCE, rngs=nnx.Rngs(0))
     assert model.to_bits.kernel.shape == (16, 20)
+
+
+def test_members_config():
+    three = HasherConfig(bits=64, instance_bits=16, members=3)
+    assert HasherConfig.from_dict(three.to_dict()) == three
+    assert three.member == HasherConfig(bits=64, instance_bits=16)
+    assert "members" not in SMALL.to_dict()  # older checkpoints keep their code versions
+    for bad in (0, 5, 2.0):  # 48 learned bits do not split 5 ways
+        with pytest.raises(ValueError, match="members"):
+            HasherConfig(bits=64, instance_bits=16, members=bad)
+    model = HashNet(HasherConfig(bits=32, hidden=16, layers=1, instance_bits=8, members=2), rngs=nnx.Rngs(0))
+    assert len(model.members) == 2 and model.members[0].to_bits.kernel.shape == (16, 24)

@@ -75,6 +75,27 @@ def test_training_on_4_devices_lowers_the_loss_and_orders_relations(tiny_zoo, tm
     assert variants + 1 < inits, (variants, inits)  # the instance bits tell initialisations apart
 
 
+def test_members_are_trained_apart_and_their_bits_spliced(tiny_zoo, tmp_path):
+    """members=2: two ordinary runs (seeds s and s+1) in workdir/member<i>; the saved hasher's
+    learned bits are the first half of each member's, and a rerun resumes instead of training."""
+    from hnn_jax.hasher import Hasher
+
+    cfg = config(steps=6, seed=3, hasher=HasherConfig(bits=32, hidden=32, layers=2, instance_bits=8, members=2))
+    trainers = train.train(tiny_zoo, tmp_path / "run", cfg, progress=False)
+    assert [(t.config.seed, t.config.hasher.members, t.step) for t in trainers] == [(3, 1, 6), (4, 1, 6)]
+    assert all((tmp_path / "run" / f"member{i}" / "metrics.jsonl").is_file() for i in (0, 1))
+    graphs = zoo.load(tiny_zoo)[0]
+    spliced = Hasher.load(tmp_path / "run" / "hasher")
+    assert spliced.config.members == 2
+    alone = [np.stack([c.bits for c in t.hasher().hash(graphs)]) for t in trainers]
+    assert not np.array_equal(alone[0][:, :12], alone[1][:, :12])  # two seeds, two networks
+    np.testing.assert_array_equal(np.stack([c.bits for c in spliced.hash(graphs)]),
+                                  np.concatenate([alone[0][:, :12], alone[1][:, :12], alone[0][:, 24:]], axis=1))
+    again = train.train(tiny_zoo, tmp_path / "run", cfg, progress=False)
+    assert [t.step for t in again] == [6, 6]
+    assert Hasher.load(tmp_path / "run" / "hasher").version == spliced.version
+
+
 CHILD = """
 import jax, json, sys
 jax.config.update("jax_num_cpu_devices", 4)
@@ -156,7 +177,7 @@ def test_training_never_sees_held_out_architectures_or_twin_queries(tiny_zoo, tm
             shutil.copy(tiny_zoo / "graphs" / f"{first['id']}.npz", other / "graphs" / f"{gid}.npz")
             manifest.write(json.dumps(dict(first, id=gid, source=source, family=family, arch=arch,
                                            parent=f"{source}.{arch}.s0")) + "\n")
-    trainer = train.train([tiny_zoo, other], tmp_path / "run", config(steps=2), progress=False)
+    (trainer,) = train.train([tiny_zoo, other], tmp_path / "run", config(steps=2), progress=False)
     trained = {(r["source"], r["arch"]) for r in trainer.data.rows}
     assert ("keras", "Xception") in trained and ("twins", "ResNet101") in trained
     assert not trained & {(s, a) for (s, _, a), h in zip(labels, held) if h}
