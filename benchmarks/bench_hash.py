@@ -33,13 +33,14 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--instance-bits", type=int, default=16, help="as the shipped hasher")
+    parser.add_argument("--members", type=int, default=3, help="as the shipped hasher")
     parser.add_argument("--node-budget", type=int, default=4096)
     parser.add_argument("--edge-budget", type=int, default=8192)
     parser.add_argument("--max-graphs", type=int, default=64)
     args = parser.parse_args()
 
     config = HasherConfig(bits=args.bits, hidden=args.hidden, layers=args.layers,
-                          instance_bits=args.instance_bits)
+                          instance_bits=args.instance_bits, members=args.members)
     budgets = dict(node_budget=args.node_budget, edge_budget=args.edge_budget,
                    max_graphs=args.max_graphs)
     graphs = [random_graph(i, args.nodes + i % 21 - 10) for i in range(256)]
