@@ -214,6 +214,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, data: Dataset, workdir, *, progress: bool = True):
         import orbax.checkpoint as ocp
 
+        if config.hasher.members > 1:
+            raise ValueError(f"a Trainer trains one network, not {config.hasher.members} members: use "
+                             "train() (which trains them one after another) or member_configs(config)")
         self.config, self.data, self.workdir = config, data, Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.mesh = mesh()

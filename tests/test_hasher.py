@@ -35,6 +35,12 @@ def test_default_hash_is_64_bits_and_built_once():
     assert hnn_jax.hash([]) == []
 
 
+def test_shipped_weights_are_the_network_train_default_makes():
+    from hnn_jax import train
+
+    assert default_hasher().config == train.default().hasher
+
+
 def test_same_graph_same_bits_alone_in_batches_and_repeated():
     graphs = mixed_sizes(24, seed=1)
     alone = [hnn_jax.hash(g) for g in graphs]

@@ -94,6 +94,8 @@ def test_members_are_trained_apart_and_their_bits_spliced(tiny_zoo, tmp_path):
     again = train.train(tiny_zoo, tmp_path / "run", cfg, progress=False)
     assert [t.step for t in again] == [6, 6]
     assert Hasher.load(tmp_path / "run" / "hasher").version == spliced.version
+    with pytest.raises(ValueError, match="one network"):  # members are trained apart, never jointly
+        train.Trainer(cfg, train.Dataset(*zoo.load(tiny_zoo)), tmp_path / "joint", progress=False)
 
 
 CHILD = """
