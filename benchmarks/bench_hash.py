@@ -1,6 +1,6 @@
 """Hashing throughput, first-call compile time and compile count of the default-size hasher.
 
-Usage: python benchmarks/bench_hash.py [--runs 7] [--nodes 300] [--node-budget 4096] ...
+Usage: python benchmarks/bench_hash.py [--runs 7] [--nodes 300] [--members 3] [--node-budget N] ...
 Graphs are synthetic (tests/synthetic.py), ~300 nodes each, so the figures measure the hasher,
 not the converters.
 """
@@ -34,8 +34,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--instance-bits", type=int, default=16, help="as the shipped hasher")
     parser.add_argument("--members", type=int, default=3, help="as the shipped hasher")
-    parser.add_argument("--node-budget", type=int, default=4096)
-    parser.add_argument("--edge-budget", type=int, default=8192)
+    parser.add_argument("--node-budget", type=int, help="default: the hasher's (4096, 2048 for members)")
+    parser.add_argument("--edge-budget", type=int, help="default: the hasher's (8192, 4096 for members)")
     parser.add_argument("--max-graphs", type=int, default=64)
     args = parser.parse_args()
 
@@ -44,7 +44,9 @@ def main() -> None:
     budgets = dict(node_budget=args.node_budget, edge_budget=args.edge_budget,
                    max_graphs=args.max_graphs)
     graphs = [random_graph(i, args.nodes + i % 21 - 10) for i in range(256)]
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; {config}; {budgets}")
+    probe = Hasher.init(config, seed=0, **budgets)
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; {config}; node_budget "
+          f"{probe.node_budget}, edge_budget {probe.edge_budget}, max_graphs {probe.max_graphs}")
     print(f"graphs: {args.nodes} +- 10 nodes, "
           f"{sum(int(g.n_edge[0]) for g in graphs) / len(graphs):.0f} edges on average\n")
 
