@@ -76,8 +76,8 @@ class TrainConfig:
 
 
 def default() -> TrainConfig:
-    """The shipped 64-bit default: 3 member networks of 1,200 steps at batch 64 each (about
-    26 min on 4 virtual devices of a 2-core CPU)."""
+    """The shipped 64-bit default: 3 member networks of 1,200 steps at batch 64 each (26-36 min
+    on 4 virtual devices of a 2-core CPU, by load)."""
     return TrainConfig()
 
 
