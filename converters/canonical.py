@@ -1187,17 +1187,19 @@ def linear_heads(w: _Work) -> None:
     the chain's outputs lose their unit dims; each 1x1 conv becomes `linear` with weight [out, in]."""
     readers = w.consumers()
     for pool in list(w.nodes):
-        kind = (pool.kind or ALIASES.get(pool.op)) if pool.domain == "" else None
         shape = w.shape(pool.outputs[0]) if pool.outputs else None
-        if kind not in ("global_avg_pool", "global_max_pool") or shape is None or len(shape) < 3 \
-                or any(d != 1 for d in shape[2:]):
+        if (pool.domain != "" or _kind(w, pool) not in ("global_avg_pool", "global_max_pool")
+                or shape is None or len(shape) < 3 or any(d != 1 for d in shape[2:])):
             continue
-        chain, t = [], pool.outputs[0]
+        chain, convs, t = [], [], pool.outputs[0]
         while len(uses := readers.get(t, [])) == 1 and t not in w.outputs:
             n, slot = uses[0]
-            if slot != 0 or w.dynamic_inputs(n) != [t] or not (_is_unit_conv(w, n) or _kind(w, n) in _ACTIVATIONS):
+            unit_conv = _is_unit_conv(w, n)
+            if slot != 0 or w.dynamic_inputs(n) != [t] or not (unit_conv or _kind(w, n) in _ACTIVATIONS):
                 break
             chain.append(n)
+            if unit_conv:
+                convs.append(n)
             t = n.outputs[0]
             if w.shape(t) is not None and len(w.shape(t)) == 2:  # the flatten that ended the head
                 break
@@ -1206,12 +1208,11 @@ def linear_heads(w: _Work) -> None:
         for name in [pool.outputs[0]] + [n.outputs[0] for n in chain[:-1]]:
             unit_shape, elem_type = w.types[name]
             w.types[name] = (unit_shape[:2], elem_type)
-        for n in chain:
-            if _is_unit_conv(w, n):
-                weight = w.consts[n.inputs[1]]
-                n.inputs = [n.inputs[0], w.add_const(weight.reshape(weight.shape[:2]), n.inputs[1]),
-                            *n.inputs[2:3]]
-                n.kind, n.attrs = "linear", {}
+        for n in convs:
+            weight = w.consts[n.inputs[1]]
+            n.inputs = [n.inputs[0], w.add_const(weight.reshape(weight.shape[:2]), n.inputs[1]),
+                        *n.inputs[2:3]]
+            n.kind, n.attrs = "linear", {}
 
 
 def _is_unit_conv(w: _Work, n: Node) -> bool:
