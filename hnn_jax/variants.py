@@ -54,7 +54,11 @@ def int8_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(copy(model), src)
         # ops shape inference does not know (tf2onnx's Erfc) leave tensors untyped: assume float
-        quantize_dynamic(str(src), str(dst), extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        # reduce_range: 7-bit weights, as onnxruntime advises for x86 CPUs without VNNI, where its
+        # u8s8 kernels saturate (activations off by ~100% on an AVX2-only CPU, exact elsewhere):
+        # the variant must not depend on the machine that made it
+        quantize_dynamic(str(src), str(dst), reduce_range=True,
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
         return onnx.load(dst)
 
 
