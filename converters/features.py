@@ -229,6 +229,8 @@ def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTu
         row[schema.NODE_WEIGHT_PROJ] = w_proj
         total_params += sum(int(np.asarray(v).size) for v in node.weights)
         value = probe.values.get(node.tensor)
+        if value is not None and node.probe_offset:
+            value = value + np.asarray(node.probe_offset, value.dtype)
         if (value is not None and node.shape is not None and value.shape != node.shape
                 and [d for d in value.shape if d != 1] == [d for d in node.shape if d != 1]):
             value = value.reshape(node.shape)  # unit dims dropped by canonical.linear_heads

@@ -30,7 +30,7 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 import hnn_jax
 import models
 from hnn_jax import HashCode, HNNError, converters
-from hnn_jax.converters import canonical
+from hnn_jax.converters.canonical import fusion, graph, passes
 from hnn_jax.hasher import validate_graph
 
 IN_MEMORY, AS_FILE, EXTERNAL_DATA = 0, 1, 2   # how a case's model is given to from_onnx
@@ -629,9 +629,10 @@ def _loud(function):
 def loud_allocations():
     """MemoryError in constant folding, region fusion (onnx.reference) and shape inference (C++
     std::bad_alloc), whose broad excepts make failures a fallback, raises HugeAllocation."""
-    shapes = types.SimpleNamespace(infer_shapes=_loud(canonical.shape_inference.infer_shapes))
-    with mock.patch.object(canonical, "_evaluate", _loud(canonical._evaluate)), \
-            mock.patch.object(canonical, "shape_inference", shapes):
+    shapes = types.SimpleNamespace(infer_shapes=_loud(graph.shape_inference.infer_shapes))
+    loud_evaluate = _loud(graph.evaluate)
+    with mock.patch.object(passes, "evaluate", loud_evaluate), mock.patch.object(fusion, "evaluate", loud_evaluate), \
+            mock.patch.object(graph, "shape_inference", shapes):
         yield
 
 

@@ -363,3 +363,50 @@ def test_order_does_not_depend_on_whether_a_folded_bias_is_zero():
     assert all(len(n.weights) == 2 for n in tuned.nodes if n.op == "conv")
     shapes = lambda g: [n.weights[0].shape if n.weights else None for n in g.nodes]  # noqa: E731
     assert shapes(fresh) == shapes(tuned)
+
+
+def _with_pass(monkeypatch, rewrite):
+    """canonicalize with `rewrite` run after the shipped passes."""
+    from hnn_jax.converters import canonical
+
+    monkeypatch.setattr(canonical, "PASSES", canonical.PASSES + (rewrite,))
+
+
+@pytest.mark.parametrize("breakage", ["unknown_tensor", "written_twice", "bad_kind", "dangling", "edits_model"])
+def test_invariant_check_after_each_pass_catches_a_broken_rewrite(monkeypatch, breakage):
+    """HNN_CHECK_PASSES=1 (set for every test in conftest) checks the Work graph after each pass
+    and that the prepared model, which the probe runs, is left as it was."""
+    from hnn_jax.converters.canonical import InvariantError
+
+    def broken(w):
+        n = w.nodes[0]
+        if breakage == "unknown_tensor":
+            n.outputs = ["made_up"]
+        elif breakage == "written_twice":
+            w.nodes.append(type(n)("Relu", list(n.inputs), list(n.outputs)))
+        elif breakage == "bad_kind":
+            n.kind = "not_an_op"
+        elif breakage == "dangling":
+            n.inputs = ["nowhere"]
+        else:
+            w.model.graph.node.append(helper.make_node("Relu", ["x"], ["extra"]))
+
+    model = onnx_model([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Softmax", ["y"], ["s"]),
+                        helper.make_node("Relu", ["s"], ["z"])],
+                       [float_input("x", [1, 4])], [float_input("z", [1, 4])])
+    assert ops(model) == ["input", "relu", "softmax", "relu"]
+    _with_pass(monkeypatch, broken)
+    with pytest.raises(InvariantError, match="broken|prepared model"):
+        canonicalize(model)
+
+
+def test_a_new_rewrite_is_one_function_and_one_line_in_PASSES(monkeypatch):
+    """What the package docstring promises a newcomer: a rewrite added to PASSES runs, checked."""
+    def tanh_is_softsign(w):
+        for n in w.nodes:
+            if n.op == "Tanh":
+                n.kind = "softsign"
+
+    model = onnx_model([helper.make_node("Tanh", ["x"], ["y"])], [float_input("x", [1, 4])], [float_input("y", [1, 4])])
+    _with_pass(monkeypatch, tanh_is_softsign)
+    assert ops(model) == ["input", "softsign"]
