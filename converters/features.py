@@ -16,7 +16,7 @@ import onnx
 
 from hnn_jax import schema
 from hnn_jax.converters.canonical import CanonicalGraph, CanonicalNode
-from hnn_jax.converters.load import release_pages, values_at
+from hnn_jax.converters.load import is_float, release_pages, values_at
 from hnn_jax.converters.probe import ProbeResult
 
 N_PROJ = 16       # projections per tensor (schema.NODE_WEIGHT_PROJ / NODE_ACT_PROJ width)
@@ -158,7 +158,7 @@ def _row_rms(primary: np.ndarray) -> np.ndarray | None:
 
 def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     stats = np.zeros(8, np.float32)
-    floats = [v for v in weights if np.issubdtype(v.dtype, np.number)]
+    floats = [v for v in weights if np.issubdtype(v.dtype, np.number) or is_float(v)]
     if not floats:
         return stats, np.zeros(N_PROJ, np.float32)
     primary = max(floats, key=lambda v: v.size)
@@ -186,7 +186,7 @@ def _activation_features(value: np.ndarray | None) -> tuple[np.ndarray, np.ndarr
     """Mean, std, min, max and share of positives, read a chunk at a time: a float64 copy of a
     1 GB activation (what std() made) would be 2 GB more."""
     stats = np.zeros(6, np.float32)
-    if value is None or value.size == 0 or not np.issubdtype(value.dtype, np.number):
+    if value is None or value.size == 0 or not (np.issubdtype(value.dtype, np.number) or is_float(value)):
         return stats, np.zeros(N_PROJ, np.float32)
     lo, hi, positive = np.inf, -np.inf, 0
     for chunk in _chunks([value]):

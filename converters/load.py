@@ -147,6 +147,11 @@ def release_pages(array: np.ndarray) -> None:
         base.obj.madvise(mmap.MADV_DONTNEED)
 
 
+def is_float(values: np.ndarray) -> bool:
+    """Whether an array holds floats, bfloat16 (ml_dtypes, which numpy does not count) included."""
+    return np.issubdtype(values.dtype, np.floating) or values.dtype.name == "bfloat16"
+
+
 def values_at(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """values.reshape(-1)[positions] (C order), without copying a non-contiguous view whole."""
     if values.flags.c_contiguous:

@@ -13,6 +13,8 @@ from hnn_jax.converters.canonical.graph import (FLOAT_TYPES, MAX_FOLD_ELEMENTS, 
                                                 fold_affine, same_float)
 
 MAX_REGION = 32     # largest elementwise region examined for fusion
+SAMPLE_ROWS = 16    # sample values a region is classified on: rows (layer_norm fits per column) ...
+SAMPLE_ELEMENTS = 512  # ... and values in all, at least
 ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Neg", "Abs", "Reciprocal", "Erf",
     "Erfc", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Softplus",
@@ -123,14 +125,14 @@ def _region(w: Work, x: str, uses) -> list[Node]:
 
 def fuse_regions(w: Work) -> None:
     """Fuse each closed region of elementwise/reduce nodes with one input into one node, named by
-    what it computes on probe values (gelu, silu, layer_norm, softmax, ...), else `elementwise`.
+    what it computes on sample values (gelu, silu, layer_norm, softmax, ...), else `elementwise`.
 
     Seeds are visited in topological order, each again after a fusion from it. A fused node takes
     the place of its region's first node, so the order stays topological and the consumer map is
     updated in place: the pass is linear in the graph's size, not quadratic."""
-    rng = np.random.default_rng(0)
     w.topo_sort()
     uses = w.consumers()
+    producer = {t: p for t, (p, _) in w.producers().items()}
     slot_of = {id(n): i for i, n in enumerate(w.nodes)}
     dead: dict[int, Node] = {}  # holds the replaced nodes too, so their ids are never reused
 
@@ -144,12 +146,38 @@ def fuse_regions(w: Work) -> None:
     for x in seeds():
         while w.shape(x) is not None and w.elem_type(x) in FLOAT_TYPES:
             region = _region(w, x, uses)
-            if len(region) < 2 or not _fuse_best_cut(w, x, region, uses, rng, slot_of, dead):
+            if len(region) < 2 or not _fuse_best_cut(w, x, region, uses, producer, slot_of, dead):
                 break
     w.nodes = [n for n in w.nodes if id(n) not in dead]
 
 
-def _fuse_best_cut(w: Work, x: str, region: list[Node], uses, rng, slot_of, dead) -> bool:
+def _sample_shape(w: Work, x: str, nodes: list[Node]) -> list[int]:
+    """The shape of the sample values a region is evaluated on: x's axes that a reduce reads or
+    along which a constant varies keep their size, the others become 1, and the first of those
+    holds enough rows (>= SAMPLE_ROWS, >= SAMPLE_ELEMENTS values in all) to tell functions apart.
+    Elementwise ops do the same at every position, so this is the region's function on a sample
+    of fixed size, not on the whole activation (of 8 images, as it once was)."""
+    shape = list(w.shape(x))
+    rank = len(shape)
+    keep: set[int] = set()
+    for m in nodes:
+        if m.op in REDUCES:
+            axes = _reduce_axes(w, m, rank)
+            keep.update(range(rank) if axes is None else axes)
+        for c in (w.consts[i] for i in m.inputs if i in w.consts):
+            if c.ndim > rank:  # broadcasts x to more axes: not a function of x's shape alone
+                keep.update(range(rank))
+            keep.update(rank - c.ndim + k for k, d in enumerate(c.shape) if d != 1)
+    sample = [d if a in keep else 1 for a, d in enumerate(shape)]
+    free = [a for a in range(rank) if a not in keep]
+    if free:
+        sample[free[0]] = max(SAMPLE_ROWS, -(-SAMPLE_ELEMENTS // max(1, math.prod(sample))))
+    return sample
+
+
+def _cuts(w: Work, region: list[Node], uses) -> list[tuple[str, list[Node]]]:
+    """(output tensor, nodes) of every closed sub-region ending at one node: its other tensors
+    are read inside it only. Largest first, then in region order."""
     index = {id(n): i for i, n in enumerate(region)}
     prod = {o: n for n in region for o in n.outputs}
     cuts = []
@@ -170,42 +198,68 @@ def _fuse_best_cut(w: Work, x: str, region: list[Node], uses, rng, slot_of, dead
         if closed:
             cuts.append((len(nodes), index[id(n)], t, nodes))
     cuts.sort(key=lambda c: (-c[0], c[1]))
-    shape = list(w.shape(x))
-    if shape:
-        shape[0] = max(shape[0], 8)
-    if not 0 < math.prod(shape) <= MAX_FOLD_ELEMENTS:  # nothing to classify, or probe values of GBs
+    return [(t, nodes) for _, _, t, nodes in cuts]
+
+
+def _fuse_best_cut(w: Work, x: str, region: list[Node], uses, producer, slot_of, dead) -> bool:
+    """Fuse the largest cut of the region whose function is recognised. The region runs once
+    per sample scale (10 where a cut reduces, else 3) with every cut's tensor as an output; a
+    cut is run alone only if the whole region could not run."""
+    cuts = _cuts(w, region, uses)
+    if not cuts:
         return False
-    for _, _, t, nodes in cuts:
-        has_reduce = any(m.op in REDUCES for m in nodes)
-        probe = rng.standard_normal(shape) * (10.0 if has_reduce else 3.0)
-        probe = probe.astype(helper.tensor_dtype_to_np_dtype(w.elem_type(x)))
+    sample = _sample_shape(w, x, [m for _, nodes in cuts for m in nodes])
+    if not 0 < math.prod(sample) <= MAX_FOLD_ELEMENTS:  # nothing to classify, or values of GBs
+        return False
+    dtype = helper.tensor_dtype_to_np_dtype(w.elem_type(x))
+    members = {id(m) for _, nodes in cuts for m in nodes}
+    runs: dict[float, tuple[np.ndarray, dict[str, np.ndarray] | None]] = {}
+
+    def run(scale: float, t: str, nodes: list[Node]) -> tuple[np.ndarray, np.ndarray | None]:
+        if scale not in runs:
+            probe = (np.random.default_rng(0).standard_normal(sample) * scale).astype(dtype)
+            outputs = [c[0] for c in cuts]
+            try:
+                ys = dict(zip(outputs, evaluate(w, [m for m in region if id(m) in members], {x: probe}, outputs)))
+            except Exception:  # noqa: BLE001 - a node the reference runtime cannot run: cut by cut
+                ys = None
+            runs[scale] = probe, ys
+        probe, ys = runs[scale]
+        if ys is not None:
+            return probe, ys[t]
         try:
-            (y,) = evaluate(w, nodes, {x: probe}, [t])
+            return probe, evaluate(w, nodes, {x: probe}, [t])[0]
         except Exception:  # noqa: BLE001 - a region the reference runtime cannot run stays as is
+            return probe, None
+
+    for t, nodes in cuts:
+        has_reduce = any(m.op in REDUCES for m in nodes)
+        probe, y = run(10.0 if has_reduce else 3.0, t, nodes)
+        if y is None:
             continue
         if has_reduce:
-            axes = _reduce_axes(w, next(m for m in nodes if m.op in REDUCES), len(shape))
+            axes = _reduce_axes(w, next(m for m in nodes if m.op in REDUCES), len(sample))
             found = _classify_reduce(probe, y, axes) if axes is not None else None
             if found is None:
                 continue
             kind, weights = found
         else:
             kind, weights = _classify_elementwise(probe, y), []
-            if kind is None and _unfold_hard_sigmoid_shift(w, x, probe, y, nodes, uses):
+            if kind is None and _unfold_hard_sigmoid_shift(w, x, probe, y, nodes, uses, producer):
                 kind = "hard_sigmoid"
             if kind is None:
                 continue
-        _replace(w, x, t, nodes, kind, weights, uses, slot_of, dead)
+        _replace(w, x, t, nodes, kind, weights, uses, producer, slot_of, dead)
         return True
-    if cuts and not any(m.op in REDUCES for m in cuts[0][3]) and all(
-            w.consts[i].size == 1 for m in cuts[0][3] for i in m.inputs if i in w.consts):
-        _replace(w, x, cuts[0][2], cuts[0][3], "elementwise", [], uses, slot_of, dead)
+    if not any(m.op in REDUCES for m in cuts[0][1]) and all(
+            w.consts[i].size == 1 for m in cuts[0][1] for i in m.inputs if i in w.consts):
+        _replace(w, x, cuts[0][0], cuts[0][1], "elementwise", [], uses, producer, slot_of, dead)
         return True
     return False
 
 
 def _unfold_hard_sigmoid_shift(w: Work, x: str, probe: np.ndarray, y: np.ndarray,
-                               nodes: list[Node], uses) -> bool:
+                               nodes: list[Node], uses, producer: dict[str, Node]) -> bool:
     """True, after moving -3 into x's producer's bias, if the region computes relu6(x) / 6 and x
     is read by it alone from a Conv or linear. That is hard_sigmoid(x - 3): tf2onnx folds the +3
     of Keras's hard_sigmoid (relu6(x + 3) / 6) into the bias of the conv before it, which PyTorch
@@ -215,7 +269,7 @@ def _unfold_hard_sigmoid_shift(w: Work, x: str, probe: np.ndarray, y: np.ndarray
     members = {id(m) for m in nodes}
     if any(id(c) not in members for c, _ in uses.get(x, [])):
         return False
-    target = next((n for n in w.nodes if x in n.outputs), None)
+    target = producer.get(x)
     if (target is None or len(target.inputs) < 2 or len(target.outputs) != 1
             or not all(i in w.consts for i in target.inputs[1:3] if i)
             or not (target.kind == "linear" or target.op == "Conv")):
@@ -241,9 +295,9 @@ def _reduce_axes(w: Work, n: Node, rank: int) -> list[int] | None:
 
 
 def _replace(w: Work, x: str, t: str, nodes: list[Node], kind: str, weights: list[np.ndarray],
-             uses, slot_of: dict[int, int], dead: dict[int, Node]) -> None:
+             uses, producer: dict[str, Node], slot_of: dict[int, int], dead: dict[int, Node]) -> None:
     """Replace `nodes` (x -> ... -> t) by one node of `kind`, or by nothing for an identity,
-    keeping the consumer map `uses` and the node list's order."""
+    keeping the consumer and producer maps and the node list's order."""
     gone = {id(m) for m in nodes}
     dead.update((id(m), m) for m in nodes)
     for name in {i for m in nodes for i in m.inputs if i}:
@@ -257,6 +311,7 @@ def _replace(w: Work, x: str, t: str, nodes: list[Node], kind: str, weights: lis
         fused = Node(kind, [x] + [w.add_const(v, f"{t}_{kind}") for v in weights], [t], {}, kind=kind)
         pos = min(slot_of[id(m)] for m in nodes)
         w.nodes[pos] = fused
+        producer[t] = fused
         slot_of[id(fused)] = pos
         for k, name in enumerate(fused.inputs):
             uses.setdefault(name, []).append((fused, k))

@@ -276,15 +276,18 @@ class Work:
         self.consts[name] = value
         return name
 
-    def rename(self, old: str, new: str) -> None:
-        """Make every use of tensor `old` read `new` instead (old's producer is going away)."""
-        for n in self.nodes:
-            n.inputs = [new if x == old else x for x in n.inputs]
-        self.outputs = [new if x == old else x for x in self.outputs]
+    def rename(self, renames: dict[str, str]) -> None:
+        """Make every use of a tensor `old` read `renames[old]` instead (following chains: old's
+        producer is going away), in one pass over the graph: passes collect their renames."""
+        def resolve(t: str) -> str:
+            while t in renames:
+                t = renames[t]
+            return t
 
-    def remove(self, nodes) -> None:
-        dead = {id(n) for n in nodes}
-        self.nodes = [n for n in self.nodes if id(n) not in dead]
+        if renames:
+            for n in self.nodes:
+                n.inputs = [resolve(x) for x in n.inputs]
+            self.outputs = [resolve(x) for x in self.outputs]
 
     def reinfer_shapes(self) -> None:
         """Shape inference again once shape arithmetic is folded (exporters' Slice/Reshape sizes

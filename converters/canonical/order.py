@@ -12,7 +12,7 @@ import numpy as np
 from hnn_jax.converters.canonical.fusion import FUSED_KINDS
 from hnn_jax.converters.canonical.graph import (CanonicalEdge, CanonicalGraph, CanonicalNode, Node, Work,
                                                 kind_of)
-from hnn_jax.converters.load import release_pages, values_at
+from hnn_jax.converters.load import is_float, release_pages, values_at
 
 COMMUTATIVE = {"Add", "Mul", "Max", "Min", "Sum", "Mean", "Equal", "And", "Or", "Xor"}
 
@@ -38,8 +38,11 @@ def _weights(w: Work, n: Node, kind: str) -> list[np.ndarray]:
 
 
 def _fingerprint(v: np.ndarray) -> np.ndarray:
-    """At most ~4k evenly spaced values of a weight: enough to tell tied nodes apart, cheap to hash."""
+    """At most ~4k evenly spaced values of a weight: enough to tell tied nodes apart, cheap to hash.
+    Floats as float32, so an fp16 weight kept as it is and one cast when folded read alike."""
     sample = values_at(v, np.arange(0, v.size, max(1, v.size // 4096)))
+    if is_float(sample):
+        sample = sample.astype(np.float32, copy=False)
     release_pages(v)
     return sample
 

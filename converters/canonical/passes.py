@@ -8,10 +8,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from onnx import helper
 
 from hnn_jax.converters.canonical.fusion import ACTIVATIONS
-from hnn_jax.converters.canonical.graph import (MAX_FOLD_ELEMENTS, Node, Work, channel_vector, evaluate,
-                                                fold_affine, has_subgraph, kind_of, same_float)
+from hnn_jax.converters.canonical.graph import (FLOAT_TYPES, MAX_FOLD_ELEMENTS, Node, Work, channel_vector,
+                                                evaluate, fold_affine, has_subgraph, kind_of, same_float)
+from hnn_jax.converters.load import is_float
 
 MAX_COPY_ELEMENTS = 1 << 22  # larger weights stay views (of mapped external data) when reordered
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -28,13 +30,39 @@ DATA_SLOTS = {
 }
 
 
+def _folded_view(w: Work, n: Node) -> list[np.ndarray] | None:
+    """A constant's Transpose, Reshape (to the inferred shape) or Identity as a view of it, and a
+    large weight's widening float Cast (fp16 -> fp32) as the weight itself: what exporters put
+    between a weight and its consumer costs no copy, so mapped external weights stay unread.
+    None for anything else (evaluated instead)."""
+    c = w.consts[n.inputs[0]]
+    out = w.shape(n.outputs[0])
+    if n.op == "Identity":
+        return [c]
+    if n.op == "Transpose":
+        perm = n.attrs.get("perm")
+        return [np.transpose(c, perm)] if perm is None or len(perm) == c.ndim else None
+    if n.op in RESHAPES and out is not None and c.flags.c_contiguous and math.prod(out) == c.size:
+        return [c.reshape(out)]
+    if n.op == "Cast" and c.size > MAX_COPY_ELEMENTS:
+        to = helper.tensor_dtype_to_np_dtype(n.attrs.get("to", 0)) if n.attrs.get("to") in FLOAT_TYPES else None
+        if to is not None and is_float(c) and np.dtype(to).itemsize >= c.dtype.itemsize and np.dtype(to) != c.dtype:
+            return [c]
+    return None
+
+
 def fold_constants(w: Work) -> None:
     """Evaluate nodes whose inputs are all known; Shape/Size of static shapes become constants."""
     w.topo_sort()
     kept = []
     for n in w.nodes:
         value = None
-        if n.domain == "" and n.op in ("Shape", "Size") and n.inputs and n.inputs[0]:
+        if (n.domain == "" and n.inputs and n.inputs[0] in w.consts and len(n.outputs) == 1
+                and all(x in w.consts for x in n.inputs if x)):
+            value = _folded_view(w, n)
+        if value is not None:
+            pass
+        elif n.domain == "" and n.op in ("Shape", "Size") and n.inputs and n.inputs[0]:
             shape = w.shape(n.inputs[0])
             if shape is not None:
                 if n.op == "Size":
@@ -82,6 +110,8 @@ def merge_slices(w: Work) -> None:
             axis = int(n.attrs.get("axis", 0)) % len(w.shape(n.inputs[0]))
             sizes = [w.shape(o)[axis] if w.shape(o) is not None else -1 for o in n.outputs]
             n.inputs, n.attrs = n.inputs[:1], {"axis": axis, "split": sizes}
+    replaced: dict[int, Node] = {}
+    gone: set[int] = set()
     for (x, axis), pieces in groups.items():
         pieces.sort(key=lambda p: (p[0], p[1]))
         dim = w.shape(x)[axis]
@@ -90,18 +120,35 @@ def merge_slices(w: Work) -> None:
             continue
         split = Node("Split", [x], [p[2].outputs[0] for p in pieces],
                      {"axis": axis, "split": [p[1] - p[0] for p in pieces]})
-        w.nodes[w.nodes.index(pieces[0][2])] = split
-        w.remove([p[2] for p in pieces[1:]])
+        replaced[id(pieces[0][2])] = split
+        gone.update(id(p[2]) for p in pieces[1:])
+    w.nodes = [replaced.get(id(n), n) for n in w.nodes if id(n) not in gone]
 
 
 def drop_dead(w: Work) -> None:
-    """Remove nodes none of whose outputs is used."""
-    while True:
-        used = {x for n in w.nodes for x in n.inputs} | set(w.outputs)
-        alive = [n for n in w.nodes if any(o in used for o in n.outputs if o)]
-        if len(alive) == len(w.nodes):
-            return
-        w.nodes = alive
+    """Remove nodes none of whose outputs is used, and then what only they used (a worklist:
+    linear in the graph, however long the dead chains)."""
+    readers: dict[str, int] = {}
+    for x in [x for n in w.nodes for x in n.inputs] + w.outputs:
+        readers[x] = readers.get(x, 0) + 1
+    producer = {o: n for n in w.nodes for o in n.outputs if o}
+
+    def unused(n: Node) -> bool:
+        return not any(readers.get(o) for o in n.outputs if o)
+
+    dead: set[int] = set()
+    work = [n for n in w.nodes if unused(n)]
+    while work:
+        n = work.pop()
+        if id(n) in dead:
+            continue
+        dead.add(id(n))
+        for x in n.inputs:
+            readers[x] = readers.get(x, 0) - 1
+            p = producer.get(x)
+            if p is not None and id(p) not in dead and unused(p):
+                work.append(p)
+    w.nodes = [n for n in w.nodes if id(n) not in dead]
 
 
 def drop_shape_arithmetic(w: Work) -> None:
@@ -142,11 +189,14 @@ def dequantize(w: Work) -> None:
     """
     prod = w.producers()
     uses = w.consumers()
-    for n in list(w.nodes):
+    renames: dict[str, str] = {}
+    replaced: dict[int, Node] = {}
+    gone: set[int] = set()
+    for n in w.nodes:
         if not n.inputs:  # an op of another domain may take none
             continue
         if n.op == "DequantizeLinear" and n.inputs[0] in prod and prod[n.inputs[0]][0].op == "QuantizeLinear":
-            w.rename(n.outputs[0], prod[n.inputs[0]][0].inputs[0])
+            renames[n.outputs[0]] = prod[n.inputs[0]][0].inputs[0]
             continue
         gather = prod.get(n.inputs[0])
         if (n.op == "DequantizeLinear" and gather is not None and gather[0].op == "Gather"
@@ -158,7 +208,7 @@ def dequantize(w: Work) -> None:
             gather[0].inputs = [w.add_const((table - zp) * w.consts[n.inputs[1]].astype(np.float32),
                                             gather[0].inputs[0])] + gather[0].inputs[1:]
             gather[0].outputs = [n.outputs[0]]
-            w.remove([n])
+            gone.add(id(n))
             continue
         if n.op not in ("MatMulInteger", "ConvInteger") or len(n.inputs) < 2 or n.inputs[1] not in w.consts:
             continue
@@ -189,8 +239,10 @@ def dequantize(w: Work) -> None:
         weight = w.add_const(((wq - zp) * w_scale).astype(np.float32), n.inputs[1])
         float_op = "MatMul" if n.op == "MatMulInteger" else "Conv"
         attrs = {} if float_op == "MatMul" else dict(n.attrs)
-        w.nodes[w.nodes.index(n)] = Node(float_op, [quant[0].inputs[0], weight], [mul.outputs[0]], attrs)
-        w.remove([cast[0][0], mul])
+        replaced[id(n)] = Node(float_op, [quant[0].inputs[0], weight], [mul.outputs[0]], attrs)
+        gone.update((id(cast[0][0]), id(mul)))
+    w.nodes = [replaced.get(id(n), n) for n in w.nodes if id(n) not in gone]
+    w.rename(renames)
     drop_dead(w)
 
 
@@ -295,7 +347,8 @@ def fold_pads(w: Work) -> None:
     """Zero padding of spatial dims before a Conv or pooling is that op's own `pads`
     (Keras writes ZeroPadding2D layers, PyTorch a padding argument)."""
     uses = w.consumers()
-    for n in list(w.nodes):
+    gone: set[int] = set()
+    for n in w.nodes:
         if n.op != "Pad" or n.domain != "" or n.attrs.get("mode", "constant") not in ("constant", b"constant"):
             continue
         pads = w.consts.get(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else n.attrs.get("pads")
@@ -313,7 +366,8 @@ def fold_pads(w: Work) -> None:
         own = list(consumer.attrs.get("pads") or [0] * (2 * (rank - 2)))
         consumer.attrs["pads"] = [a + b for a, b in zip(own, pads[2:rank] + pads[rank + 2:])]
         consumer.inputs[0] = n.inputs[0]
-        w.remove([n])
+        gone.add(id(n))
+    w.nodes = [n for n in w.nodes if id(n) not in gone]
 
 
 def flatten_concats(w: Work) -> None:
@@ -365,65 +419,70 @@ def drop_packaging(w: Work) -> None:
             return None
         return n
 
-    for x in list(w.inputs):
+    renames: dict[str, str] = {}
+    gone: set[int] = set()
+    for x in w.inputs:  # each input's chain is its own (one reader a step)
         chain, end = [], x
         while (n := scaling_step(end)) is not None:
             chain.append(n)
             end = n.outputs[0]
         readers = uses.get(end, [])
         if chain and readers and all(r.op in ("Conv", "Transpose") and r.domain == "" for r, _ in readers):
-            w.rename(end, x)
-            w.remove(chain)
-            uses = w.consumers()
-    for n in list(w.nodes):
+            renames[end] = x
+            gone.update(id(n) for n in chain)
+    for n in w.nodes:
         if (n.domain == "" and n.op in ("Softmax", "LogSoftmax") and n.outputs and n.outputs[0] in w.outputs
-                and not uses.get(n.outputs[0]) and n.inputs[0] not in w.inputs):
+                and not uses.get(n.outputs[0]) and n.inputs[0] not in w.inputs and id(n) not in gone):
             w.outputs = [n.inputs[0] if o == n.outputs[0] else o for o in w.outputs]
-            w.remove([n])
+            gone.add(id(n))
+    w.nodes = [n for n in w.nodes if id(n) not in gone]
+    w.rename(renames)
 
 
 def drop_layout_transposes(w: Work) -> None:
     """Compose Transpose chains; drop transposes right after a graph input or before an output
-    (tf2onnx puts them around NHWC models); the input keeps the transposed shape."""
-    changed = True
-    while changed:
-        changed = False
-        prod = w.producers()
-        uses = w.consumers()
-        for n in list(w.nodes):
-            if n.op != "Transpose" or n.domain != "":
-                continue
-            x, out = n.inputs[0], n.outputs[0]
-            p = prod.get(x)
-            if p is not None and p[0].op == "Transpose" and len(uses.get(x, [])) == 1 and x not in w.outputs:
-                inner, outer = list(p[0].attrs.get("perm", [])), list(n.attrs.get("perm", []))
-                if inner and outer and len(inner) == len(outer):  # a dropped reshape may sit between
-                    n.attrs["perm"] = [inner[i] for i in outer]
-                    n.inputs = [p[0].inputs[0]]
-                    w.remove([p[0]])
-                    changed = True
-                    break
-            if x in w.inputs and len(uses.get(x, [])) == 1:
-                w.types[x] = (w.shape(out), w.elem_type(x))
-                w.rename(out, x)
-                w.remove([n])
-                changed = True
-                break
-            if out in w.outputs and not uses.get(out):
-                w.outputs = [x if o == out else o for o in w.outputs]
-                w.remove([n])
-                changed = True
-                break
+    (tf2onnx puts them around NHWC models); the input keeps the transposed shape. One pass in
+    topological order: a chain is composed into its last transpose as it is reached."""
+    w.topo_sort()
+    producer = {t: p for t, (p, _) in w.producers().items()}
+    readers = {t: len(u) for t, u in w.consumers().items()}
+    renames: dict[str, str] = {}
+    gone: set[int] = set()
+    for n in w.nodes:
+        if n.op != "Transpose" or n.domain != "":
+            continue
+        x, out = n.inputs[0], n.outputs[0]
+        while x in renames:
+            x = renames[x]
+        n.inputs = [x]
+        p = producer.get(x)
+        if (p is not None and id(p) not in gone and p.op == "Transpose" and p.domain == ""
+                and readers.get(x) == 1 and x not in w.outputs):
+            inner, outer = list(p.attrs.get("perm", [])), list(n.attrs.get("perm", []))
+            if inner and outer and len(inner) == len(outer):  # a dropped reshape may sit between
+                n.attrs["perm"] = [inner[i] for i in outer]
+                x = n.inputs[0] = p.inputs[0]
+                gone.add(id(p))
+        if x in w.inputs and readers.get(x) == 1:
+            w.types[x] = (w.shape(out), w.elem_type(x))
+            renames[out] = x
+            readers[x] = readers.get(out, 0)
+            gone.add(id(n))
+        elif out in w.outputs and not readers.get(out):
+            w.outputs = [x if o == out else o for o in w.outputs]
+            gone.add(id(n))
+    w.nodes = [n for n in w.nodes if id(n) not in gone]
+    w.rename(renames)
     remove_noops(w)
 
 
-
 def _linear_weight(value: np.ndarray, transpose: bool, alpha: float = 1.0) -> np.ndarray:
-    """A float32 [out, in] weight: a contiguous copy when small; a large one stays a view (of the
-    mapped external data file, if it came from one) so it is never held in memory whole."""
-    weight = value.astype(np.float32, copy=False)
+    """An [out, in] weight: a contiguous float32 copy when small; a large one stays a view, in
+    its own float type, of the mapped external data file if it came from one, so it is never
+    held in memory whole (features read it a piece at a time)."""
+    weight = value if value.size > MAX_COPY_ELEMENTS else value.astype(np.float32, copy=False)
     if alpha != 1.0:
-        weight = weight * np.float32(alpha)
+        weight = weight.astype(np.float32) * np.float32(alpha)
     weight = weight.T if transpose else weight
     return np.ascontiguousarray(weight) if weight.size <= MAX_COPY_ELEMENTS else weight
 
