@@ -21,14 +21,14 @@ from hnn_jax.converters.probe import (DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_
 from hnn_jax.errors import CorruptFileError, ModelTooLargeError, UnsupportedModelError
 from hnn_jax.schema import PROBE_OK, PROBE_SKIPPED
 
-__all__ = ["from_onnx", "from_torch", "from_keras", "from_tf", "from_file", "canonicalize",
+__all__ = ["from_onnx", "from_torch", "from_keras", "from_tf", "from_snapshot", "from_file", "canonicalize",
            "CanonicalGraph"]
 
 
 MAX_ONNX_NODES = 100_000  # about a minute of canonicalisation; the canonical graph must fit hnn_jax.padding.MAX_NODES
 
 
-def from_onnx(source, *, probe: bool = True, probe_timeout: float = DEFAULT_TIMEOUT_S,
+def from_onnx(source, *, folder=None, probe: bool = True, probe_timeout: float = DEFAULT_TIMEOUT_S,
               max_activation_bytes: int = DEFAULT_MAX_ACTIVATION_BYTES,
               max_weight_bytes: int = DEFAULT_MAX_WEIGHT_BYTES, probe_threads: int = 1,
               max_nodes: int = MAX_ONNX_NODES) -> jraph.GraphsTuple:
@@ -38,9 +38,10 @@ def from_onnx(source, *, probe: bool = True, probe_timeout: float = DEFAULT_TIME
     one whose activations or weights exceed the byte limits gets static features only;
     globals[0, schema.GLOBAL_PROBE] records which (and a warning says why). External weights
     are memory-mapped and read a piece at a time, never loaded whole. Models of more than
-    `max_nodes` ONNX nodes raise ModelTooLargeError.
+    `max_nodes` ONNX nodes raise ModelTooLargeError. `folder`: where a ModelProto's external
+    data lies (checked as a file's own folder is).
     """
-    model, folder = load_onnx(source)
+    model, folder = load_onnx(source, folder)
     if len(model.graph.node) > max_nodes:
         raise ModelTooLargeError(f"the ONNX graph has {len(model.graph.node)} nodes; hnn-jax converts up to "
                                  f"max_nodes={max_nodes} (larger graphs do not fit the hasher's largest "
@@ -78,8 +79,21 @@ def from_tf(function, input_signature, **options) -> jraph.GraphsTuple:
     return from_onnx(export.tf_function_to_onnx(function, input_signature), **options)
 
 
+def from_snapshot(folder, **options) -> jraph.GraphsTuple:
+    """Hugging Face snapshot folder (config.json + *.safetensors shards) -> GraphsTuple, without
+    materialising the model: the graph is exported from the model built on the meta device and
+    the weights are read in place from the memory-mapped shards (snapshot.py). Options as
+    from_onnx. Pickled weights (pytorch_model.bin) are refused, never unpickled.
+    """
+    from hnn_jax.converters import snapshot
+
+    model, data_folder = snapshot.snapshot_to_onnx(folder)
+    return from_onnx(model, folder=data_folder, **options)
+
+
 def from_file(path, **options) -> jraph.GraphsTuple:
-    """Dispatch on what the path is: .onnx, .keras, a SavedModel folder, a torch.export .pt2.
+    """Dispatch on what the path is: .onnx, .keras, a SavedModel folder, a Hugging Face snapshot
+    folder (config.json + *.safetensors), a torch.export .pt2.
 
     Pickled PyTorch files (.pt, .pth, .bin, .pkl) are refused: unpickling runs arbitrary code.
     """
@@ -88,7 +102,10 @@ def from_file(path, **options) -> jraph.GraphsTuple:
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return from_onnx(export.saved_model_to_onnx(path), **options)
-        raise UnsupportedModelError(f"{path} is a folder but not a TensorFlow SavedModel (no saved_model.pb)")
+        if (path / "config.json").is_file():
+            return from_snapshot(path, **options)
+        raise UnsupportedModelError(f"{path} is a folder but neither a TensorFlow SavedModel (no saved_model.pb) "
+                                    "nor a Hugging Face snapshot (no config.json)")
     if not path.exists():
         raise CorruptFileError(f"no such file: {path}")
     if suffix == ".onnx":

@@ -58,15 +58,18 @@ def _checked_location(tensor: onnx.TensorProto, folder: Path) -> Path:
     return real
 
 
-def load_onnx(source) -> tuple[onnx.ModelProto, Path | None]:
+def load_onnx(source, folder=None) -> tuple[onnx.ModelProto, Path | None]:
     """(ModelProto, folder of its external data or None) from a path, bytes or ModelProto.
 
     External data is read only from the model's own folder (no absolute paths, no '..', no
-    symlinks out) and is not loaded: `tensor_array` maps it when a tensor is needed.
+    symlinks out) and is not loaded: `tensor_array` maps it when a tensor is needed. A
+    ModelProto may name `folder`, where its external data lies (a snapshot's shards).
     """
+    if folder is not None and not isinstance(source, onnx.ModelProto):
+        raise HNNError("folder= goes with an onnx.ModelProto; a path's folder is the file's own")
     if isinstance(source, onnx.ModelProto):
         model = source
-        folder = None
+        folder = Path(folder).resolve() if folder is not None else None
     elif isinstance(source, (bytes, bytearray, memoryview)):
         if not len(source):
             raise CorruptFileError("empty bytes given as an ONNX model")
