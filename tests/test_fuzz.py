@@ -300,3 +300,12 @@ def test_gemm_bias_of_shape_m_n():
                               [("w", rng.standard_normal((16, 4)).astype(np.float32)),
                                ("c", rng.standard_normal((8, 4)).astype(np.float32))])
     assert outcome(model)[0] == "HashCode"
+
+
+def test_int8_product_that_is_a_graph_output_is_not_dequantised_away():
+    """Found by the pass invariants (HNN_CHECK_PASSES): dequantize replaced a MatMulInteger whose
+    integer output was also a graph output, leaving that output written by nothing."""
+    seed = fuzzing.build(("structure", "int8_mlp", [], fuzzing.IN_MEMORY), None)
+    product = next(n.output[0] for n in seed.graph.node if n.op_type == "MatMulInteger")
+    seed.graph.output[0].name = product
+    assert outcome(seed)[0] == "HashCode"

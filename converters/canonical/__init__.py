@@ -69,11 +69,12 @@ class InvariantError(AssertionError):
     """A pass left the Work graph broken (found by check_invariants: a bug, never bad input)."""
 
 
-def check_invariants(w: Work, prepared_tensors: set[str], after: str) -> None:
+def check_invariants(w: Work, prepared_tensors: set[str], after: str, unwritten_outputs: set[str]) -> None:
     """What every pass must keep: each node writes tensors of the prepared model (the probe reads
     them there), each tensor once; every input is a constant, a graph input or a node's output;
     every node's kind is in the schema's vocabulary; the graph has no cycle. A size or axes input
-    (not a data slot, passes.DATA_SLOTS) may name dropped shape arithmetic."""
+    (not a data slot, passes.DATA_SLOTS) may name dropped shape arithmetic, and a graph output
+    may name what nothing wrote in the file already (`unwritten_outputs`)."""
     written: set[str] = set()
     for n in w.nodes:
         for o in filter(None, n.outputs):
@@ -87,7 +88,7 @@ def check_invariants(w: Work, prepared_tensors: set[str], after: str) -> None:
     known = written | set(w.consts) | set(w.inputs)
     data = [x for n in w.nodes for k, x in enumerate(n.inputs)
             if x and (n.domain != "" or k in DATA_SLOTS.get(n.op, (k,)))]
-    for x in data + w.outputs:
+    for x in data + [o for o in w.outputs if o not in unwritten_outputs]:
         if x not in known:
             raise InvariantError(f"after {after}: tensor '{x}' is read but nothing writes it")
     check_acyclic(w)
@@ -113,10 +114,11 @@ def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> Canonica
     if checking:
         before = _digest(prepared)
         prepared_tensors = produced | {o for n in prepared.graph.node for o in n.output}
+        unwritten_outputs = set(w.outputs) - produced
     for rewrite in PASSES:
         rewrite(w)
         if checking:
-            check_invariants(w, prepared_tensors, rewrite.__name__)
+            check_invariants(w, prepared_tensors, rewrite.__name__, unwritten_outputs)
     if checking and _digest(prepared) != before:
         raise InvariantError("a pass edited the prepared model, which the probe runs")
     if not w.nodes:

@@ -217,8 +217,8 @@ def dequantize(w: Work) -> None:
         if quant is None or quant[0].op != "DynamicQuantizeLinear" or len(cast) != 1 or cast[0][0].op != "Cast":
             continue
         mul = uses.get(cast[0][0].outputs[0], [])
-        if len(mul) != 1 or mul[0][0].op != "Mul":
-            continue
+        if len(mul) != 1 or mul[0][0].op != "Mul" or {n.outputs[0], cast[0][0].outputs[0]} & set(w.outputs):
+            continue  # the integer product is read as it is: not only the pattern's way
         mul = mul[0][0]
         scale_name = mul.inputs[1] if mul.inputs[0] == cast[0][0].outputs[0] else mul.inputs[0]
         if scale_name in w.consts:  # static activation scale folded in: not separable, skip
