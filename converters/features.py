@@ -46,6 +46,8 @@ def projections(values: np.ndarray, tag: str, centre: float, scale: float | np.n
         return out
     positions, signs = _projection_plan(tag, tuple(values.shape), values.size)
     sample = _finite(np.asarray(values_at(values, positions), np.float32)).astype(np.float64)
+    if sample.min() == sample.max():  # a constant (LayerNorm's ones, a zero bias): says nothing of
+        return out                    # the instance, and is the same for every initialisation
     if np.ndim(scale):
         scale = np.asarray(scale, np.float64)[positions // (values.size // len(scale))]
     proj = ((sample - centre) * signs / (scale + 1e-12)).sum(1) / np.sqrt(PROJ_SAMPLES)

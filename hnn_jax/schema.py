@@ -4,7 +4,9 @@ Bump SCHEMA_VERSION whenever the meaning of any column or the vocabulary changes
 record the version they were trained on and refuse graphs of another one.
 """
 
-SCHEMA_VERSION = 2  # 2: weight projections normalised per output channel
+SCHEMA_VERSION = 3  # 2: weight projections normalised per output channel; 3: constant weights project to 0, ties in
+#                     canonical order broken by what is downstream before weight values (instance columns
+#                     and node order only: the learned network reads neither, so schema-2 weights serve 3)
 
 # Canonical op vocabulary. Index 0 is the bucket for every op not listed here.
 OPS = (

@@ -25,14 +25,18 @@ def _save(model, folder, shard):
     return folder
 
 
+def _tiny_llama(seed, layers, tied):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                                      max_position_embeddings=64, tie_word_embeddings=tied)
+    return transformers.LlamaForCausalLM(config)
+
+
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     """Tied embeddings (lm_head.weight is not in the checkpoint), rotary inv_freq buffers."""
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                                      max_position_embeddings=64, tie_word_embeddings=True)
-    return _save(transformers.LlamaForCausalLM(config), tmp_path_factory.mktemp("llama"), "10KB")
+    return _save(_tiny_llama(0, layers=2, tied=True), tmp_path_factory.mktemp("llama"), "10KB")
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +51,7 @@ def bert_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def llama_bf16_dir(tmp_path_factory):
     """Weights stored in bfloat16: the graph reads them through a Cast to float32."""
-    torch.manual_seed(2)
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                                      max_position_embeddings=64, tie_word_embeddings=False)
-    return _save(transformers.LlamaForCausalLM(config).to(torch.bfloat16), tmp_path_factory.mktemp("bf16"), "4KB")
+    return _save(_tiny_llama(2, layers=1, tied=False).to(torch.bfloat16), tmp_path_factory.mktemp("bf16"), "4KB")
 
 
 def ordinary(folder, inputs):

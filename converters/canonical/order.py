@@ -51,6 +51,28 @@ def _attr_key(attrs: dict[str, Any]) -> list:
     return sorted((k, v.tolist() if isinstance(v, np.ndarray) else v) for k, v in attrs.items())
 
 
+def _downstream_keys(w: Work, kinds: dict[int, str]) -> dict[int, bytes]:
+    """A digest of everything downstream of each node: its kind, and the downstream keys of its
+    readers with the input slot each reads it at (any slot of a commutative op) and output
+    slot, and which graph outputs it writes. Computed in reverse topological order: linear."""
+    readers: dict[str, list[tuple[Node, int]]] = {}
+    for n in w.nodes:
+        for slot, x in enumerate(w.dynamic_inputs(n)):
+            readers.setdefault(x, []).append((n, slot))
+    outputs = {o: i for i, o in enumerate(w.outputs)}
+    down: dict[int, bytes] = {}
+    for n in reversed(w.nodes):  # w.nodes is topologically sorted
+        uses = []
+        for i, o in enumerate(n.outputs):
+            for r, slot in readers.get(o, []):
+                commutative = r.op in COMMUTATIVE or kinds[id(r)] in ("add", "mul", "max", "min", "equal")
+                uses.append((i, down[id(r)], -1 if commutative else slot))
+            if o in outputs:
+                uses.append((i, b"output", outputs[o]))
+        down[id(n)] = _digest(kinds[id(n)], sorted(uses))
+    return down
+
+
 def build(w: Work) -> CanonicalGraph:
     """Order nodes by structure (never by name or file order) and collect weights and edges."""
     w.topo_sort()
@@ -80,9 +102,14 @@ def build(w: Work) -> CanonicalGraph:
         for i, o in enumerate(n.outputs):
             key_of_tensor[o] = _digest(keys[id(n)], i)
 
-    # Kahn's algorithm, always taking the ready node with the smallest structural key.
-    items: list[tuple[tuple[bytes, bytes], str | Node]] = [((key_of_tensor[x], b""), x) for x in used_inputs]
-    items += [((keys[id(n)], ties[id(n)]), n) for n in w.nodes]
+    down = _downstream_keys(w, kinds)
+    # Kahn's algorithm, always taking the ready node with the smallest key: what it computes from
+    # (upstream), then what its output goes on to (downstream: q, k and v of an attention block
+    # compute alike from one input, but k goes through the transpose of q.k^T and v into the
+    # second MatMul); weights only break ties that structure leaves.
+    items: list[tuple[tuple[bytes, bytes, bytes], str | Node]] = [((key_of_tensor[x], b"", b""), x)
+                                                                   for x in used_inputs]
+    items += [((keys[id(n)], down[id(n)], ties[id(n)]), n) for n in w.nodes]
     tensor_owner = {x: k for k, x in enumerate(used_inputs)}
     for k, n in enumerate(w.nodes):
         for o in n.outputs:

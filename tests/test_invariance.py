@@ -1,0 +1,86 @@
+"""One model, one code: canonical order from structure alone, and instance bits that only weights
+which tell initialisations apart move."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import hnn_jax
+from hnn_jax import variants
+from hnn_jax.converters import canonicalize, export
+
+
+def attention_encoder(seed: int, d: int = 32, seq: int = 8):
+    """An encoder block with separate q, k and v projections (BERT's layout): three linears of
+    one input, op and shape, told apart only by where their outputs go."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(100, d)
+            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+            self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def forward(self, ids):
+            x = self.embed(ids)
+            h = self.ln1(x)
+            att = torch.softmax(self.q(h) @ self.k(h).transpose(-2, -1) / d ** 0.5, dim=-1)
+            x = x + self.o(att @ self.v(h))
+            return x + self.down(nn.functional.gelu(self.up(self.ln2(x))))
+
+    return Block().eval(), torch.randint(0, 100, (1, seq))
+
+
+def layer_norm_mlp(seed: int, d: int = 32, depth: int = 6):
+    """Linear + LayerNorm + GELU blocks: at initialisation half the weight tensors are the
+    LayerNorms' ones and zeros, the same for every seed."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(d, d), nn.LayerNorm(d), nn.GELU()]
+    return nn.Sequential(*layers).eval(), torch.randn(1, d)
+
+
+@pytest.fixture(scope="module")
+def encoder_file():
+    model, x = attention_encoder(0)
+    return export.torch_to_onnx(model, x)
+
+
+@pytest.mark.parametrize("transform", ["fp16", "int8", "prune30", "noise"])
+def test_canonical_order_does_not_depend_on_weight_values(encoder_file, transform):
+    """q, k and v keep their places under every weight-changing transform: each linear node of
+    the copy carries the weight of the original's node at its position."""
+    copy = {"fp16": variants.fp16_weights, "int8": variants.int8_dynamic,
+            "prune30": lambda m: variants.prune(m, 0.3), "noise": lambda m: variants.perturb(m, 0.01)}[transform]
+    a, b = canonicalize(encoder_file), canonicalize(copy(encoder_file))
+    assert [n.op for n in a.nodes] == [n.op for n in b.nodes]
+    assert [(e.sender, e.receiver, e.slot) for e in a.edges] == [(e.sender, e.receiver, e.slot) for e in b.edges]
+    linears = [(x.weights[0], y.weights[0]) for x, y in zip(a.nodes, b.nodes) if x.op == "linear"]
+    assert len(linears) == 6
+    for wa, wb in linears:
+        same = np.corrcoef(np.asarray(wa, np.float64).ravel(), np.asarray(wb, np.float64).ravel())[0, 1]
+        assert same > 0.9, "a linear node took another's place"
+
+
+@pytest.mark.parametrize("build", [attention_encoder, layer_norm_mlp])
+def test_instance_bits_of_different_initialisations_differ_in_about_half(build):
+    """Tensors that are constant at initialisation (LayerNorm's ones and zeros, zero biases)
+    carry nothing into the instance bits, so 6 random initialisations are ~8 of 16 bits apart."""
+    from hnn_jax.hasher import default_hasher
+
+    hasher = default_hasher()
+    k = hasher.config.instance_bits
+    codes = [hnn_jax.hash(hnn_jax.converters.from_torch(*build(seed))) for seed in range(6)]
+    assert len({c.bits[:-k].tobytes() for c in codes}) == 1  # one architecture: learned bits agree
+    distances = [int(np.sum(a.bits[-k:] != b.bits[-k:])) for a, b in itertools.combinations(codes, 2)]
+    assert 6 <= np.mean(distances) <= 10, distances
