@@ -25,6 +25,8 @@ bench: install  ## benchmark tables (see benchmarks/)
 	$(PY) benchmarks/bench_index.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_large.py
+	$(PY) benchmarks/bench_checkpoint.py --size 1b
+	$(PY) benchmarks/bench_invariance.py
 
 fuzz: install  ## a longer fuzzing run than CI's (mutated ONNX models must give a code or an HNNError)
 	$(PY) benchmarks/fuzz.py --cases 20000
