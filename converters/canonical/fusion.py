@@ -234,6 +234,9 @@ def _fuse_best_cut(w: Work, x: str, region: list[Node], uses, producer, slot_of,
 
     for t, nodes in cuts:
         has_reduce = any(m.op in REDUCES for m in nodes)
+        if not has_reduce and not all(c.min() == c.max() for m in nodes for c in
+                                      (w.consts[i] for i in m.inputs if i in w.consts) if c.size):
+            continue  # a constant that varies by position (a mask, rotary tables): no activation of x
         probe, y = run(10.0 if has_reduce else 3.0, t, nodes)
         if y is None:
             continue
