@@ -1,6 +1,6 @@
 """Converters: PyTorch, Keras/TensorFlow and ONNX models -> canonical jraph.GraphsTuple.
 
-Every converter goes through ONNX: export -> canonical graph (canonical.py) -> execution probe
+Every converter goes through ONNX: export -> canonical graph (canonical/) -> execution probe
 (probe.py) -> features (features.py). torch and tensorflow are imported only when used.
 """
 

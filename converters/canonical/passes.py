@@ -60,9 +60,7 @@ def fold_constants(w: Work) -> None:
         if (n.domain == "" and n.inputs and n.inputs[0] in w.consts and len(n.outputs) == 1
                 and all(x in w.consts for x in n.inputs if x)):
             value = _folded_view(w, n)
-        if value is not None:
-            pass
-        elif n.domain == "" and n.op in ("Shape", "Size") and n.inputs and n.inputs[0]:
+        if value is None and n.domain == "" and n.op in ("Shape", "Size") and n.inputs and n.inputs[0]:
             shape = w.shape(n.inputs[0])
             if shape is not None:
                 if n.op == "Size":
@@ -70,7 +68,7 @@ def fold_constants(w: Work) -> None:
                 else:
                     start, end = n.attrs.get("start", 0), n.attrs.get("end", None)
                     value = [np.array(shape[start:end], dtype=np.int64)]
-        elif (n.domain == "" and n.op not in NONDETERMINISTIC
+        elif (value is None and n.domain == "" and n.op not in NONDETERMINISTIC
               and all(x in w.consts for x in n.inputs if x) and not has_subgraph(n.attrs)
               and any(n.inputs)):
             out_shape = w.shape(n.outputs[0])
