@@ -25,7 +25,6 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from hnn_jax.converters.load import _checked_location
 from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
@@ -92,7 +91,7 @@ def _data_folder(folder: Path, shards: list[Path]) -> tuple[Path, dict[Path, str
     """The folder external data is read from and each shard's location in it. A plain snapshot
     holds its shards; the Hugging Face cache's snapshots/<rev>/ links each one to ../../blobs/,
     so there the repository folder is used and the links' targets in blobs/ are read (links
-    anywhere else are refused by load._checked_location)."""
+    anywhere else are refused when load.load_onnx checks the locations)."""
     if not any(s.is_symlink() for s in shards):
         return folder, {s: s.name for s in shards}
     root = Path(os.path.realpath(folder)).parent.parent
@@ -324,7 +323,7 @@ def attach_weights(proto: onnx.ModelProto, weights: dict, values: dict, shards: 
 
 def snapshot_to_onnx(folder) -> tuple[onnx.ModelProto, Path]:
     """(ONNX model whose weights are external data inside the shards, the folder that data is
-    read from). Every location is checked by load._checked_location before it is returned."""
+    read from). from_onnx -> load.load_onnx checks every location against that folder."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CorruptFileError(f"{folder} has no config.json: not a Hugging Face snapshot")
@@ -333,7 +332,4 @@ def snapshot_to_onnx(folder) -> tuple[onnx.ModelProto, Path]:
     aliases = _aliases(model, getattr(model, "base_model_prefix", "") or "")
     proto, weights, values = export_meta(model, example_inputs(model))
     attach_weights(proto, weights, values, shards, aliases)
-    for t in proto.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            _checked_location(t, data_folder)
     return proto, data_folder
