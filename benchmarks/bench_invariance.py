@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+
+from hnn_jax import variants
 
 
 class Skip(Exception):
@@ -282,7 +283,7 @@ def way_onnxslim(ctx):
         import onnxslim
     except ImportError as e:
         raise Skip(f"onnxslim not installed ({e})") from None
-    return onnxslim.slim(_copy(ctx.ref))
+    return onnxslim.slim(variants.copy(ctx.ref))
 
 
 def way_onnxoptimizer(ctx):
@@ -298,79 +299,14 @@ def way_fp16_occ(ctx):
         from onnxconverter_common import float16
     except ImportError as e:
         raise Skip(f"onnxconverter-common not installed ({e})") from None
-    return float16.convert_float_to_float16(_copy(ctx.ref), keep_io_types=True)
-
-
-def _copy(model):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
-def _ort_quantize(ctx, static, fmt=None):
-    from onnxruntime import quantization as q
-
-    q_logger = logging.getLogger()
-    level = q_logger.level
-    q_logger.setLevel(logging.ERROR)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            onnx.save(ctx.ref, src)
-            if not static:
-                q.quantize_dynamic(str(src), str(dst), reduce_range=True)
-            else:
-                q.quantize_static(str(src), str(dst), _Calibration(ctx.ref),
-                                  quant_format=getattr(q.QuantFormat, fmt), reduce_range=True)
-            return onnx.load(dst)
-    finally:
-        q_logger.setLevel(level)
-
-
-class _Calibration:
-    """onnxruntime.quantization.CalibrationDataReader: 8 inputs, N(0,1) floats, ids in [0, 100)."""
-
-    def __init__(self, model, n=8):
-        init = {t.name for t in model.graph.initializer}
-        rng = np.random.default_rng(0)
-        feeds = []
-        inputs = [i for i in model.graph.input if i.name not in init]
-        for _ in range(n):
-            feed = {}
-            for i in inputs:
-                t = i.type.tensor_type
-                shape = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
-                if t.elem_type in (TensorProto.INT64, TensorProto.INT32):
-                    dtype = np.int64 if t.elem_type == TensorProto.INT64 else np.int32
-                    feed[i.name] = rng.integers(0, 100, shape).astype(dtype)
-                else:
-                    feed[i.name] = rng.standard_normal(shape).astype(np.float32)
-            feeds.append(feed)
-        self._it = iter(feeds)
-
-    def get_next(self):
-        return next(self._it, None)
-
-
-def _ort_optimize(ctx, level):
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(ctx.ref.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return onnx.load(options.optimized_model_filepath)
+    return float16.convert_float_to_float16(variants.copy(ctx.ref), keep_io_types=True)
 
 
 def way_fp16_roundtrip(ctx):
-    from hnn_jax import variants
     return variants.fp16_weights(ctx.ref)
 
 
 def way_prune30(ctx):
-    from hnn_jax import variants
     return variants.prune(ctx.ref, 0.3)
 
 
@@ -390,14 +326,14 @@ WAYS = {  # name -> (function, tolerance in bits on the whole code; None: not he
     "onnxsim": (way_onnxsim, 1),
     "onnxslim": (way_onnxslim, 1),
     "onnxoptimizer": (way_onnxoptimizer, 1),
-    "ort_basic": (lambda c: _ort_optimize(c, "ORT_ENABLE_BASIC"), 1),
-    "ort_extended": (lambda c: _ort_optimize(c, "ORT_ENABLE_EXTENDED"), 1),
-    "ort_all": (lambda c: _ort_optimize(c, "ORT_ENABLE_ALL"), 1),
+    "ort_basic": (lambda c: variants.ort_optimized(c.ref, "ORT_ENABLE_BASIC"), 1),
+    "ort_extended": (lambda c: variants.ort_optimized(c.ref, "ORT_ENABLE_EXTENDED"), 1),
+    "ort_all": (lambda c: variants.ort_optimized(c.ref, "ORT_ENABLE_ALL"), 1),
     "fp16_occ": (way_fp16_occ, 2),
     "fp16_roundtrip": (way_fp16_roundtrip, 2),
-    "int8_dynamic": (lambda c: _ort_quantize(c, False), 2),
-    "int8_static_qdq": (lambda c: _ort_quantize(c, True, "QDQ"), 2),
-    "int8_static_qop": (lambda c: _ort_quantize(c, True, "QOperator"), 2),
+    "int8_dynamic": (lambda c: variants.int8_dynamic(c.ref), 2),
+    "int8_static_qdq": (lambda c: variants.int8_static(c.ref, "QDQ"), 2),
+    "int8_static_qop": (lambda c: variants.int8_static(c.ref, "QOperator"), 2),
     "prune30": (way_prune30, 2),
     "other_init": (way_other_init, None),
 }

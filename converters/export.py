@@ -6,7 +6,6 @@ import io
 import logging
 import os
 import pickletools
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -70,39 +69,7 @@ def tf_function_to_onnx(function, input_signature, *, opset: int = TF_OPSET) -> 
                                                  opset=opset)
     except Exception as e:  # noqa: BLE001
         raise UnsupportedModelError(f"tf2onnx could not convert the function: {str(e).splitlines()[0]}") from e
-    return _sink_layout_transposes(model)
-
-
-ORT_FUSIONS = [  # onnxruntime rewrites that change the graph's structure: left to the canonicaliser
-    "CommonSubexpressionElimination", "MatMulAddFusion", "ReshapeFusion", "ConvAddFusion",
-    "ConvMulFusion", "ConvBNFusion", "DivMulFusion", "FuseReluClip", "GemmTransposeFusion",
-    "NotWhereFusion", "ConstantSharing"]
-
-
-def _sink_layout_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """tf2onnx wraps every NHWC conv in Transposes and cannot cancel them across a Pad, Clip or
-    per-channel Mul (Keras MobileNetV3 keeps ~100). onnxruntime's basic optimiser (standard ONNX
-    ops only, the same on every machine), without its fusions, sinks and cancels them, so the
-    graph comes out in the layout a PyTorch export has. Models it cannot load, and ones too large
-    to pass as bytes, stay as tf2onnx wrote them."""
-    if model.ByteSize() > 1_500_000_000:
-        return model
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3
-        try:
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                                 disabled_optimizers=ORT_FUSIONS)
-            optimized = onnx.load(options.optimized_model_filepath)
-        except Exception:  # noqa: BLE001 - e.g. an op onnxruntime does not implement
-            return model
-    if any(n.domain not in ("", "ai.onnx") for n in optimized.graph.node):
-        return model
-    return optimized
+    return model  # as tf2onnx wrote it: canonicalisation sinks and cancels its NHWC transposes
 
 
 def keras_to_onnx(model, *, opset: int = TF_OPSET) -> onnx.ModelProto:

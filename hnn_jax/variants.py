@@ -1,9 +1,12 @@
 """Derivatives of an ONNX model that should keep (nearly) its code: fp16 round trip, int8
-dynamic quantization, magnitude pruning, small weight noise. Used to build the training zoo and
-the evaluation's copy-detection sets."""
+dynamic and static quantization, onnxruntime's saved graph optimisations, magnitude pruning,
+small weight noise. Used to build the training zoo, the evaluation's copy-detection sets and the
+invariance suite (tests/test_invariance.py, benchmarks/bench_invariance.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -43,14 +46,24 @@ def fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """onnxruntime.quantization logs pre-processing advice through the root logger: silenced
+    here, and the level put back after."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def int8_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxruntime.quantization.quantize_dynamic (int8 weights, dynamic activation scales)."""
-    import logging
-
     from onnxruntime.quantization import quantize_dynamic
 
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's pre-processing advice
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(copy(model), src)
         # ops shape inference does not know (tf2onnx's Erfc) leave tensors untyped: assume float
@@ -60,6 +73,53 @@ def int8_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
         quantize_dynamic(str(src), str(dst), reduce_range=True,
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
         return onnx.load(dst)
+
+
+def int8_static(model: onnx.ModelProto, quant_format: str = "QDQ", samples: int = 8) -> onnx.ModelProto:
+    """onnxruntime.quantization.quantize_static, calibrated on `samples` random inputs (N(0, 1)
+    floats, integers in [0, 100)); `quant_format` "QDQ" or "QOperator" (QLinearConv, QGemm, ...)."""
+    from onnxruntime import quantization
+
+    init = {t.name for t in model.graph.initializer}
+    rng = np.random.default_rng(0)
+    feeds = []
+    for _ in range(samples):
+        feed = {}
+        for value in (v for v in model.graph.input if v.name not in init):
+            t = value.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+            dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
+            feed[value.name] = (rng.integers(0, 100, shape) if np.issubdtype(dtype, np.integer)
+                                else rng.standard_normal(shape)).astype(dtype)
+        feeds.append(feed)
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self._feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(copy(model), src)
+        quantization.quantize_static(str(src), str(dst), Reader(), reduce_range=True,
+                                     quant_format=getattr(quantization.QuantFormat, quant_format))
+        return onnx.load(dst)
+
+
+def ort_optimized(model: onnx.ModelProto, level: str = "ORT_ENABLE_EXTENDED") -> onnx.ModelProto:
+    """The model as onnxruntime saves it after its graph optimisations at `level` (a name of
+    onnxruntime.GraphOptimizationLevel): fused ops of the com.microsoft domain from "extended" on."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath)
 
 
 def prune(model: onnx.ModelProto, fraction: float) -> onnx.ModelProto:

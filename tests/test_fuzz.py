@@ -239,9 +239,17 @@ def test_odd_but_convertible_models_hash(model):
     assert outcome(model)[0] == "HashCode"
 
 
-def test_transpose_without_perm_is_kept():
-    assert [n.op for n in converters.canonicalize(transpose_between_relus()).nodes] == [
-        "input", "relu", "transpose", "relu"]
+def test_transpose_without_perm_reverses_the_axes():
+    """Moved below the second Relu (spelling), it keeps its meaning: perm (2, 1, 0)."""
+    import onnxruntime as ort
+
+    model = transpose_between_relus()
+    prepared = converters.canonical.prepare(model)
+    assert [list(n.attribute[0].ints) for n in prepared.graph.node if n.op_type == "Transpose"] == [[2, 1, 0]]
+    x = np.random.default_rng(0).standard_normal((1, 2, 3)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for m in (model, prepared)]
+    np.testing.assert_array_equal(*run)
 
 
 @pytest.mark.parametrize("mutation", [

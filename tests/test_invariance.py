@@ -84,3 +84,42 @@ def test_instance_bits_of_different_initialisations_differ_in_about_half(build):
     assert len({c.bits[:-k].tobytes() for c in codes}) == 1  # one architecture: learned bits agree
     distances = [int(np.sum(a.bits[-k:] != b.bits[-k:])) for a, b in itertools.combinations(codes, 2)]
     assert 6 <= np.mean(distances) <= 10, distances
+
+
+def small_cnn(seed: int):
+    """Conv-ReLU twice, global pool, linear: onnxruntime fuses each Conv+ReLU ("extended"), and
+    static int8 quantisation folds each ReLU into its output's range."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, stride=2),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    return model.eval(), torch.randn(1, 3, 16, 16)
+
+
+REWRITTEN = {  # files onnxruntime writes: fused com.microsoft ops, QDQ and QOperator int8
+    "ort_extended": lambda m: variants.ort_optimized(m, "ORT_ENABLE_EXTENDED"),
+    "int8_static_qdq": lambda m: variants.int8_static(m, "QDQ"),
+    "int8_static_qop": lambda m: variants.int8_static(m, "QOperator"),
+}
+
+
+@pytest.mark.parametrize("way", sorted(REWRITTEN))
+@pytest.mark.parametrize("build", [small_cnn, attention_encoder])
+def test_files_onnxruntime_wrote_give_the_reference_graph(build, way):
+    """FusedConv, FusedMatMul (its alpha a Div's reciprocal), QLinearConv, QGemm, QLinearAdd,
+    QLinearSoftmax, quantised embedding tables read twice: spelled back, the canonical graph is
+    the float export's, and so are the learned bits."""
+    from hnn_jax.hasher import default_hasher
+
+    reference = export.torch_to_onnx(*build(0))
+    rewritten = REWRITTEN[way](reference)
+    assert any(n.domain == "com.microsoft" or n.op_type.startswith("QLinear") or n.op_type == "DequantizeLinear"
+               for n in rewritten.graph.node), "the way did not rewrite the file"
+    a, b = canonicalize(reference), canonicalize(rewritten)
+    assert [n.op for n in a.nodes] == [n.op for n in b.nodes]
+    assert [(e.sender, e.receiver, e.slot) for e in a.edges] == [(e.sender, e.receiver, e.slot) for e in b.edges]
+    k = default_hasher().config.instance_bits
+    code_a, code_b = (hnn_jax.hash(hnn_jax.converters.from_onnx(m)) for m in (reference, rewritten))
+    assert np.array_equal(code_a.bits[:-k], code_b.bits[:-k])

@@ -53,19 +53,28 @@ ACTIVATIONS = {
 }
 
 
-def _classify_elementwise(x: np.ndarray, y: np.ndarray) -> str | None:
+def _classify_elementwise(x: np.ndarray, y: np.ndarray, eps: float = 0.0) -> str | None:
+    """The activation that y is of x, the nearest within 1e-3 (relative): weights stored in half
+    precision round the constants (1/6 becomes 0.16663), and `eps`, the resolution of the least
+    precise type the region computes in, widens it (half precision rounds every step)."""
     if y.shape != x.shape:
         return None
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     if np.max(np.abs(y64 - x64)) <= 1e-6 * (1 + np.max(np.abs(x64))):
         return "identity"
-    best, best_err = None, 2e-5
+    best, best_err = None, max(1e-3, 4 * eps)
     for name, f in ACTIVATIONS.items():
         ref = f(x64)
         err = np.max(np.abs(y64 - ref)) / (1 + np.max(np.abs(ref)))
         if err < best_err:
             best, best_err = name, err
     return best
+
+
+def _resolution(w: Work, x: str, nodes: list[Node]) -> float:
+    """Machine epsilon of the least precise float type among x and the nodes' outputs."""
+    types = {w.elem_type(t) for t in [x, *(o for m in nodes for o in m.outputs if o)]} & FLOAT_TYPES
+    return max((float(np.finfo(helper.tensor_dtype_to_np_dtype(t)).eps) for t in types), default=0.0)
 
 
 def _classify_reduce(x: np.ndarray, y: np.ndarray, axes: list[int]):
@@ -247,7 +256,7 @@ def _fuse_best_cut(w: Work, x: str, region: list[Node], uses, producer, slot_of,
                 continue
             kind, weights = found
         else:
-            kind, weights = _classify_elementwise(probe, y), []
+            kind, weights = _classify_elementwise(probe, y, _resolution(w, x, nodes)), []
             if kind is None and _unfold_hard_sigmoid_shift(w, x, probe, y, nodes, uses, producer):
                 kind = "hard_sigmoid"
             if kind is None:

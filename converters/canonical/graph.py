@@ -370,7 +370,10 @@ def evaluate(w: Work, nodes: list[Node], feeds: dict[str, np.ndarray],
          for k, v in feeds.items()],
         [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outputs],
         inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", w.opset)])
+    opset = w.opset
+    if opset < 19 and all(n.op in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
+        opset = 19  # onnx.reference implements these from 19 on; older versions compute the same for int8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     ref = ReferenceEvaluator(model)
     return [np.asarray(v) for v in ref.run(outputs, feeds)]
 

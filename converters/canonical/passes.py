@@ -193,19 +193,31 @@ def dequantize(w: Work) -> None:
     for n in w.nodes:
         if not n.inputs:  # an op of another domain may take none
             continue
-        if n.op == "DequantizeLinear" and n.inputs[0] in prod and prod[n.inputs[0]][0].op == "QuantizeLinear":
-            renames[n.outputs[0]] = prod[n.inputs[0]][0].inputs[0]
+        quant = prod.get(n.inputs[0])
+        if n.op == "DequantizeLinear" and quant is not None and quant[0].op in ("QuantizeLinear",
+                                                                               "DynamicQuantizeLinear"):
+            x = quant[0].inputs[0]
+            clip = _range_clip(w, quant[0], prod.get(x))
+            if clip is None:
+                renames[n.outputs[0]] = x
+            else:  # the activation quantisation replaced: written where the DequantizeLinear wrote
+                replaced[id(n)] = Node(*clip(x, n.outputs[0]))
             continue
         gather = prod.get(n.inputs[0])
+        readers = [r for r, _ in uses.get(n.inputs[0], [])]
         if (n.op == "DequantizeLinear" and gather is not None and gather[0].op == "Gather"
                 and gather[0].inputs[0] in w.consts and all(i in w.consts for i in n.inputs[1:] if i)
-                and len(uses.get(n.inputs[0], [])) == 1):
-            # a quantised embedding table: dequantise the table, gather floats
-            table = w.consts[gather[0].inputs[0]].astype(np.float32)
-            zp = w.consts[n.inputs[2]].astype(np.float32) if len(n.inputs) > 2 and n.inputs[2] else 0.0
-            gather[0].inputs = [w.add_const((table - zp) * w.consts[n.inputs[1]].astype(np.float32),
-                                            gather[0].inputs[0])] + gather[0].inputs[1:]
-            gather[0].outputs = [n.outputs[0]]
+                and all(r.op == "DequantizeLinear" and r.inputs == n.inputs for r in readers)):
+            # a quantised embedding table (read by one or more alike DequantizeLinear): dequantise
+            # the table, gather floats
+            if gather[0].outputs[0] == n.inputs[0]:
+                table = w.consts[gather[0].inputs[0]].astype(np.float32)
+                zp = w.consts[n.inputs[2]].astype(np.float32) if len(n.inputs) > 2 and n.inputs[2] else 0.0
+                gather[0].inputs = [w.add_const((table - zp) * w.consts[n.inputs[1]].astype(np.float32),
+                                                gather[0].inputs[0])] + gather[0].inputs[1:]
+                gather[0].outputs = [n.outputs[0]]
+            else:  # a second reader: the gather writes the first reader's tensor
+                renames[n.outputs[0]] = gather[0].outputs[0]
             gone.add(id(n))
             continue
         if n.op not in ("MatMulInteger", "ConvInteger") or len(n.inputs) < 2 or n.inputs[1] not in w.consts:
@@ -245,6 +257,30 @@ def dequantize(w: Work) -> None:
 
 
 
+# Ops whose output is signed in general: a quantisation range starting at 0 after one of them
+# is an activation the quantiser removed (onnxruntime drops a Relu or Clip(0, 6) after Conv,
+# MatMul, Gemm or Add and quantises the tensor over [0, max] instead).
+_SIGNED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "BatchNormalization"}
+
+
+def _range_clip(w: Work, quant: Node, producer):
+    """For QuantizeLinear(x) whose range is [0, max] after a signed op: a function building the
+    Relu (or Clip(0, 6), where max is 6) the quantiser folded into the range; else None."""
+    if quant.op != "QuantizeLinear" or producer is None or producer[0].op not in _SIGNED_OPS:
+        return None
+    scale, zero = (w.consts.get(i) for i in (quant.inputs[1], quant.inputs[2] if len(quant.inputs) > 2 else ""))
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1 or zero.dtype.kind not in "iu":
+        return None
+    info = np.iinfo(zero.dtype)
+    if int(zero.reshape(())) != info.min:
+        return None
+    top = float((info.max - info.min) * scale.astype(np.float64).reshape(()))
+    if abs(top - 6.0) <= 1e-5:
+        return lambda x, out: ("Clip", [x, w.add_const(np.float32(0), out + "_min"),
+                                        w.add_const(np.float32(6), out + "_max")], [out])
+    return lambda x, out: ("Relu", [x], [out])
+
+
 def _squeezed(shape) -> tuple[int, ...] | None:
     return None if shape is None else tuple(d for d in shape if d != 1)
 
@@ -279,6 +315,16 @@ def _is_noop(w: Work, n: Node, x: str, dyn: list[str]) -> bool:
     if n.op in ("Slice", "Pad"):
         return w.shape(x) is not None and w.shape(x) == w.shape(out)
     return False
+
+
+def divide_as_multiply(w: Work) -> None:
+    """x / c with a constant float c (no zeros) becomes x * (1/c): exporters and onnxruntime's
+    fusions write a scaling either way (q.k^T / sqrt(d), or FusedMatMul's alpha)."""
+    for n in w.nodes:
+        c = w.consts.get(n.inputs[1]) if n.op == "Div" and n.domain == "" and len(n.inputs) == 2 else None
+        if c is not None and n.inputs[0] not in w.consts and c.dtype.kind == "f" and c.size and np.all(c != 0):
+            n.op, n.inputs = "Mul", [n.inputs[0], w.add_const((1 / c.astype(np.float64)).astype(c.dtype),
+                                                              n.inputs[1])]
 
 
 def remove_noops(w: Work) -> None:

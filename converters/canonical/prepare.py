@@ -1,5 +1,6 @@
 """Preparation: the ONNX model as the probe will run it. Local functions inlined, names, nodes
-and weights checked, symbolic input sizes fixed, nodes sorted, shapes inferred. Nothing after
+and weights checked, symbolic input sizes fixed, nodes sorted, onnxruntime's fused and QOperator
+ops spelled in standard ops (spelling.respell), shapes inferred. Nothing after
 this stage edits the prepared model."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import onnx
 from onnx import external_data_helper, helper, inliner
 
 from hnn_jax.converters.canonical.graph import infer_shapes, tensor_value
+from hnn_jax.converters.canonical.spelling import respell
 from hnn_jax.converters.load import tensor_array
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError
 
@@ -50,7 +52,7 @@ def prepare(model: onnx.ModelProto, folder: Path | None = None) -> onnx.ModelPro
                 dim.Clear()
                 dim.dim_value = BATCH_DEFAULT if axis == 0 else DIM_DEFAULT
     _sort_nodes(model.graph)
-    _spell_erfc(model.graph)
+    respell(model)
     inferred = infer_shapes(model.graph, model)
     if inferred is None:
         warnings.warn("ONNX shape inference failed; continuing with the shapes the file declares")
@@ -85,20 +87,6 @@ def _sort_nodes(graph: onnx.GraphProto) -> None:
         nodes = [graph.node[i] for i in order]
         del graph.node[:]
         graph.node.extend(nodes)
-
-
-def _spell_erfc(graph: onnx.GraphProto) -> None:
-    """tf2onnx leaves exact GELU's Erfc, which is not an ONNX op: write 1 - Erf(x) instead, so
-    shape inference and onnxruntime can handle the model."""
-    for i, n in reversed(list(enumerate(graph.node))):
-        if n.op_type != "Erfc" or n.domain not in ("", "ai.onnx"):
-            continue
-        erf_out, one = n.output[0] + "__hnn_erf", n.output[0] + "__hnn_one"
-        graph.node.remove(n)
-        graph.node.insert(i, helper.make_node("Sub", [one, erf_out], list(n.output)))
-        graph.node.insert(i, helper.make_node("Erf", list(n.input), [erf_out]))
-        graph.node.insert(i, helper.make_node(
-            "Constant", [], [one], value=helper.make_tensor(one, onnx.TensorProto.FLOAT, [], [1.0])))
 
 
 # Raw bytes per element of the types whose inline data is checked by its length alone.

@@ -1,0 +1,494 @@
+"""Spelling: ops the canonical passes do not take apart, rewritten in standard ONNX ops while the
+model is prepared, so the probe runs the rewritten model and every later stage sees one spelling.
+
+- onnxruntime's saved optimisations (levels "extended" and "all"): FusedConv, FusedGemm,
+  FusedMatMul, Gelu, BiasGelu, FastGelu, QuickGelu, BiasAdd, (Skip)(Simplified)LayerNormalization
+  become the float ops they fuse.
+- onnxruntime's QOperator int8 ops (QLinearConv, QLinearMatMul, QGemm, QLinearAdd, ...,
+  DynamicQuantizeMatMul, MatMulIntegerToFloat) become DequantizeLinear -> float op ->
+  QuantizeLinear, the QDQ form the `dequantize` pass takes apart.
+- A DequantizeLinear reading a reshape, transpose or max-pool of int8 values moves in front of
+  it (they commute with a per-tensor affine map), so Q and DQ meet.
+- A Gemm adding a computed C (onnxruntime folds a residual Add into the Gemm) becomes Gemm + Add.
+- tf2onnx's Erfc, which is not an ONNX op, becomes 1 - Erf.
+- A Transpose moves below the elementwise ops that read it (tf2onnx writes an NHWC model as
+  Conv -> Transpose -> bias Add -> Relu6 -> Transpose -> Conv), so transposes meet and cancel.
+
+Each replacement writes the original node's output names, so the graph around it and the
+tensors the probe reads are unchanged. Ops without a rewrite here (Attention, the NCHWc layout
+of level "all", whose weights are blocked for one CPU) stay as they are: `unknown` nodes.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, helper
+
+from hnn_jax.converters.canonical.graph import infer_shapes
+
+MS = "com.microsoft"
+_UNARY = {"Relu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu",
+          "Celu", "Exp", "Log", "Sqrt", "Neg", "Abs", "Erf", "Cast", "Softplus", "Softsign", "Gelu",
+          "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Not", "Mish",
+          "QuantizeLinear", "DequantizeLinear"}  # the last two with a per-tensor scale only
+_QDQ = {"QuantizeLinear", "DequantizeLinear"}
+_BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Where", "Equal", "Less", "Greater",
+           "LessOrEqual", "GreaterOrEqual", "And", "Or", "PRelu", "Mod"}
+_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+           "ReduceSumSquare", "ReduceLogSumExp"}
+_SINKABLE = _UNARY | _BINARY | _REDUCE | {"Pad"}
+_LAYOUT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Identity")
+_ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid")
+
+
+class _Emit:
+    """Collects the standard nodes replacing one node; intermediate tensors get fresh names."""
+
+    def __init__(self, node: onnx.NodeProto, elem_type: int, opset: int):
+        self.node, self.elem_type, self.opset = node, elem_type, opset
+        self.nodes: list[onnx.NodeProto] = []
+        self._count = 0
+
+    def fresh(self) -> str:
+        self._count += 1
+        return f"{self.node.output[0]}__hnn{self._count}"
+
+    def __call__(self, op: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        out = out or self.fresh()
+        self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def const(self, value, elem_type: int | None = None) -> str:
+        out = self.fresh()
+        dtype = helper.tensor_dtype_to_np_dtype(elem_type or self.elem_type)
+        self.nodes.append(helper.make_node("Constant", [], [out], value=onnx.numpy_helper.from_array(
+            np.asarray(value, dtype), out)))
+        return out
+
+    def reduce_mean_last(self, x: str) -> str:
+        if self.opset >= 18:
+            return self("ReduceMean", [x, self.const([-1], onnx.TensorProto.INT64)], keepdims=1)
+        return self("ReduceMean", [x], axes=[-1], keepdims=1)
+
+
+def _attrs(n: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in n.attribute}
+
+
+def _input(n: onnx.NodeProto, k: int) -> str:
+    return n.input[k] if len(n.input) > k else ""
+
+
+def _activation(e: _Emit, x: str, out: str, name: str, params: list) -> None:
+    if name == "LeakyRelu":
+        e(name, [x], out, alpha=params[0] if params else 0.01)
+    elif name == "HardSigmoid":
+        e(name, [x], out, alpha=params[0], beta=params[1])
+    elif name == "Clip":
+        e(name, [x, e.const(params[0]), e.const(params[1])], out)
+    else:
+        e(name, [x], out)
+
+
+def _gelu(e: _Emit, x: str, out: str) -> None:
+    erf = e("Erf", [e("Div", [x, e.const(np.sqrt(2.0))])])
+    e("Mul", [e("Mul", [x, e("Add", [erf, e.const(1.0)])]), e.const(0.5)], out)
+
+
+def _layer_norm(e: _Emit, x: str, gamma: str, beta: str, eps: float, out: str, simplified: bool) -> None:
+    if not simplified and e.opset >= 17:
+        e("LayerNormalization", [x, gamma] + ([beta] if beta else []), out, axis=-1, epsilon=eps)
+        return
+    centred = x if simplified else e("Sub", [x, e.reduce_mean_last(x)])
+    var = e.reduce_mean_last(e("Mul", [centred, centred]))
+    normed = e("Div", [centred, e("Sqrt", [e("Add", [var, e.const(eps)])])])
+    e("Add", [e("Mul", [normed, gamma]), beta], out) if beta else e("Mul", [normed, gamma], out)
+
+
+def _dq(e: _Emit, x: str, scale: str, zero: str, axis: int | None = None) -> str:
+    attrs = {} if axis is None else {"axis": axis}
+    return e("DequantizeLinear", [x, scale] + ([zero] if zero else []), **attrs)
+
+
+def _q(e: _Emit, x: str, scale: str, zero: str, out: str) -> None:
+    e("QuantizeLinear", [x, scale] + ([zero] if zero else []), out)
+
+
+def _spell(n: onnx.NodeProto, e: _Emit, rank, sizes) -> bool:
+    """Append n's standard spelling to e; False where n has none (or needs what is unknown)."""
+    a, op, out = _attrs(n), n.op_type, n.output[0]
+    ms = n.domain == MS
+    if ms and op in ("FusedConv", "FusedGemm"):
+        kept = {k: v for k, v in a.items() if not k.startswith("activation")}
+        name = a.get("activation", b"").decode()
+        z = _input(n, 3) if op == "FusedConv" else ""
+        y = e(op[5:], list(n.input[:3]), None if name or z else out, **kept)
+        if z:
+            y = e("Add", [y, z], None if name else out)
+        params = a.get("activation_params") or [a.get(k) for k in ("activation_alpha", "activation_beta")
+                                                 if k in a]
+        if name:
+            _activation(e, y, out, name, list(params))
+    elif ms and op == "FusedMatMul":
+        if a.get("transBatchA") or a.get("transBatchB"):
+            return False
+        xs = []
+        for x, t in zip(n.input[:2], (a.get("transA", 0), a.get("transB", 0))):
+            r = rank(x)
+            if t and r is None:
+                return False
+            xs.append(e("Transpose", [x], perm=[*range(r - 2), r - 1, r - 2]) if t and r >= 2 else x)
+        alpha = float(a.get("alpha", 1.0))
+        if alpha == 1.0:
+            e("MatMul", xs, out)
+        else:
+            e("Mul", [e("MatMul", xs), e.const(alpha)], out)
+    elif ms and op == "QuickGelu":
+        alpha = float(a.get("alpha", 1.702))
+        scaled = n.input[0] if alpha == 1.0 else e("Mul", [n.input[0], e.const(alpha)])
+        e("Mul", [n.input[0], e("Sigmoid", [scaled])], out)
+    elif ms and op in ("Gelu", "BiasGelu"):
+        x = e("Add", list(n.input[:2])) if op == "BiasGelu" else n.input[0]
+        _gelu(e, x, out)
+    elif ms and op == "FastGelu":
+        x = e("Add", list(n.input[:2])) if _input(n, 1) else n.input[0]
+        inner = e("Mul", [e("Add", [x, e("Mul", [e("Mul", [e("Mul", [x, x]), x]), e.const(0.044715)])]),
+                          e.const(np.sqrt(2 / np.pi))])
+        e("Mul", [e("Mul", [x, e("Add", [e("Tanh", [inner]), e.const(1.0)])]), e.const(0.5)], out)
+    elif ms and op == "BiasAdd":
+        e("Add", [e("Add", list(n.input[:2])), n.input[2]], out)
+    elif op in ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization") and ms:
+        simplified = "Simplified" in op
+        if any(n.output[1:3]):
+            return False  # mean / inverse std read by the graph: not this spelling
+        bias = _input(n, 3 if simplified else 4)
+        total = n.output[3] if len(n.output) > 3 and n.output[3] else None
+        x = e("Add", list(n.input[:2]), None if bias else total)
+        if bias:
+            x = e("Add", [x, bias], total)
+        _layer_norm(e, x, n.input[2], "" if simplified else _input(n, 3), float(a.get("epsilon", 1e-5)), out,
+                    simplified)
+    elif op == "SimplifiedLayerNormalization" and n.domain in ("", "ai.onnx"):
+        if a.get("axis", -1) not in (-1, (rank(n.input[0]) or 0) - 1) or any(n.output[1:]):
+            return False
+        _layer_norm(e, n.input[0], n.input[1], "", float(a.get("epsilon", 1e-5)), out, True)
+    elif op in ("QLinearConv", "QLinearMatMul") and n.domain in ("", "ai.onnx") or ms and op == "QGemm":
+        x, xs, xz, wq, ws, wz = n.input[:6]
+        per_channel = sizes(ws) not in (None, 1)
+        w_axis = 0 if op == "QLinearConv" or a.get("transB", 0) else 1
+        xf, wf = _dq(e, x, xs, xz), _dq(e, wq, ws, wz, w_axis if per_channel else None)
+        if op == "QLinearMatMul":
+            _q(e, e("MatMul", [xf, wf]), n.input[6], _input(n, 7), out)
+            return True
+        bias_at, (ys, yz) = (8, n.input[6:8]) if op == "QLinearConv" else (6, (_input(n, 7), _input(n, 8)))
+        bias = _input(n, bias_at)
+        inputs = [xf, wf] + ([_dq(e, bias, e("Mul", [xs, ws]), "", 0 if per_channel else None)] if bias else [])
+        kept = {k: v for k, v in a.items() if op == "QLinearConv" or k in ("alpha", "transA", "transB")}
+        y = e("Conv" if op == "QLinearConv" else "Gemm", inputs, None if ys else out, **kept)
+        if ys:
+            _q(e, y, ys, yz, out)
+    elif ms and op in ("QLinearAdd", "QLinearMul"):
+        af, bf = _dq(e, *n.input[0:3]), _dq(e, *n.input[3:6])
+        _q(e, e(op[7:], [af, bf]), n.input[6], _input(n, 7), out)
+    elif ms and op in ("QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearGlobalAveragePool",
+                       "QLinearAveragePool"):
+        if a.get("channels_last", 0):
+            return False
+        kept = {k: v for k, v in a.items() if k not in ("opset", "channels_last")}
+        _q(e, e(op[7:], [_dq(e, *n.input[0:3])], **kept), n.input[3], _input(n, 4), out)
+    elif ms and op == "QLinearConcat":
+        parts = [_dq(e, *n.input[k:k + 3]) for k in range(2, len(n.input) - 2, 3)]
+        _q(e, e("Concat", parts, axis=a.get("axis", 0)), n.input[0], n.input[1], out)
+    elif ms and op == "DynamicQuantizeMatMul":
+        y = e("MatMul", [n.input[0], _dq(e, n.input[1], n.input[2], _input(n, 3),
+                                          1 if sizes(n.input[2]) not in (None, 1) else None)],
+              None if _input(n, 4) else out)
+        if _input(n, 4):
+            e("Add", [y, n.input[4]], out)
+    elif ms and op == "MatMulIntegerToFloat":
+        af = _dq(e, n.input[0], n.input[2], _input(n, 4))
+        bf = _dq(e, n.input[1], n.input[3], _input(n, 5), 1 if sizes(n.input[3]) not in (None, 1) else None)
+        y = e("MatMul", [af, bf], None if _input(n, 6) else out)
+        if _input(n, 6):
+            e("Add", [y, n.input[6]], out)
+    elif op == "Gemm" and n.domain in ("", "ai.onnx") and _input(n, 2) and sizes(n.input[2]) is None:
+        beta = float(a.get("beta", 1.0))
+        kept = {k: v for k, v in a.items() if k != "beta"}
+        y = e("Gemm", list(n.input[:2]), **kept)
+        c = n.input[2] if beta == 1.0 else e("Mul", [n.input[2], e.const(beta)])
+        e("Add", [y, c], out)
+    elif op == "Erfc" and n.domain in ("", "ai.onnx"):
+        e("Sub", [e.const(1.0), e("Erf", [n.input[0]])], out)
+    else:
+        return False
+    return True
+
+
+def respell(model: onnx.ModelProto) -> None:
+    """Rewrite, in place and in topological order, the nodes of model.graph that have a standard
+    spelling here (see the module docstring). Runs before shape inference of the prepared model."""
+    graph = model.graph
+    if any(n.domain == "com.microsoft.nchwc" for n in graph.node):
+        warnings.warn("the file holds onnxruntime's NCHWc layout ops (optimisation level 'all'), whose "
+                      "weights are blocked for the CPU that saved it; they stay `unknown` and the code "
+                      "will not match the model's. Hash the model as exported, or saved at level 'extended'")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if not any(n.domain == MS or n.op_type in ("Erfc", "Gemm", "QLinearConv", "QLinearMatMul", "Transpose",
+                                               "SimplifiedLayerNormalization", "DequantizeLinear")
+               for n in graph.node):
+        return
+    consts = {t.name: tuple(t.dims) for t in graph.initializer}
+    consts.update({n.output[0]: tuple(a.t.dims) for n in graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value" and a.type == a.TENSOR})
+    for _ in range(3):  # a rank unknown behind a contrib op is known once that op is spelled
+        info = {v.name: v.type.tensor_type for v in [*graph.input, *graph.value_info, *(infer_shapes(graph, model) or [])]}
+        info.update({t.name: helper.make_tensor_type_proto(t.data_type, list(t.dims)).tensor_type
+                     for t in graph.initializer})
+
+        def rank(x, info=info):
+            t = info.get(x)
+            return len(t.shape.dim) if t is not None and t.HasField("shape") else None
+
+        def sizes(x):  # element count of a constant; None for a computed tensor
+            return int(np.prod(consts[x])) if x in consts else None
+
+        nodes, changed, pending = [], False, False
+        for n in graph.node:
+            t = info.get(n.input[0]) if n.input else None
+            elem = t.elem_type if t is not None and t.elem_type in (1, 10, 11, 16) else onnx.TensorProto.FLOAT
+            e = _Emit(n, elem, opset)
+            if _spell(n, e, rank, sizes):
+                nodes.extend(e.nodes)
+                changed = True
+            else:
+                pending |= n.domain == MS
+                nodes.append(n)
+        nodes = _sink_dequantize(nodes, sizes, {o.name for o in graph.output})
+        nodes = _sink_transposes(graph, nodes, rank, opset)
+        if changed or [id(n) for n in nodes] != [id(n) for n in graph.node]:
+            del graph.node[:]
+            graph.node.extend(nodes)
+        if not (changed and pending):
+            break
+    if any(n.domain == MS for n in graph.node):
+        model.opset_import.extend([] if any(o.domain == MS for o in model.opset_import)
+                                  else [helper.make_opsetid(MS, 1)])
+
+
+def _sink_dequantize(nodes: list[onnx.NodeProto], sizes, outputs: set[str]) -> list[onnx.NodeProto]:
+    """DequantizeLinear(L(q)) -> L(DequantizeLinear(q)) for a layout op or max-pool L and a
+    per-tensor scale: so that a QuantizeLinear and the DequantizeLinear reading it meet."""
+    produced = {o: n for n in nodes for o in n.output}
+    out: list[onnx.NodeProto] = []
+    done: dict[tuple, str] = {}  # (source, scale, zero, steps so far) -> the float tensor written for it
+    alias: dict[str, str] = {}  # a second alike DequantizeLinear's output -> the first's
+    for n in nodes:
+        if any(x in alias for x in n.input):
+            renamed = onnx.NodeProto()
+            renamed.CopyFrom(n)
+            for k, x in enumerate(n.input):
+                renamed.input[k] = alias.get(x, x)
+            n = renamed
+        layout = produced.get(n.input[0]) if n.op_type == "DequantizeLinear" and n.input else None
+        steps = []
+        while (layout is not None and layout.op_type in _LAYOUT_OPS and layout.domain in ("", "ai.onnx")
+               and len(layout.output) == 1 and sizes(n.input[1]) == 1):
+            steps.append(layout)
+            layout = produced.get(layout.input[0])
+        if not steps:
+            out.append(n)
+            continue
+        key: tuple = (steps[-1].input[0], *n.input[1:])
+        if key not in done:
+            done[key] = f"{n.output[0]}__hnn_dq"
+            out.append(helper.make_node("DequantizeLinear", list(key), [done[key]]))
+        for k, step in enumerate(reversed(steps)):  # a prefix another reader moved already is shared
+            current, key = done[key], key + (id(step),)
+            last = k == len(steps) - 1
+            if key in done and not (last and n.output[0] in outputs):
+                if last:
+                    alias[n.output[0]] = done[key]
+                continue
+            moved = onnx.NodeProto()
+            moved.CopyFrom(step)
+            moved.name = ""
+            moved.input[0] = current
+            moved.output[0] = done[key] = n.output[0] if last else f"{n.output[0]}__hnn_l{k}"
+            out.append(moved)
+    return out
+
+
+def _sink_transposes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rank, opset: int) -> list[onnx.NodeProto]:
+    """Elementwise ops, reductions and Pad read Transpose(u) as the op on u, transposed after:
+    op(T(u), c) becomes T(op(u, T^-1(c))), with constants (and tensors computed from constants
+    only) broadcast to the rank and permuted back, and a reduction's axes mapped. A tensor stays
+    a pending transpose (`pending[t] = (u, perm)`) while only such ops read it; the Transpose is
+    written where anything else reads it, so composed transposes meet as one."""
+    inits = {t.name: t for t in graph.initializer}
+    axes_values = {t.name: [int(v) for v in onnx.numpy_helper.to_array(t).reshape(-1)]
+                   for t in [*graph.initializer, *(a.t for n in nodes if n.op_type == "Constant" for a in n.attribute
+                                                    if a.name == "value" and a.type == a.TENSOR)]
+                   if t.data_type == onnx.TensorProto.INT64 and len(t.dims) <= 1 and math.prod(t.dims) <= 64
+                   and not external_data_helper.uses_external_data(t)}
+    scalars = {k for k, t in inits.items() if int(np.prod(t.dims)) == 1}
+    consts = set(inits) | {n.output[0] for n in nodes if n.op_type == "Constant"}
+    for n in nodes:  # tensors computed from constants only (a Cast of an fp16 weight)
+        if (n.input and all(x in consts for x in n.input if x) and n.domain in ("", "ai.onnx")
+                and not any(a.type in (a.GRAPH, a.GRAPHS) for a in n.attribute)
+                and "Random" not in n.op_type):
+            consts.update(filter(None, n.output))
+    outputs = {o.name for o in graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for x in set(n.input):
+            readers.setdefault(x, []).append(n)
+
+    def sinkable(t: str) -> bool:  # else the transpose is written here and read by both
+        return t not in outputs and all(r.domain in ("", "ai.onnx") and r.op_type in _SINKABLE | {"Transpose"}
+                                        for r in readers.get(t, []))
+
+    pending: dict[str, tuple[str, list[int]]] = {}
+    written: set[str] = set()
+    new_inits: list[onnx.TensorProto] = []
+    out: list[onnx.NodeProto] = []
+
+    def materialise(t: str) -> None:
+        if t in pending and t not in written:
+            u, perm = pending[t]
+            out.append(helper.make_node("Transpose", [u], [t], perm=perm))
+            written.add(t)
+
+    def int64s(values, hint: str) -> str:
+        new_inits.append(onnx.numpy_helper.from_array(np.asarray(values, np.int64), f"{hint}__hnn_axes"))
+        return new_inits[-1].name
+
+    producer = {o: n for n in nodes for o in n.output}
+
+    def rank_of(x: str) -> int | None:  # through the unary ops a respelling just wrote
+        r = rank(x)
+        while r is None and x in producer and producer[x].op_type in _UNARY and producer[x].input:
+            x = producer[x].input[0]
+            r = rank(x)
+        return r
+
+    def unpermuted(x: str, perm: list[int], hint: str) -> str | None:
+        """x (a constant operand) as the op on u must read it: broadcast to rank, permuted back."""
+        r = rank_of(x)
+        if r is None or r > len(perm):
+            return None
+        if x in inits and int(np.prod(inits[x].dims)) == 1:
+            return x
+        if r < len(perm):
+            leading = list(range(len(perm) - r))
+            x_name = f"{hint}__hnn_b"
+            out.append(helper.make_node("Unsqueeze", [x, int64s(leading, hint)], [x_name]) if opset >= 13
+                       else helper.make_node("Unsqueeze", [x], [x_name], axes=leading))
+            x = x_name
+        out.append(helper.make_node("Transpose", [x], [f"{hint}__hnn_c"], perm=[int(i) for i in np.argsort(perm)]))
+        return out[-1].output[0]
+
+    for n in nodes:
+        standard = n.domain in ("", "ai.onnx")
+        if standard and n.op_type == "Transpose" and len(n.input) == 1:
+            perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+            r = rank(n.input[0])
+            perm = perm if perm is not None else (list(reversed(range(r))) if r is not None else None)
+            u, inner = pending.get(n.input[0], (n.input[0], list(range(len(perm or [])))))
+            if perm is not None and len(inner) == len(perm):
+                composed = [inner[p] for p in perm]
+                if sinkable(n.output[0]):
+                    pending[n.output[0]] = (u, composed)
+                    continue
+                if n.input[0] in pending:  # two transposes as one (the identity, where they cancel)
+                    out.append(helper.make_node("Transpose", [u], [n.output[0]], perm=composed))
+                    continue
+        moved = _sunk(n, pending, consts, scalars, axes_values, unpermuted, int64s) if standard and len(n.output) == 1 else None
+        if moved is not None:
+            node, perm = moved
+            out.append(node)
+            pending[n.output[0]] = (node.output[0], perm)
+            if not sinkable(n.output[0]):  # written here, and every reader reads it as written
+                materialise(n.output[0])
+                del pending[n.output[0]]
+            continue
+        for x in n.input:
+            materialise(x)
+        if any(a.type in (a.GRAPH, a.GRAPHS) for a in n.attribute):  # a subgraph may read any tensor
+            for t in list(pending):
+                materialise(t)
+        out.append(n)
+    for t in outputs:
+        materialise(t)
+    graph.initializer.extend(new_inits)
+    return out
+
+
+def _sunk(n: onnx.NodeProto, pending, consts, scalars, axes_values, unpermuted, int64s):
+    """(n written on the untransposed tensors, the transpose of its output) or None."""
+    dynamic = [x for x in n.input if x and x not in consts]
+    if not dynamic or any(x not in pending for x in dynamic):
+        return None
+    perm = pending[dynamic[0]][1]
+    if any(pending[x][1] != perm for x in dynamic):
+        return None
+    moved = onnx.NodeProto()
+    moved.CopyFrom(n)
+    moved.name = ""
+    moved.output[0] = f"{n.output[0]}__hnn_u"
+    per_tensor = n.op_type not in _QDQ or all(x in axes_values or x in scalars for x in n.input[1:] if x)
+    if n.op_type in _UNARY and len(dynamic) == 1 and n.input[0] == dynamic[0] and per_tensor:
+        moved.input[0] = pending[dynamic[0]][0]  # other inputs: Clip's scalar bounds
+        return moved, perm
+    if n.op_type in _BINARY:
+        for k, x in enumerate(n.input):
+            if x in pending:
+                moved.input[k] = pending[x][0]
+            elif x:
+                moved.input[k] = unpermuted(x, perm, f"{n.output[0]}_{k}") or ""
+                if not moved.input[k]:
+                    return None
+        return moved, perm
+    if len(dynamic) != 1 or n.input[0] != dynamic[0]:
+        return None
+    attrs = {a.name: a for a in n.attribute}
+    r = len(perm)
+    if n.op_type == "Pad":  # pads [begin per axis, end per axis] of T(u): permuted onto u's axes
+        pads = list(attrs["pads"].ints) if "pads" in attrs else axes_values.get(_input(n, 1))
+        if pads is None or len(pads) != 2 * r or _input(n, 3):
+            return None
+        moved_pads = [0] * (2 * r)
+        for a in range(r):
+            moved_pads[perm[a]], moved_pads[r + perm[a]] = pads[a], pads[r + a]
+        moved.input[0] = pending[dynamic[0]][0]
+        if "pads" in attrs:
+            del moved.attribute[:]
+            moved.attribute.extend([x for x in n.attribute if x.name != "pads"]
+                                   + [helper.make_attribute("pads", moved_pads)])
+        else:
+            moved.input[1] = int64s(moved_pads, n.output[0])
+        return moved, perm
+    if n.op_type not in _REDUCE:
+        return None
+    if "axes" in attrs:
+        axes = list(attrs["axes"].ints)
+    elif len(n.input) > 1 and n.input[1] in axes_values:
+        axes = axes_values[n.input[1]]
+    else:
+        return None
+    keep = attrs["keepdims"].i if "keepdims" in attrs else 1
+    axes = [a % r for a in axes]
+    new_axes = sorted(perm[a] for a in axes)
+    moved.input[0] = pending[dynamic[0]][0]
+    if "axes" in attrs:
+        del moved.attribute[:]
+        moved.attribute.extend([helper.make_attribute("axes", new_axes), helper.make_attribute("keepdims", keep)])
+    else:
+        moved.input[1] = int64s(new_axes, n.output[0])
+    if keep:
+        return moved, perm
+    remaining = [i for i in range(r) if i not in new_axes]
+    return moved, [remaining.index(perm[a]) for a in range(r) if a not in axes]

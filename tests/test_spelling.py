@@ -1,0 +1,209 @@
+"""spelling.respell on hand-built graphs: onnxruntime's fused and QOperator ops, Gemm with a
+computed C, and transposes moved below elementwise ops. Each rewrite is checked numerically:
+onnxruntime runs the file as written and as prepared, and the outputs agree."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from hnn_jax.converters.canonical import canonicalize, prepare
+from models import float_input, onnx_model
+
+RNG = np.random.default_rng(0)
+MS = "com.microsoft"
+
+
+def contrib_model(nodes, inputs, outputs, initializers=(), opset=17):
+    model = onnx_model(nodes, inputs, outputs, initializers, opset)
+    model.opset_import.append(helper.make_opsetid(MS, 1))
+    return model
+
+
+def run(model, feeds):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def assert_same_function(model, feeds, atol=1e-5):
+    """The prepared model holds standard ops only and computes what the file computes."""
+    prepared = prepare(model)
+    assert not [n.op_type for n in prepared.graph.node if n.domain == MS]
+    for a, b in zip(run(model, feeds), run(prepared, feeds)):
+        np.testing.assert_allclose(a, b, atol=atol, rtol=1e-4)
+    return prepared
+
+
+def kinds(model):
+    return [n.op for n in canonicalize(model).nodes]
+
+
+def test_fused_conv_is_conv_then_its_activation():
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(4).astype(np.float32)
+    model = contrib_model(
+        [helper.make_node("FusedConv", ["x", "w", "b"], ["c"], domain=MS, activation="LeakyRelu",
+                          activation_params=[0.2], pads=[1, 1, 1, 1]),
+         helper.make_node("FusedConv", ["c", "w2"], ["y"], domain=MS, activation="Relu")],
+        [float_input("x", [1, 3, 8, 8])], [float_input("y", None)],
+        [("w", w), ("b", b), ("w2", RNG.standard_normal((2, 4, 1, 1)).astype(np.float32))])
+    assert_same_function(model, {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)})
+    assert kinds(model) == ["input", "conv", "leaky_relu", "conv", "relu"]
+
+
+def test_fused_matmul_transposes_and_scales_like_the_div_it_replaced():
+    """q @ k^T * alpha (FusedMatMul) and q @ k^T / (1/alpha) (the export) are one graph."""
+    shape = [1, 2, 4, 8]
+    fused = contrib_model(
+        [helper.make_node("FusedMatMul", ["q", "k"], ["y"], domain=MS, transB=1, alpha=0.25)],
+        [float_input("q", shape), float_input("k", shape)], [float_input("y", None)])
+    exported = onnx_model(
+        [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+         helper.make_node("MatMul", ["q", "kt"], ["s"]),
+         helper.make_node("Div", ["s", "four"], ["y"])],
+        [float_input("q", shape), float_input("k", shape)], [float_input("y", None)],
+        [("four", np.array(4.0, np.float32))])
+    feeds = {n: RNG.standard_normal(shape).astype(np.float32) for n in ("q", "k")}
+    assert_same_function(fused, feeds)
+    np.testing.assert_allclose(run(fused, feeds)[0], run(exported, feeds)[0], rtol=1e-5, atol=1e-6)
+    assert kinds(fused) == kinds(exported)
+
+
+def test_quick_gelu_with_alpha_one_is_silu():
+    model = contrib_model([helper.make_node("QuickGelu", ["x"], ["y"], domain=MS, alpha=1.0)],
+                          [float_input("x", [2, 16])], [float_input("y", None)])
+    assert_same_function(model, {"x": RNG.standard_normal((2, 16)).astype(np.float32)})
+    assert kinds(model) == ["input", "silu"]
+
+
+def test_skip_layer_norm_is_add_then_layer_norm_and_its_sum_output_is_kept():
+    d = 16
+    gamma, beta = RNG.uniform(0.5, 2, d).astype(np.float32), RNG.standard_normal(d).astype(np.float32)
+    model = contrib_model(
+        [helper.make_node("SkipLayerNormalization", ["x", "s", "g", "b"], ["y", "", "", "sum"], domain=MS,
+                          epsilon=1e-5),
+         helper.make_node("Add", ["y", "sum"], ["z"])],
+        [float_input("x", [1, 4, d]), float_input("s", [1, 4, d])], [float_input("z", None)],
+        [("g", gamma), ("b", beta)])
+    feeds = {n: RNG.standard_normal((1, 4, d)).astype(np.float32) for n in ("x", "s")}
+    assert_same_function(model, feeds)
+    assert sorted(kinds(model)) == sorted(["input", "input", "add", "layer_norm", "add"])
+
+
+def test_gemm_adding_a_computed_tensor_is_a_linear_then_an_add():
+    """onnxruntime's basic level folds a residual Add into the Gemm before it."""
+    w = RNG.standard_normal((8, 8)).astype(np.float32)
+    model = onnx_model(
+        [helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("Gemm", ["r", "w", "x"], ["y"], beta=1.0)],
+        [float_input("x", [2, 8])], [float_input("y", None)], [("w", w)])
+    assert_same_function(model, {"x": RNG.standard_normal((2, 8)).astype(np.float32)})
+    assert kinds(model) == ["input", "relu", "linear", "add"]
+
+
+def test_qoperator_ops_become_the_float_ops_between_quantisation_steps():
+    """QLinearConv -> QLinearGlobalAveragePool -> Flatten (of int8 values) -> QGemm: the float
+    graph a QDQ file dequantises to (conv, pool, linear), weights dequantised."""
+    u8 = lambda v: np.array(v, np.uint8)  # noqa: E731
+    f32 = lambda v: np.array(v, np.float32)  # noqa: E731
+    wq = RNG.integers(-100, 100, (4, 3, 3, 3)).astype(np.int8)
+    fq = RNG.integers(-100, 100, (5, 4)).astype(np.int8)
+    model = contrib_model(
+        [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+         helper.make_node("QLinearConv", ["xq", "xs", "xz", "wq", "ws", "wz", "cs", "cz"], ["cq"], pads=[1, 1, 1, 1]),
+         helper.make_node("QLinearGlobalAveragePool", ["cq", "cs", "cz", "ps", "pz"], ["pq"], domain=MS),
+         helper.make_node("Flatten", ["pq"], ["fq_in"]),
+         helper.make_node("QGemm", ["fq_in", "ps", "pz", "fq", "fs", "fz", "", "ys", "yz"], ["yq"], domain=MS,
+                          transB=1),
+         helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])],
+        [float_input("x", [1, 3, 8, 8])], [float_input("y", None)],
+        [("xs", f32(0.02)), ("xz", u8(128)), ("wq", wq), ("ws", f32(0.01)), ("wz", np.array(0, np.int8)),
+         ("cs", f32(0.05)), ("cz", u8(128)), ("ps", f32(0.01)), ("pz", u8(128)), ("fq", fq),
+         ("fs", f32(0.01)), ("fz", np.array(0, np.int8)), ("ys", f32(0.02)), ("yz", u8(128))])
+    assert_same_function(model, {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)}, atol=0.05)
+    assert kinds(model) == ["input", "conv", "global_avg_pool", "linear"]
+
+
+@pytest.mark.parametrize("top, kind", [(6.0, "relu6"), (4.3, "relu")])
+def test_quantisation_range_starting_at_zero_after_a_conv_is_the_activation_it_replaced(top, kind):
+    """Static int8 drops a Relu (or Clip(0, 6)) after a Conv and quantises over [0, max]: the
+    range's zero point at the type's minimum puts the activation back."""
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    model = onnx_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"]),
+         helper.make_node("QuantizeLinear", ["c", "s", "z"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])],
+        [float_input("x", [1, 3, 8, 8])], [float_input("y", None)],
+        [("w", w), ("s", np.array(top / 255, np.float32)), ("z", np.array(0, np.uint8))])
+    assert kinds(model) == ["input", "conv", kind]
+    signed = onnx_model(model.graph.node, model.graph.input, model.graph.output,
+                        [("w", w), ("s", np.array(top / 255, np.float32)), ("z", np.array(128, np.uint8))])
+    assert kinds(signed) == ["input", "conv"]
+
+
+def test_nhwc_transposes_around_pad_clip_and_bias_cancel():
+    """tf2onnx's spelling of an NHWC block: Conv -> Transpose -> bias Add -> Clip -> Pad ->
+    Transpose -> Conv. The transposes meet below the elementwise ops and cancel."""
+    w1 = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w2 = RNG.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    nhwc = onnx_model(
+        [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+         helper.make_node("Conv", ["xt", "w1"], ["c"]),
+         helper.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 3, 1]),
+         helper.make_node("Add", ["ct", "b"], ["a"]),
+         helper.make_node("Clip", ["a", "lo", "hi"], ["r"]),
+         helper.make_node("Pad", ["r", "pads"], ["p"]),
+         helper.make_node("Transpose", ["p"], ["pt"], perm=[0, 3, 1, 2]),
+         helper.make_node("Conv", ["pt", "w2"], ["y"])],
+        [float_input("x", [1, 8, 8, 3])], [float_input("y", None)],
+        [("w1", w1), ("w2", w2), ("b", RNG.standard_normal(4).astype(np.float32)),
+         ("lo", np.array(0, np.float32)), ("hi", np.array(6, np.float32)),
+         ("pads", np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64))])
+    prepared = assert_same_function(nhwc, {"x": RNG.standard_normal((1, 8, 8, 3)).astype(np.float32)})
+    second = next(n for n in prepared.graph.node if n.output[0] == "pt")  # the conv's input
+    assert second.op_type == "Transpose" and list(second.attribute[0].ints) == [0, 1, 2, 3]
+    assert kinds(nhwc) == ["input", "conv", "relu6", "conv"]
+
+
+def test_transpose_read_by_an_elementwise_op_and_a_matmul_is_written_once():
+    """Where a non-elementwise op reads the transpose too, nothing moves (no second copy)."""
+    model = onnx_model(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+         helper.make_node("Mul", ["t", "c"], ["m"]),
+         helper.make_node("MatMul", ["t", "x"], ["mm"]),
+         helper.make_node("Add", ["m", "mm"], ["y"])],
+        [float_input("x", [1, 4, 4])], [float_input("y", None)], [("c", np.float32(2.0))])
+    prepared = assert_same_function(model, {"x": RNG.standard_normal((1, 4, 4)).astype(np.float32)})
+    assert [n.op_type for n in prepared.graph.node].count("Transpose") == 1
+
+
+def test_dequantize_linear_below_opset_19_folds_on_weights():
+    """onnx.reference implements DequantizeLinear from opset 19 on: weights of an opset-17 QDQ
+    file still fold (they stayed `unknown` nodes)."""
+    wq = RNG.integers(-100, 100, (4, 3, 3, 3)).astype(np.int8)
+    model = onnx_model(
+        [helper.make_node("DequantizeLinear", ["wq", "s"], ["w"]),
+         helper.make_node("Conv", ["x", "w"], ["y"])],
+        [float_input("x", [1, 3, 8, 8])], [float_input("y", None)],
+        [("wq", wq), ("s", np.array(0.01, np.float32))], opset=17)
+    graph = canonicalize(model)
+    assert [n.op for n in graph.nodes] == ["input", "conv"]
+    np.testing.assert_allclose(graph.nodes[1].weights[0], wq.astype(np.float32) * 0.01, rtol=1e-6)
+
+
+def test_ort_level_all_nchwc_file_warns_that_it_is_machine_specific():
+    model = contrib_model(
+        [helper.make_node("ReorderInput", ["x"], ["r"], domain="com.microsoft.nchwc"),
+         helper.make_node("ReorderOutput", ["r"], ["y"], domain="com.microsoft.nchwc", channels=8)],
+        [float_input("x", [1, 8, 4, 4])], [float_input("y", None)])
+    model.opset_import.append(helper.make_opsetid("com.microsoft.nchwc", 1))
+    with pytest.warns(UserWarning, match="NCHWc"):
+        prepare(model)
+
+
+def test_spelled_constants_take_the_half_precision_type_of_their_tensor():
+    """Spelled constants take the float type of the tensor they meet (fp16 here)."""
+    model = contrib_model([helper.make_node("QuickGelu", ["x"], ["y"], domain=MS, alpha=1.702)],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
+    assert_same_function(model, {"x": RNG.standard_normal((2, 8)).astype(np.float16)}, atol=2e-3)
