@@ -46,6 +46,7 @@ WEIGHT_DEPENDENT_COLUMNS = np.r_[schema.NODE_WEIGHT_STATS.start + np.array([1, 3
                                  schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_STATS, schema.NODE_ACT_PROJ]
 INSTANCE_COLUMNS = np.r_[schema.NODE_WEIGHT_PROJ]
 INSTANCE_SEED = 0x5EED
+INSTANCE_OPS = np.isin(np.arange(schema.VOCAB_SIZE), [schema.OP_INDEX[o] for o in schema.PARAMETER_OPS])
 
 
 def op_ids(nodes: jax.Array) -> jax.Array:
@@ -76,8 +77,8 @@ def _fmix32(x: jax.Array) -> jax.Array:
 def instance_code(graph: jraph.GraphsTuple, bits: int) -> jax.Array:
     """[n_graph, bits] of +-1: a SimHash of the weight fingerprints in canonical node order.
 
-    Node i of a graph contributes (its weight projections @ a fixed +-1 matrix) times +-1 signs
-    drawn by hashing (i, op); the sums are signed. Two inits of one architecture share no weights,
+    Node i of a graph whose op holds parameters (schema.PARAMETER_OPS) contributes (its weight
+    projections @ a fixed +-1 matrix) times +-1 signs drawn by hashing (i, op); the sums are signed. Two inits of one architecture share no weights,
     so about half these bits differ; an fp16, int8, pruned or lightly tuned copy keeps most of
     them. No parameters: nothing here is trained.
     """
@@ -94,6 +95,7 @@ def instance_code(graph: jraph.GraphsTuple, bits: int) -> jax.Array:
     sign_bits = (words[:, column // 32] >> jnp.asarray(column % 32, jnp.uint32)) & jnp.uint32(1)
     signs = sign_bits.astype(nodes.dtype) * 2 - 1
     mixing = jnp.asarray(_instance_mixing(len(INSTANCE_COLUMNS), bits))
+    signs = signs * jnp.asarray(INSTANCE_OPS, nodes.dtype)[op.astype(jnp.int32)][:, None]
     total = jraph.segment_sum((nodes[:, INSTANCE_COLUMNS] @ mixing) * signs, graph_idx, n_graph)
     return jnp.where(total >= 0, 1.0, -1.0).astype(nodes.dtype)
 

@@ -126,7 +126,10 @@ def _reference_instance_code(graph, bits):
 
     total = np.zeros(bits, np.float64)
     mixing = _instance_mixing(len(INSTANCE_COLUMNS), bits).astype(np.float64)
+    parameter_ops = {schema.OP_INDEX[o] for o in schema.PARAMETER_OPS}
     for i, row in enumerate(np.asarray(graph.nodes, np.float64)):
+        if int(row[schema.NODE_OP]) not in parameter_ops:  # a table every initialisation shares
+            continue
         key = i * schema.VOCAB_SIZE + int(row[schema.NODE_OP])
         words = [fmix(key ^ fmix(INSTANCE_SEED + w)) for w in range((bits + 31) // 32)]
         signs = np.array([1.0 if (words[b // 32] >> (b % 32)) & 1 else -1.0 for b in range(bits)])
