@@ -20,6 +20,7 @@ test: install  ## the whole test suite
 	$(PY) -m pytest -q
 
 bench: install  ## benchmark tables (see benchmarks/)
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_hash.py
 	$(PY) benchmarks/bench_index.py
