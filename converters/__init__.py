@@ -21,8 +21,8 @@ from hnn_jax.converters.probe import (DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_
 from hnn_jax.errors import CorruptFileError, ModelTooLargeError, UnsupportedModelError
 from hnn_jax.schema import PROBE_OK, PROBE_SKIPPED
 
-__all__ = ["from_onnx", "from_torch", "from_keras", "from_tf", "from_snapshot", "from_file", "canonicalize",
-           "CanonicalGraph"]
+__all__ = ["from_onnx", "from_torch", "from_keras", "from_tf", "from_snapshot", "from_transformers", "from_file",
+           "canonicalize", "CanonicalGraph"]
 
 
 MAX_ONNX_NODES = 100_000  # about a minute of canonicalisation; the canonical graph must fit hnn_jax.padding.MAX_NODES
@@ -89,6 +89,18 @@ def from_snapshot(folder, **options) -> jraph.GraphsTuple:
 
     model, data_folder = snapshot.snapshot_to_onnx(folder)
     return from_onnx(model, folder=data_folder, **options)
+
+
+def from_transformers(model_or_path, **options) -> jraph.GraphsTuple:
+    """A transformers.PreTrainedModel, or a Hugging Face snapshot folder (config.json +
+    *.safetensors, sharded too; from_snapshot) -> GraphsTuple. A built model is exported with
+    the inputs its task needs (export.transformers_to_onnx). Options as from_onnx."""
+    if isinstance(model_or_path, (str, Path)):
+        return from_snapshot(model_or_path, **options)
+    if not hasattr(model_or_path, "config") or not hasattr(model_or_path, "forward"):
+        raise UnsupportedModelError(f"from_transformers takes a transformers.PreTrainedModel or a snapshot "
+                                    f"folder, not {type(model_or_path).__name__}")
+    return from_onnx(export.transformers_to_onnx(model_or_path), **options)
 
 
 def from_file(path, **options) -> jraph.GraphsTuple:

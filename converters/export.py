@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -17,9 +18,11 @@ from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError
 TF_OPSET = 17
 
 
-def torch_to_onnx(module, example_inputs, *, dynamo: bool = False, opset: int | None = None) -> onnx.ModelProto:
-    """torch.onnx.export. The TorchScript exporter (dynamo=False) is the default: about ten times
-    faster than dynamo; canonicalisation makes both give the same graph."""
+def torch_to_onnx(module, example_inputs=(), *, dynamo: bool = False, opset: int | None = None,
+                  kwargs: dict | None = None) -> onnx.ModelProto:
+    """torch.onnx.export of module(*example_inputs, **kwargs). The TorchScript exporter
+    (dynamo=False) is the default: about ten times faster than dynamo; canonicalisation makes both
+    give the same graph."""
     import torch
 
     if not isinstance(example_inputs, tuple):
@@ -34,10 +37,10 @@ def torch_to_onnx(module, example_inputs, *, dynamo: bool = False, opset: int | 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if dynamo:
-                program = torch.onnx.export(module, example_inputs, dynamo=True, opset_version=opset,
-                                            verbose=False, optimize=True)
+                program = torch.onnx.export(module, example_inputs, kwargs=kwargs, dynamo=True,
+                                            opset_version=opset, verbose=False, optimize=True)
                 return program.model_proto
-            torch.onnx.export(module, example_inputs, buffer, dynamo=False, opset_version=opset)
+            torch.onnx.export(module, example_inputs, buffer, kwargs=kwargs, dynamo=False, opset_version=opset)
     except HNNError:
         raise
     except Exception as e:  # noqa: BLE001 - exporters raise many types
@@ -47,6 +50,21 @@ def torch_to_onnx(module, example_inputs, *, dynamo: bool = False, opset: int | 
         if was_training and hasattr(module, "train"):
             module.train()
     return onnx.load_from_string(buffer.getvalue())
+
+
+def transformers_to_onnx(model) -> onnx.ModelProto:
+    """A transformers.PreTrainedModel with the inputs its task needs (snapshot.example_inputs:
+    token ids and mask, pixels at the config's image size, raw audio or log-mel features, decoder
+    ids for encoder-decoders, cache off). The TorchScript exporter first; dynamo where tracing
+    fails (most of transformers 5's decoders)."""
+    from hnn_jax.converters.snapshot import example_inputs
+
+    kwargs = example_inputs(model, device="cpu")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # a failed trace prints its whole IR graph
+            return torch_to_onnx(model, kwargs=kwargs)
+    except UnsupportedModelError:
+        return torch_to_onnx(model, kwargs=kwargs, dynamo=True)
 
 
 def _quiet_tf():

@@ -203,31 +203,40 @@ def build_meta_model(folder: Path, checkpoint_names: set[str]):
     return model.eval()
 
 
-def example_inputs(model) -> dict:
-    """Meta example inputs by the model's main input and forward signature: token ids [1, 16]
-    (+ attention mask, token types), pixels [1, C, S, S], audio [1, 16000]; no KV cache."""
+def example_inputs(model, device: str = "meta") -> dict:
+    """Example inputs by the model's main input and forward signature: token ids [1, 16]
+    (+ attention mask, token types), pixels [1, C, S, S] at the config's image size, audio
+    [1, 16000], log-mel features [1, mels, frames]; decoder token ids [1, 4] for encoder-decoders;
+    no KV cache. On the meta device for a snapshot, on "cpu" for a built model."""
     import torch
 
     params = inspect.signature(model.forward).parameters
     main = getattr(model, "main_input_name", "input_ids")
     config = model.config
-    meta = dict(device="meta")
+    on = dict(device=device)
     if main == "input_ids":
-        kwargs = {"input_ids": torch.zeros(1, SEQUENCE, dtype=torch.long, **meta)}
+        kwargs = {"input_ids": torch.zeros(1, SEQUENCE, dtype=torch.long, **on)}
         for extra in ("attention_mask", "token_type_ids"):
             if extra in params:
-                kwargs[extra] = torch.ones(1, SEQUENCE, dtype=torch.long, **meta) if extra == "attention_mask" \
-                    else torch.zeros(1, SEQUENCE, dtype=torch.long, **meta)
+                kwargs[extra] = torch.ones(1, SEQUENCE, dtype=torch.long, **on) if extra == "attention_mask" \
+                    else torch.zeros(1, SEQUENCE, dtype=torch.long, **on)
     elif main == "pixel_values":
         vision = getattr(config, "vision_config", None) or config
         size = getattr(vision, "image_size", 224)
         size = size if isinstance(size, int) else int(list(size.values() if isinstance(size, dict) else size)[0])
-        kwargs = {"pixel_values": torch.zeros(1, getattr(vision, "num_channels", 3), size, size, **meta)}
+        kwargs = {"pixel_values": torch.zeros(1, getattr(vision, "num_channels", 3), size, size, **on)}
     elif main == "input_values":
-        kwargs = {"input_values": torch.zeros(1, AUDIO_SAMPLES, **meta)}
+        kwargs = {"input_values": torch.zeros(1, AUDIO_SAMPLES, **on)}
+    elif main == "input_features":  # Whisper reads exactly 2 x max_source_positions frames
+        mels = getattr(config, "num_mel_bins", None) or getattr(config, "feature_size", 80)
+        frames = 2 * getattr(config, "max_source_positions", 32)
+        kwargs = {"input_features": torch.zeros(1, mels, frames, **on)}
     else:
         raise UnsupportedModelError(f"{type(model).__name__} takes '{main}' as its main input, for which hnn-jax "
-                                    "has no example input (it has token ids, pixel_values and input_values)")
+                                    "has no example input (it has token ids, pixel_values, input_values and "
+                                    "input_features)")
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+        kwargs["decoder_input_ids"] = torch.zeros(1, 4, dtype=torch.long, **on)
     if "use_cache" in params:
         kwargs["use_cache"] = False
     return kwargs

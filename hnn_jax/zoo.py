@@ -42,7 +42,7 @@ GENERATED_FAMILIES = ("mlp", "cnn", "resnet", "rnn", "transformer", "encdec")
 @dataclass(frozen=True)
 class Parent:
     """One architecture with one initialisation, and the derivatives to make of it."""
-    source: str                # generated | timm | keras | torchvision
+    source: str                # generated | timm | keras | twins | torchvision | transformers
     family: str
     arch: str                  # unique architecture name within the zoo
     seed: int
@@ -246,8 +246,12 @@ def held_out(row: dict) -> bool:
     """Whether a zoo graph belongs to the evaluation, so training must not see it: a torchvision
     model; a build of one of their architectures from another framework (timm's resnet50, keras's
     ResNet50, the twins source's timm build of it); or a keras.applications model that the twins
-    evaluation queries with (KERAS_TORCHVISION_TWINS, e.g. ResNet101)."""
+    evaluation queries with (KERAS_TORCHVISION_TWINS, e.g. ResNet101); a transformers model of a
+    type in TRANSFORMERS_HELD_OUT, or at the evaluation size."""
     source, arch = row.get("source"), row["arch"]
+    if source == "transformers":  # the held-out types, and the unseen size of the others
+        return row["family"] in TRANSFORMERS_HELD_OUT or arch.endswith(
+            transformers_arch("", TRANSFORMERS_SIZES[TRANSFORMERS_TRAIN_SIZES]))
     return (source == "torchvision" or (source == "timm" and arch in TIMM_BUILDS_OF_HELD_OUT)
             or (source == "keras" and arch in KERAS_TORCHVISION_TWINS)
             or (source == "twins" and KERAS_TORCHVISION_TWINS.get(arch) in TORCHVISION_MODELS))
@@ -256,7 +260,7 @@ def held_out(row: dict) -> bool:
 def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
          timm_models: list[tuple[str, str]] | None = None, keras_models: dict | None = None,
          twin_models: dict | None = None, torchvision_models: dict | None = None, seed: int = 0,
-         transforms=None, families=GENERATED_FAMILIES) -> list[Parent]:
+         transforms=None, families=GENERATED_FAMILIES, transformers_types=None) -> list[Parent]:
     """The parents to build. Every initialisation of an architecture gets all derivatives."""
     parents: list[Parent] = []
     rng = np.random.default_rng(seed)
@@ -288,8 +292,16 @@ def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
             for name, family in (torchvision_models or TORCHVISION_MODELS).items():
                 parents += [Parent("torchvision", family, name, s, {}, tuple(transforms or TORCH_TRANSFORMS))
                             for s in range(inits)]
+        elif source == "transformers":  # every size at seeds 0, 1; the evaluation size at its own seeds
+            for model_type in transformers_types or TRANSFORMERS_MODALITY:
+                for k, size in enumerate(TRANSFORMERS_SIZES):
+                    seeds = range(min(inits, 2)) if k < TRANSFORMERS_TRAIN_SIZES else TRANSFORMERS_EVAL_SEEDS
+                    parents += [Parent("transformers", model_type, transformers_arch(model_type, size), s,
+                                       {"size": list(size)}, tuple(transforms or TRANSFORMERS_TRANSFORMS))
+                                for s in seeds]
         else:
-            raise ValueError(f"unknown zoo source {source!r} (generated, timm, keras, twins, torchvision)")
+            raise ValueError(f"unknown zoo source {source!r} (generated, timm, keras, twins, torchvision, "
+                             "transformers)")
     return parents
 
 
@@ -335,6 +347,101 @@ def timm_choice(per_family: int = 2, max_params: float = 25e6) -> list[tuple[str
             for _, name in sorted(models)[:per_family]]
 
 
+# ----------------------------------------------------------------------------- transformers
+
+TRANSFORMERS_TRANSFORMS = ("original", "fp16", "int8", "prune30", "noise", "finetune")
+# Sizes of a transformers model type: (layers, hidden, heads, key/value heads, vocabulary).
+# Training sees the first three; the fourth, with initialisations TRANSFORMERS_EVAL_SEEDS, is the
+# unseen-size evaluation of the types trained on.
+TRANSFORMERS_SIZES = ((1, 32, 2, 1, 128), (2, 48, 4, 2, 256), (3, 64, 4, 4, 512), (2, 96, 6, 2, 384))
+TRANSFORMERS_TRAIN_SIZES = 3
+TRANSFORMERS_EVAL_SEEDS = (2, 3)
+TRANSFORMERS_HELD_OUT = frozenset({  # model types no training sees, from any source (issue 17)
+    "albert", "bart", "deberta-v2", "electra", "gpt_neo", "opt", "phi", "qwen2", "mobilevit", "swin", "wav2vec2"})
+# Model types that build from a tiny config and export here (transformers 5.24, torch 2.13; see
+# benchmarks/bench_transformers.py --explore for how the list was made). Mixture-of-experts
+# decoders (mixtral, olmoe, qwen2_moe, qwen3_moe) fail the dynamo exporter and are not listed.
+TRANSFORMERS_TYPES = {
+    "text-encoder": ("albert", "bert", "big_bird", "camembert", "canine", "convbert", "data2vec-text",
+                     "deberta", "deberta-v2", "distilbert", "electra", "ernie", "flaubert", "fnet",
+                     "ibert", "layoutlm", "longformer", "luke", "markuplm", "megatron-bert", "mobilebert",
+                     "mpnet", "mra", "nomic_bert", "nystromformer", "rembert", "roberta",
+                     "roberta-prelayernorm", "roc_bert", "roformer", "splinter", "xlm", "xlm-roberta",
+                     "xlm-roberta-xl", "yoso"),
+    "decoder": ("biogpt", "bloom", "cohere", "cohere2", "ctrl", "falcon", "gemma", "gemma2", "gemma3_text",
+                "gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox", "granite", "mistral", "mpt", "opt", "phi",
+                "qwen2", "llama", "qwen3", "stablelm", "starcoder2", "xglm", "olmo", "olmo2", "nemotron",
+                "persimmon", "openai-gpt"),
+    "encoder-decoder": ("bart", "mbart", "marian", "pegasus", "blenderbot", "blenderbot-small", "m2m_100",
+                        "plbart", "t5", "mt5", "umt5", "mvp", "led", "fsmt", "prophetnet", "longt5"),
+    "vision": ("vit", "deit", "beit", "data2vec-vision", "dinov2", "swin", "swinv2", "convnext",
+               "convnextv2", "resnet", "regnet", "bit", "mobilevit", "mobilevitv2", "levit", "cvt",
+               "poolformer", "pvt", "pvt_v2", "segformer", "focalnet", "yolos", "vit_msn", "ijepa",
+               "efficientnet", "mobilenet_v1", "mobilenet_v2"),
+    "speech": ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "sew", "sew-d", "unispeech",
+               "unispeech-sat", "data2vec-audio", "whisper"),
+}
+TRANSFORMERS_MODALITY = {t: m for m, types in TRANSFORMERS_TYPES.items() for t in types}
+
+
+def transformers_config(model_type: str, size: tuple[int, int, int, int, int]):
+    """A tiny config of `model_type` at `size` (layers, hidden, heads, kv heads, vocabulary):
+    every size attribute the config knows (and its text/vision/audio sub-configs) is set;
+    special token ids stay inside the vocabulary, head sizes follow hidden / heads."""
+    from transformers import AutoConfig
+
+    layers, hidden, heads, kv, vocab = size
+    values = dict(num_hidden_layers=layers, num_layers=layers, n_layer=layers, encoder_layers=layers,
+                  decoder_layers=layers, num_decoder_layers=layers, hidden_size=hidden, d_model=hidden,
+                  n_embd=hidden, embed_dim=hidden, embedding_size=hidden, num_attention_heads=heads,
+                  num_heads=heads, n_head=heads, encoder_attention_heads=heads, decoder_attention_heads=heads,
+                  num_key_value_heads=kv, intermediate_size=2 * hidden, encoder_ffn_dim=2 * hidden,
+                  decoder_ffn_dim=2 * hidden, d_ff=2 * hidden, n_inner=2 * hidden, d_kv=hidden // heads,
+                  head_dim=hidden // heads, rotary_dim=hidden // heads, vocab_size=vocab, image_size=32,
+                  patch_size=8, max_position_embeddings=64, max_source_positions=16, max_target_positions=16)
+    config = AutoConfig.for_model(model_type)
+    for c in [config] + [getattr(config, k) for k in ("text_config", "vision_config", "audio_config")
+                         if hasattr(getattr(config, k, None), "to_dict")]:
+        for key, value in values.items():
+            if hasattr(c, key) or key in getattr(c, "attribute_map", {}):
+                try:
+                    setattr(c, key, value)
+                except (AttributeError, TypeError, ValueError):  # a read-only or derived attribute
+                    pass
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
+                    "cls_token_id", "mask_token_id", "unk_token_id"):
+            if isinstance(getattr(c, key, None), int) and getattr(c, key) >= vocab:
+                setattr(c, key, 1)
+    # vision models with stages: widths and depths from the size, stage count kept small
+    for key, value in (("hidden_sizes", [hidden // 2, hidden]), ("depths", [1, layers]),
+                       ("embed_dims", [hidden // 2, hidden]), ("num_encoder_blocks", 2)):
+        if isinstance(getattr(config, key, None), (list, int)) and not isinstance(getattr(config, key), bool):
+            try:
+                setattr(config, key, value)
+            except (AttributeError, TypeError, ValueError):
+                pass
+    return config
+
+
+def transformers_arch(model_type: str, size) -> str:
+    layers, hidden, heads, kv, vocab = size
+    return f"{model_type}-L{layers}-H{hidden}-A{heads}-KV{kv}-V{vocab}"
+
+
+def transformers_model(model_type: str, size, seed: int):
+    """(transformers model with random weights, seeded, eval mode, example kwargs)."""
+    import torch
+    import transformers
+    from transformers import AutoModel
+
+    from hnn_jax.converters.snapshot import example_inputs
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(transformers_config(model_type, size)).eval()
+    return model, example_inputs(model, device="cpu")
+
+
 # ----------------------------------------------------------------------------- building
 
 def _torch_parent(parent: Parent):
@@ -349,6 +456,8 @@ def _torch_parent(parent: Parent):
         model = timm.create_model(parent.spec.get("timm", parent.arch), pretrained=False)
         size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
         x = torch.randn(1, *size)
+    elif parent.source == "transformers":
+        return transformers_model(parent.family, tuple(parent.spec["size"]), parent.seed)
     elif parent.source == "torchvision":
         import torchvision
 
@@ -369,10 +478,25 @@ def _finetune(model, x, steps: int = 5, lr: float = 1e-4, seed: int = 0):
     tuned = copy.deepcopy(model).train()
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(tuned.parameters(), lr=lr)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 1000) or 1000
+
+    def batch(t, name="x"):
+        """4 random rows like t: floats N(0, 1), token ids in the vocabulary, other integers 0
+        (token types), a mask of ones."""
+        shape = (4, *t.shape[1:])
+        if t.is_floating_point():
+            return torch.randn(shape, generator=g)
+        if name == "attention_mask":
+            return torch.ones(shape, dtype=t.dtype)
+        if name == "x" or name.endswith("input_ids"):
+            return torch.randint(0, min(vocab, 1000), shape, generator=g)
+        return torch.zeros(shape, dtype=t.dtype)
+
     for _ in range(steps):
-        xb = (torch.randint(0, 1000, (4, *x.shape[1:]), generator=g) if not x.is_floating_point()
-              else torch.randn((4, *x.shape[1:]), generator=g))
-        out = tuned(xb)
+        if isinstance(x, dict):  # a transformers model: its last hidden state, regressed on noise
+            out = tuned(**{k: batch(v, k) if isinstance(v, torch.Tensor) else v for k, v in x.items()})[0]
+        else:
+            out = tuned(batch(x))
         out = out[0] if isinstance(out, (tuple, list)) else out
         loss = torch.nn.functional.mse_loss(out, torch.randn(out.shape, generator=g))
         opt.zero_grad()
@@ -403,6 +527,9 @@ def _variant_models(parent: Parent):
         model = _keras_parent(parent)
         original = export.keras_to_onnx(model)
         torch_model = None
+    elif parent.source == "transformers":
+        torch_model, x = _torch_parent(parent)
+        original = export.transformers_to_onnx(torch_model)
     else:
         torch_model, x = _torch_parent(parent)
         original = export.torch_to_onnx(torch_model, x)
@@ -412,7 +539,9 @@ def _variant_models(parent: Parent):
         "int8": lambda: variants.int8_dynamic(original),
         "noise": lambda: variants.perturb(original, 0.01, seed=parent.seed),
     }
-    if torch_model is not None:
+    if parent.source == "transformers":
+        makers["finetune"] = lambda: export.transformers_to_onnx(_finetune(torch_model, x, seed=parent.seed))
+    elif torch_model is not None:
         makers["finetune"] = lambda: export.torch_to_onnx(_finetune(torch_model, x, seed=parent.seed), x)
         makers["dynamo"] = lambda: export.torch_to_onnx(torch_model, x, dynamo=True)
     for t in parent.transforms:
@@ -536,7 +665,9 @@ def add_arguments(parser) -> None:
         "--sources generated --archs-per-family 8 --inits 3. timm/twins/torchvision sources need "
         "`pip install torch==2.14.1 torchvision==0.29.1 timm`; keras needs the tf extra."))
     b.add_argument("out", help="zoo folder (graphs/ and manifest.jsonl are written there)")
-    b.add_argument("--sources", default="generated", help="comma-separated: generated,keras,timm,twins,torchvision")
+    b.add_argument("--sources", default="generated",
+                   help="comma-separated: generated,keras,timm,twins,torchvision,transformers")
+    b.add_argument("--transformers-types", help="comma-separated model types (default: zoo.TRANSFORMERS_TYPES, all)")
     b.add_argument("--archs-per-family", type=int, default=6, help="generated architectures per family")
     b.add_argument("--inits", type=int, default=3, help="independent initialisations per architecture")
     b.add_argument("--timm-per-family", type=int, default=2, help="smallest timm models per timm family (zoo.timm_family)")
@@ -555,8 +686,9 @@ def _cli_build(args) -> int:
     timm_models = timm_choice(args.timm_per_family) if "timm" in sources else None
     transforms = tuple(args.transforms.split(",")) if args.transforms else None
     try:
+        types = args.transformers_types.split(",") if args.transformers_types else None
         parents = plan(sources, archs_per_family=args.archs_per_family, inits=args.inits,
-                       timm_models=timm_models, transforms=transforms)
+                       timm_models=timm_models, transforms=transforms, transformers_types=types)
     except ValueError as e:
         raise HNNError(str(e)) from None
     stats = build(args.out, parents, workers=args.workers)

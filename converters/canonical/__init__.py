@@ -31,7 +31,8 @@ from hnn_jax.converters.canonical.fusion import fuse_regions
 from hnn_jax.converters.canonical.graph import (CanonicalEdge, CanonicalGraph, CanonicalNode, Node, Work,
                                                 check_acyclic, kind_of)
 from hnn_jax.converters.canonical.order import build
-from hnn_jax.converters.canonical.passes import (DATA_SLOTS, canonical_pools, dequantize, divide_as_multiply, drop_dead, drop_layout_transposes,
+from hnn_jax.converters.canonical.passes import (DATA_SLOTS, canonical_pools, dequantize, divide_as_multiply,
+                                                 drop_dead, drop_layout_transposes, drop_nan_guards,
                                                  drop_packaging, drop_shape_arithmetic, explicit_pads,
                                                  flatten_concats, fold_constants, fold_into_producers, fold_pads,
                                                  form_linear, linear_heads, merge_slices, reinfer_shapes,
@@ -50,6 +51,7 @@ PASSES = (
     dequantize,              # before form_linear and fusion, which want float MatMul/Conv with constant weights
     drop_shape_arithmetic,   # after folding: what is left computes sizes of dynamic shapes only
     divide_as_multiply,      # after folding, which makes divisors constants
+    drop_nan_guards,         # after folding, which makes the guard's fill value a constant
     remove_noops,            # after shape arithmetic: Reshape/Expand/Cast/Identity chains left between real ops
     drop_packaging,          # before layout transposes (its input chain may end at one) and fusion (would fuse the scaling)
     drop_layout_transposes,  # after no-ops (chains of transposes meet), before folding into producers

@@ -60,7 +60,10 @@ def fold_constants(w: Work) -> None:
         if (n.domain == "" and n.inputs and n.inputs[0] in w.consts and len(n.outputs) == 1
                 and all(x in w.consts for x in n.inputs if x)):
             value = _folded_view(w, n)
-        if value is None and n.domain == "" and n.op in ("Shape", "Size") and n.inputs and n.inputs[0]:
+        if (value is None and n.domain == "" and n.op == "CastLike" and len(n.inputs) == 2
+                and n.inputs[0] in w.consts and w.elem_type(n.inputs[1])):  # only the type of the second is read
+            value = [w.consts[n.inputs[0]].astype(helper.tensor_dtype_to_np_dtype(w.elem_type(n.inputs[1])))]
+        elif value is None and n.domain == "" and n.op in ("Shape", "Size") and n.inputs and n.inputs[0]:
             shape = w.shape(n.inputs[0])
             if shape is not None:
                 if n.op == "Size":
@@ -315,6 +318,25 @@ def _is_noop(w: Work, n: Node, x: str, dyn: list[str]) -> bool:
     if n.op in ("Slice", "Pad"):
         return w.shape(x) is not None and w.shape(x) == w.shape(out)
     return False
+
+
+def drop_nan_guards(w: Work) -> None:
+    """Where(IsNaN(x), c, x) passes x through: the dynamo exporter guards attention's softmax
+    against rows that are all masked, a numerical guard that TorchScript exports do not write."""
+    prod = w.producers()
+    renames, gone = {}, set()
+    for n in w.nodes:
+        if n.op != "Where" or n.domain != "" or len(n.inputs) != 3 or n.outputs[0] in w.outputs:
+            continue
+        guard = prod.get(n.inputs[0])
+        if (guard is not None and guard[0].op == "IsNaN" and guard[0].inputs[0] == n.inputs[2]
+                and n.inputs[1] in w.consts):
+            renames[n.outputs[0]] = n.inputs[2]
+            gone.add(id(n))
+    if gone:
+        w.nodes = [n for n in w.nodes if id(n) not in gone]
+        w.rename(renames)
+        drop_dead(w)
 
 
 def divide_as_multiply(w: Work) -> None:

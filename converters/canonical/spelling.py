@@ -336,15 +336,16 @@ def _sink_transposes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rank, 
                    and not external_data_helper.uses_external_data(t)}
     scalars = {k for k, t in inits.items() if int(np.prod(t.dims)) == 1}
     consts = set(inits) | {n.output[0] for n in nodes if n.op_type == "Constant"}
-    for n in nodes:  # tensors computed from constants only (a Cast of an fp16 weight)
-        if (n.input and all(x in consts for x in n.input if x) and n.domain in ("", "ai.onnx")
+    for n in nodes:  # tensors computed from constants only (a Cast of an fp16 weight; CastLike reads a type)
+        read = n.input[:1] if n.op_type == "CastLike" else n.input
+        if (n.input and all(x in consts for x in read if x) and n.domain in ("", "ai.onnx")
                 and not any(a.type in (a.GRAPH, a.GRAPHS) for a in n.attribute)
                 and "Random" not in n.op_type):
             consts.update(filter(None, n.output))
     outputs = {o.name for o in graph.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in nodes:
-        for x in set(n.input):
+        for x in set(n.input[:1] if n.op_type == "CastLike" else n.input):  # CastLike reads a type
             readers.setdefault(x, []).append(n)
 
     def sinkable(t: str) -> bool:  # else the transpose is written here and read by both
@@ -415,6 +416,8 @@ def _sink_transposes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rank, 
                 materialise(n.output[0])
                 del pending[n.output[0]]
             continue
+        if n.op_type == "CastLike" and len(n.input) == 2 and n.input[1] in pending:  # same type, untransposed
+            n = _with_input(n, 1, pending[n.input[1]][0])
         for x in n.input:
             materialise(x)
         if any(a.type in (a.GRAPH, a.GRAPHS) for a in n.attribute):  # a subgraph may read any tensor
@@ -425,6 +428,13 @@ def _sink_transposes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rank, 
         materialise(t)
     graph.initializer.extend(new_inits)
     return out
+
+
+def _with_input(n: onnx.NodeProto, k: int, name: str) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(n)
+    copy.input[k] = name
+    return copy
 
 
 def _sunk(n: onnx.NodeProto, pending, consts, scalars, axes_values, unpermuted, int64s):
