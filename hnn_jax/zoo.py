@@ -386,8 +386,9 @@ TRANSFORMERS_MODALITY = {t: m for m, types in TRANSFORMERS_TYPES.items() for t i
 
 def transformers_config(model_type: str, size: tuple[int, int, int, int, int]):
     """A tiny config of `model_type` at `size` (layers, hidden, heads, kv heads, vocabulary):
-    every size attribute the config knows (and its text/vision/audio sub-configs) is set;
-    special token ids stay inside the vocabulary, head sizes follow hidden / heads."""
+    every size attribute the config knows (and its text/vision/audio sub-configs) is set, an int
+    as an int; a vision model's per-stage lists are cut to 2 stages ([hidden/2, hidden] wide,
+    [1, layers] deep); special token ids stay inside the vocabulary."""
     from transformers import AutoConfig
 
     layers, hidden, heads, kv, vocab = size
@@ -398,28 +399,32 @@ def transformers_config(model_type: str, size: tuple[int, int, int, int, int]):
                   num_key_value_heads=kv, intermediate_size=2 * hidden, encoder_ffn_dim=2 * hidden,
                   decoder_ffn_dim=2 * hidden, d_ff=2 * hidden, n_inner=2 * hidden, d_kv=hidden // heads,
                   head_dim=hidden // heads, rotary_dim=hidden // heads, vocab_size=vocab, image_size=32,
-                  patch_size=8, max_position_embeddings=64, max_source_positions=16, max_target_positions=16)
+                  patch_size=8, max_position_embeddings=64, max_source_positions=16, max_target_positions=16,
+                  window_size=2, num_encoder_blocks=2, num_stages=2)
+    stage_lists = dict(depths=[1, layers], num_heads=[max(1, heads // 2), heads],
+                       num_attention_heads=[max(1, heads // 2), heads], hidden_sizes=[hidden // 2, hidden],
+                       embed_dim=[hidden // 2, hidden], embed_dims=[hidden // 2, hidden])
     config = AutoConfig.for_model(model_type)
+    stages = len(config.depths) if isinstance(getattr(config, "depths", None), (list, tuple)) else None
     for c in [config] + [getattr(config, k) for k in ("text_config", "vision_config", "audio_config")
                          if hasattr(getattr(config, k, None), "to_dict")]:
-        for key, value in values.items():
-            if hasattr(c, key) or key in getattr(c, "attribute_map", {}):
-                try:
-                    setattr(c, key, value)
-                except (AttributeError, TypeError, ValueError):  # a read-only or derived attribute
-                    pass
+        for key, current in list(vars(c).items()):
+            if isinstance(current, bool):
+                continue
+            if isinstance(current, int) and key in values:
+                value = values[key]
+            elif isinstance(current, (list, tuple)) and stages and len(current) == stages:
+                value = stage_lists.get(key, list(current)[:2])
+            else:
+                continue
+            try:
+                setattr(c, key, value)
+            except (AttributeError, TypeError, ValueError):  # a read-only or derived attribute
+                pass
         for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
                     "cls_token_id", "mask_token_id", "unk_token_id"):
             if isinstance(getattr(c, key, None), int) and getattr(c, key) >= vocab:
                 setattr(c, key, 1)
-    # vision models with stages: widths and depths from the size, stage count kept small
-    for key, value in (("hidden_sizes", [hidden // 2, hidden]), ("depths", [1, layers]),
-                       ("embed_dims", [hidden // 2, hidden]), ("num_encoder_blocks", 2)):
-        if isinstance(getattr(config, key, None), (list, int)) and not isinstance(getattr(config, key), bool):
-            try:
-                setattr(config, key, value)
-            except (AttributeError, TypeError, ValueError):
-                pass
     return config
 
 
