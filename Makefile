@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 
 .PHONY: install demo test bench fuzz examples clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[all]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[all]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,7 +20,7 @@ test: install  ## the whole test suite
 	$(PY) -m pytest -q
 
 bench: install  ## benchmark tables (see benchmarks/)
-	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_hash.py
 	$(PY) benchmarks/bench_index.py

@@ -1,5 +1,6 @@
 """Turning graphs into HashCodes: validation, bucketed batching, one jit compile per bucket."""
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -169,8 +170,9 @@ class Hasher:
         if bits is not None and bits != stored.bits:
             raise SchemaMismatchError(f"checkpoint makes {stored.bits}-bit codes, expected {bits}")
         if config is not None and config != stored:
-            diffs = [f"{k}={v!r} (expected {config.to_dict()[k]!r})"
-                     for k, v in stored.to_dict().items() if config.to_dict()[k] != v]
+            expected = dataclasses.asdict(config)  # every field (to_dict leaves out a 0 instance_bits)
+            diffs = [f"{k}={v!r} (expected {expected[k]!r})"
+                     for k, v in dataclasses.asdict(stored).items() if expected[k] != v]
             raise SchemaMismatchError("checkpoint config differs: " + ", ".join(diffs))
         abstract = nnx.eval_shape(lambda: HashNet(stored, rngs=nnx.Rngs(0)))
         graphdef, state = nnx.split(abstract)

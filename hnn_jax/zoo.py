@@ -365,21 +365,23 @@ TRANSFORMERS_TYPES = {
     "text-encoder": ("albert", "bert", "big_bird", "camembert", "canine", "convbert", "data2vec-text",
                      "deberta", "deberta-v2", "distilbert", "electra", "ernie", "flaubert", "fnet",
                      "ibert", "layoutlm", "longformer", "luke", "markuplm", "megatron-bert", "mobilebert",
-                     "mpnet", "mra", "nomic_bert", "nystromformer", "rembert", "roberta",
-                     "roberta-prelayernorm", "roc_bert", "roformer", "splinter", "xlm", "xlm-roberta",
-                     "xlm-roberta-xl", "yoso"),
-    "decoder": ("biogpt", "bloom", "cohere", "cohere2", "ctrl", "falcon", "gemma", "gemma2", "gemma3_text",
-                "gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox", "granite", "mistral", "mpt", "opt", "phi",
-                "qwen2", "llama", "qwen3", "stablelm", "starcoder2", "xglm", "olmo", "olmo2", "nemotron",
-                "persimmon", "openai-gpt"),
-    "encoder-decoder": ("bart", "mbart", "marian", "pegasus", "blenderbot", "blenderbot-small", "m2m_100",
-                        "plbart", "t5", "mt5", "umt5", "mvp", "led", "fsmt", "prophetnet", "longt5"),
-    "vision": ("vit", "deit", "beit", "data2vec-vision", "dinov2", "swin", "swinv2", "convnext",
-               "convnextv2", "resnet", "regnet", "bit", "mobilevit", "mobilevitv2", "levit", "cvt",
-               "poolformer", "pvt", "pvt_v2", "segformer", "focalnet", "yolos", "vit_msn", "ijepa",
-               "efficientnet", "mobilenet_v1", "mobilenet_v2"),
-    "speech": ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "sew", "sew-d", "unispeech",
-               "unispeech-sat", "data2vec-audio", "whisper"),
+                     "modernbert", "mpnet", "mra", "nomic_bert", "nystromformer", "rembert", "roberta",
+                     "roberta-prelayernorm", "roc_bert", "roformer", "splinter", "squeezebert", "xlm",
+                     "xlm-roberta", "xlm-roberta-xl", "yoso"),
+    "decoder": ("apertus", "arcee", "biogpt", "bitnet", "bloom", "codegen", "cohere", "cohere2", "ctrl", "doge",
+                "ernie4_5", "exaone4", "falcon", "falcon_mamba", "gemma", "gemma2", "gemma3_text", "glm", "glm4",
+                "gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox", "gptj", "granite", "helium", "hunyuan_v1_dense",
+                "internlm3", "jetmoe", "lfm2", "llama", "mamba", "ministral", "mistral", "mpt", "nemotron",
+                "olmo", "olmo2", "openai-gpt", "opt", "persimmon", "phi", "phi3", "qwen2", "qwen3", "seed_oss",
+                "smollm3", "stablelm", "starcoder2", "vaultgemma", "xglm"),
+    "encoder-decoder": ("bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "fsmt", "led", "longt5",
+                        "m2m_100", "marian", "mbart", "mt5", "mvp", "pegasus", "pegasus_x", "plbart", "t5", "umt5"),
+    "vision": ("beit", "convnext", "convnextv2", "cvt", "data2vec-vision", "deit", "dinov2",
+               "dinov2_with_registers", "dpt", "efficientnet", "focalnet", "hgnet_v2", "ijepa", "mobilenet_v1",
+               "mobilenet_v2", "mobilevit", "mobilevitv2", "poolformer", "pvt_v2", "regnet", "resnet", "segformer",
+               "swiftformer", "swin", "swinv2", "textnet", "vit", "vit_msn", "yolos"),
+    "speech": ("data2vec-audio", "hubert", "moonshine", "sew", "sew-d", "unispeech", "unispeech-sat", "wav2vec2",
+               "wav2vec2-conformer", "wavlm", "whisper"),
 }
 TRANSFORMERS_MODALITY = {t: m for m, types in TRANSFORMERS_TYPES.items() for t in types}
 
@@ -574,26 +576,28 @@ def load_graph(path: Path) -> jraph.GraphsTuple:
 
 
 def _build_parent(parent: Parent, out_dir: str) -> list[dict]:
-    """Worker: export, derive and convert one parent; return manifest rows (or an error row)."""
+    """Worker: export, derive and convert one parent; return manifest rows (or an error row).
+    The exporters' warnings are ignored for this parent only (workers=1 runs in-process)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    warnings.simplefilter("ignore")
     from hnn_jax import converters, schema
 
     graphs_dir = Path(out_dir) / "graphs"
     rows = []
     try:
-        for transform, proto, error in _variant_models(parent):
-            if error is not None:
-                if transform == "original":
-                    raise error
-                continue  # the parent stays without this derivative (retried on resume)
-            graph = converters.from_onnx(proto)
-            gid = parent.graph_id(transform)
-            save_graph(graphs_dir / f"{gid}.npz", graph)
-            rows.append(dict(id=gid, source=parent.source, family=parent.family, arch=parent.arch,
-                             parent=parent.name, seed=parent.seed, transform=transform,
-                             nodes=int(graph.n_node[0]), edges=int(graph.n_edge[0]),
-                             probe=float(graph.globals[0, schema.GLOBAL_PROBE])))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for transform, proto, error in _variant_models(parent):
+                if error is not None:
+                    if transform == "original":
+                        raise error
+                    continue  # the parent stays without this derivative (retried on resume)
+                graph = converters.from_onnx(proto)
+                gid = parent.graph_id(transform)
+                save_graph(graphs_dir / f"{gid}.npz", graph)
+                rows.append(dict(id=gid, source=parent.source, family=parent.family, arch=parent.arch,
+                                 parent=parent.name, seed=parent.seed, transform=transform,
+                                 nodes=int(graph.n_node[0]), edges=int(graph.n_edge[0]),
+                                 probe=float(graph.globals[0, schema.GLOBAL_PROBE])))
     except Exception as e:  # noqa: BLE001 - one broken model must not stop the zoo
         return [dict(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                      parent=parent.name, trace=traceback.format_exc(limit=3))]

@@ -183,6 +183,9 @@ def test_checkpoint_mismatches_say_what_differs(small, tmp_path):
         Hasher.load(d, bits=64)
     with pytest.raises(SchemaMismatchError, match=r"layers=2 \(expected 4\)"):
         Hasher.load(d, config=HasherConfig(bits=32, hidden=32, layers=4))
+    shipped = Path(hnn_jax.__file__).parent / "weights" / "default"  # instance bits there, none expected
+    with pytest.raises(SchemaMismatchError, match=r"instance_bits=16 \(expected 0\)"):
+        Hasher.load(shipped, config=HasherConfig())
 
     _tamper(d, config={**SMALL.to_dict(), "bits": 64}, bits=64)
     with pytest.raises(SchemaMismatchError, match=r"to_bits/kernel: checkpoint has float32\[32, 32\]"):

@@ -66,8 +66,12 @@ def test_sizes_change_the_architecture_not_the_family():
 def test_zoo_builds_a_transformers_parent_with_its_derivatives(tmp_path):
     parent = zoo.Parent("transformers", "llama", zoo.transformers_arch("llama", zoo.TRANSFORMERS_SIZES[0]), 0,
                         {"size": list(zoo.TRANSFORMERS_SIZES[0])}, ("original", "fp16", "finetune"))
+    import warnings
+
+    filters = list(warnings.filters)
     stats = zoo.build(tmp_path, [parent], workers=1, progress=False)
     assert stats == dict(built=1, skipped=0, failed=0), (tmp_path / "errors.jsonl").read_text()
+    assert warnings.filters == filters  # built in this process: the warning filters are as they were
     rows = zoo.read_manifest(tmp_path)
     assert [r["transform"] for r in rows] == ["original", "fp16", "finetune"]
     graphs, _ = zoo.load(tmp_path)
