@@ -151,6 +151,7 @@ def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_error
 
     models = find_models(paths)
     pending: list = []
+    failures: list = []
 
     def flush():
         codes = hnn_jax.hash([g for _, g, _ in pending])
@@ -172,7 +173,8 @@ def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_error
                         raise
                     raise error from e
                 bar.clear()
-                _stderr(f"warning: skipped {error}")
+                _stderr(f"warning: could not hash {error} (skipped)")
+                failures.append(error)
                 continue
         status = _PROBE_NAMES.get(int(round(float(graph.globals[0, schema.GLOBAL_PROBE]))),
                                   "unknown")
@@ -188,6 +190,19 @@ def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_error
     bar.close()
     if pending:
         yield from flush()
+    if failures and len(failures) == len(models):
+        raise _CLIError(f"none of the {len(models)} model{'s' if len(models) != 1 else ''} could be hashed "
+                        "(each skipped above)")
+
+
+def _example_code() -> str:
+    """A code of the shipped hasher's version for --help examples (read from its hasher.json,
+    so --help does not load JAX)."""
+    meta = Path(__file__).parent / "weights" / "default" / "hasher.json"
+    try:
+        return f"hnn1:{json.loads(meta.read_text())['version']}:64:0f0f0f0f0f0f0f0f"
+    except (OSError, ValueError, KeyError):
+        return "hnn1:VERSION:64:0f0f0f0f0f0f0f0f"
 
 
 def _looks_like_code(text: str) -> bool:
@@ -286,7 +301,7 @@ def _cmd_index_add(args) -> int:
     index.remove_many(present)
     index.add_many(codes, ids, metas)
     index.save(args.index)
-    _stderr(f"added {len(ids)} models to {args.index} ({len(index)} in all)")
+    _stderr(f"added {len(ids)} model{'s' if len(ids) != 1 else ''} to {args.index} ({len(index)} in all)")
     return EXIT_OK
 
 
@@ -366,7 +381,7 @@ def _add_builtin_commands(sub) -> None:
         "the relation it suggests, from the thresholds in hnn_jax.index.RELATIONS (measured on "
         "held-out torchvision models with the shipped weights).",
         epilog="examples:\n  hnn-jax compare resnet.onnx resnet_int8.onnx\n"
-               "  hnn-jax compare model.onnx hnn1:s1-0123456789ab:64:0f0f0f0f0f0f0f0f --json\n")
+               f"  hnn-jax compare model.onnx {_example_code()} --json\n")
     p.add_argument("a", metavar="A", help="model path or code")
     p.add_argument("b", metavar="B", help="model path or code")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -410,7 +425,7 @@ def _add_builtin_commands(sub) -> None:
         "status 1 when there are none.",
         epilog="examples:\n  hnn-jax search models.hnnidx query.onnx -k 5\n"
                "  hnn-jax search models.hnnidx query.onnx --radius 0   # exact duplicates\n"
-               "  hnn-jax search models.hnnidx hnn1:s1-0123456789ab:64:0f0f0f0f0f0f0f0f --json\n")
+               f"  hnn-jax search models.hnnidx {_example_code()} --json\n")
     p.add_argument("index", metavar="FILE", help="index file (from `hnn-jax index build`)")
     p.add_argument("model", metavar="MODEL", help="model path or code")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")

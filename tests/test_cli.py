@@ -201,7 +201,24 @@ def test_skip_errors_hashes_the_rest(models, tmp_path, hashed, capsys):
     assert cli.main(["hash", str(tmp_path), "--skip-errors", "--json"]) == 0
     captured = capsys.readouterr()
     assert [e["code"] for e in json.loads(captured.out)] == [hashed[2]["code"]]
-    assert re.search(r"warning: skipped .*bad\.onnx", captured.err)
+    assert re.search(r"warning: could not hash .*bad\.onnx.*\(skipped\)", captured.err)
+
+
+def test_skip_errors_with_every_model_failing_is_an_error(tmp_path, capsys):
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert cli.main(["hash", str(tmp_path), "--skip-errors"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 models could be hashed" in err and err.count("could not hash") == 2
+
+
+def test_help_example_codes_are_of_the_shipped_hasher():
+    """A code copied from --help compares against the shipped hasher's codes."""
+    from hnn_jax.hasher import default_hasher
+
+    proc = subprocess.run([sys.executable, "-m", "hnn_jax.cli", "compare", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert f"hnn1:{default_hasher().version}:64:" in proc.stdout
 
 
 def test_demo_neighbours_agree_with_its_distance_table(capsys):
