@@ -355,6 +355,7 @@ TRANSFORMERS_TRANSFORMS = ("original", "fp16", "int8", "prune30", "noise", "fine
 # unseen-size evaluation of the types trained on.
 TRANSFORMERS_SIZES = ((1, 32, 2, 1, 128), (2, 48, 4, 2, 256), (3, 64, 4, 4, 512), (2, 96, 6, 2, 384))
 TRANSFORMERS_TRAIN_SIZES = 3
+TRANSFORMERS_MAX_PARAMS = 20_000_000
 TRANSFORMERS_EVAL_SEEDS = (2, 3)
 TRANSFORMERS_HELD_OUT = frozenset({  # model types no training sees, from any source (issue 17)
     "albert", "bart", "deberta-v2", "electra", "gpt_neo", "opt", "phi", "qwen2", "mobilevit", "swin", "wav2vec2"})
@@ -410,19 +411,19 @@ def transformers_config(model_type: str, size: tuple[int, int, int, int, int]):
     stages = len(config.depths) if isinstance(getattr(config, "depths", None), (list, tuple)) else None
     for c in [config] + [getattr(config, k) for k in ("text_config", "vision_config", "audio_config")
                          if hasattr(getattr(config, k, None), "to_dict")]:
-        for key, current in list(vars(c).items()):
-            if isinstance(current, bool):
-                continue
-            if isinstance(current, int) and key in values:
-                value = values[key]
-            elif isinstance(current, (list, tuple)) and stages and len(current) == stages:
-                value = stage_lists.get(key, list(current)[:2])
-            else:
-                continue
-            try:
-                setattr(c, key, value)
-            except (AttributeError, TypeError, ValueError):  # a read-only or derived attribute
-                pass
+        for key, value in values.items():  # attribute_map aliases too (flaubert's emb_dim is hidden_size)
+            current = getattr(c, key, None) if hasattr(c, key) or key in getattr(c, "attribute_map", {}) else None
+            if isinstance(current, int) and not isinstance(current, bool):
+                try:
+                    setattr(c, key, value)
+                except (AttributeError, TypeError, ValueError):  # a read-only or derived attribute
+                    pass
+        for key, current in list(vars(c).items()) if stages else []:
+            if isinstance(current, (list, tuple)) and len(current) == stages:
+                try:
+                    setattr(c, key, stage_lists.get(key, list(current)[:2]))
+                except (AttributeError, TypeError, ValueError):
+                    pass
         for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
                     "cls_token_id", "mask_token_id", "unk_token_id"):
             if isinstance(getattr(c, key, None), int) and getattr(c, key) >= vocab:
@@ -446,6 +447,10 @@ def transformers_model(model_type: str, size, seed: int):
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
     model = AutoModel.from_config(transformers_config(model_type, size)).eval()
+    params = sum(p.numel() for p in model.parameters())
+    if params > TRANSFORMERS_MAX_PARAMS:  # a size attribute the config spells its own way was not set
+        raise ValueError(f"{model_type} at {size} has {params:,} parameters, over the zoo's "
+                         f"{TRANSFORMERS_MAX_PARAMS:,}: its config keeps a default size")
     return model, example_inputs(model, device="cpu")
 
 
