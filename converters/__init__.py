@@ -1,7 +1,8 @@
-"""Converters: PyTorch, Keras/TensorFlow and ONNX models -> canonical jraph.GraphsTuple.
+"""Converters: PyTorch, Keras/TensorFlow, Flax/JAX and ONNX models -> canonical jraph.GraphsTuple.
 
 Every converter goes through ONNX: export -> canonical graph (canonical/) -> execution probe
-(probe.py) -> features (features.py). torch and tensorflow are imported only when used.
+(probe.py) -> features (features.py). torch, tensorflow and flax are imported only when used;
+Flax/JAX models reach ONNX through their jaxpr (jaxpr.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from hnn_jax.converters.probe import (DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_
 from hnn_jax.errors import CorruptFileError, ModelTooLargeError, UnsupportedModelError
 from hnn_jax.schema import PROBE_OK, PROBE_SKIPPED
 
-__all__ = ["from_onnx", "from_torch", "from_keras", "from_tf", "from_snapshot", "from_transformers", "from_file",
-           "canonicalize", "CanonicalGraph"]
+__all__ = ["from_onnx", "from_torch", "from_flax", "from_keras", "from_tf", "from_snapshot", "from_transformers",
+           "from_file", "canonicalize", "CanonicalGraph"]
 
 
 MAX_ONNX_NODES = 100_000  # about a minute of canonicalisation; the canonical graph must fit hnn_jax.padding.MAX_NODES
@@ -67,6 +68,15 @@ def from_torch(module, example_inputs, *, dynamo: bool = False, opset: int | Non
     the same canonical graph for ordinary models.
     """
     return from_onnx(export.torch_to_onnx(module, example_inputs, dynamo=dynamo, opset=opset), **options)
+
+
+def from_flax(module_or_fn, *example_args, variables=None, **options) -> jraph.GraphsTuple:
+    """Flax NNX module, Flax Linen module (with `variables`, as module.init returns them) or any
+    jittable JAX function + example arguments -> GraphsTuple. The jaxpr is translated to ONNX
+    directly (jaxpr.py); parameters become constants, an NNX module runs in eval mode. Options
+    as from_onnx.
+    """
+    return from_onnx(export.flax_to_onnx(module_or_fn, *example_args, variables=variables), **options)
 
 
 def from_keras(model, **options) -> jraph.GraphsTuple:

@@ -1,4 +1,5 @@
-"""Export PyTorch, Keras and TensorFlow models to ONNX (torch and tensorflow load on demand)."""
+"""Export PyTorch, Keras, TensorFlow and Flax/JAX models to ONNX (torch, tensorflow and flax load
+on demand)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,44 @@ def torch_to_onnx(module, example_inputs=(), *, dynamo: bool = False, opset: int
         if was_training and hasattr(module, "train"):
             module.train()
     return onnx.load_from_string(buffer.getvalue())
+
+
+def flax_to_onnx(module_or_fn, *example_args, variables=None) -> onnx.ModelProto:
+    """A Flax NNX module, a Flax Linen module with its `variables` (as module.init returns them)
+    or any jittable JAX function, traced on example_args, translated from its jaxpr (jaxpr.py;
+    no exporter package). Parameters become ONNX initializers, the example args graph inputs.
+
+    An NNX module is split into graph and state and merged again inside the trace, in eval mode,
+    like torch_to_onnx's module.eval(): the caller's module keeps its mode, batch statistics and
+    RNG counts. A Linen module runs as module.apply(variables, *example_args); for other call
+    arguments pass a function: `lambda x: model.apply(variables, x, train=False)`."""
+    from flax import linen, nnx
+
+    from hnn_jax.converters.jaxpr import jaxpr_to_onnx
+
+    if isinstance(module_or_fn, nnx.Module):
+        if variables is not None:
+            raise UnsupportedModelError("variables= is for Linen modules: an NNX module holds its own state")
+        graphdef, state = nnx.split(module_or_fn)
+
+        def fn(*args):
+            module = nnx.merge(graphdef, state)  # a copy: its state is closed over, so constants
+            module.eval()
+            return module(*args)
+    elif isinstance(module_or_fn, linen.Module):
+        if variables is None:
+            raise UnsupportedModelError("a Linen module needs its parameters: pass variables=module.init(key, x)")
+
+        def fn(*args):
+            return module_or_fn.apply(variables, *args)
+    elif callable(module_or_fn):
+        if variables is not None:
+            raise UnsupportedModelError("variables= is for Linen modules: a function closes over its own")
+        fn = module_or_fn
+    else:
+        raise UnsupportedModelError(f"from_flax takes a Flax NNX or Linen module or a JAX function, "
+                                    f"not {type(module_or_fn).__name__}")
+    return jaxpr_to_onnx(fn, *example_args)
 
 
 def transformers_to_onnx(model) -> onnx.ModelProto:
