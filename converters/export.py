@@ -19,6 +19,26 @@ from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError
 TF_OPSET = 17
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first message line, or its type's name when the message is empty."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+@contextlib.contextmanager
+def quiet_torch_onnx():
+    """The dynamo exporter logs a warning per torchvision op it cannot register when torchvision
+    is absent ("torchvision is not installed. Skipping torchvision::nms"): silenced while it
+    runs, the logger's level put back after."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def torch_to_onnx(module, example_inputs=(), *, dynamo: bool = False, opset: int | None = None,
                   kwargs: dict | None = None) -> onnx.ModelProto:
     """torch.onnx.export of module(*example_inputs, **kwargs). The TorchScript exporter
@@ -38,14 +58,15 @@ def torch_to_onnx(module, example_inputs=(), *, dynamo: bool = False, opset: int
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if dynamo:
-                program = torch.onnx.export(module, example_inputs, kwargs=kwargs, dynamo=True,
-                                            opset_version=opset, verbose=False, optimize=True)
+                with quiet_torch_onnx():
+                        program = torch.onnx.export(module, example_inputs, kwargs=kwargs, dynamo=True,
+                                                opset_version=opset, verbose=False, optimize=True)
                 return program.model_proto
             torch.onnx.export(module, example_inputs, buffer, kwargs=kwargs, dynamo=False, opset_version=opset)
     except HNNError:
         raise
     except Exception as e:  # noqa: BLE001 - exporters raise many types
-        raise UnsupportedModelError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from e
+        raise UnsupportedModelError(f"torch.onnx.export failed: {first_line(e)}") from e
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         if was_training and hasattr(module, "train"):
@@ -125,7 +146,7 @@ def tf_function_to_onnx(function, input_signature, *, opset: int = TF_OPSET) -> 
         model, _ = tf2onnx.convert.from_function(function, input_signature=list(input_signature),
                                                  opset=opset)
     except Exception as e:  # noqa: BLE001
-        raise UnsupportedModelError(f"tf2onnx could not convert the function: {str(e).splitlines()[0]}") from e
+        raise UnsupportedModelError(f"tf2onnx could not convert the function: {first_line(e)}") from e
     return model  # as tf2onnx wrote it: canonicalisation sinks and cancels its NHWC transposes
 
 
@@ -151,10 +172,12 @@ def keras_to_onnx(model, *, opset: int = TF_OPSET) -> onnx.ModelProto:
 def keras_file_to_onnx(path: Path) -> onnx.ModelProto:
     import keras
 
+    if not zipfile.is_zipfile(path):  # keras says "File not found" of a file it cannot open as a zip
+        raise CorruptFileError(f"{path} is not a .keras file: a .keras file is a zip archive, and this is not one")
     try:
         model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as e:  # noqa: BLE001
-        raise CorruptFileError(f"{path} is not a loadable .keras file: {str(e).splitlines()[0]}") from None
+        raise CorruptFileError(f"{path} is not a loadable .keras file: {first_line(e)}") from None
     return keras_to_onnx(model)
 
 
@@ -164,7 +187,7 @@ def saved_model_to_onnx(folder: Path) -> onnx.ModelProto:
     try:
         loaded = tf.saved_model.load(str(folder))
     except Exception as e:  # noqa: BLE001
-        raise CorruptFileError(f"{folder} is not a loadable SavedModel: {str(e).splitlines()[0]}") from None
+        raise CorruptFileError(f"{folder} is not a loadable SavedModel: {first_line(e)}") from None
     signatures = dict(getattr(loaded, "signatures", {}))
     if not signatures:
         raise UnsupportedModelError(f"the SavedModel in {folder} has no signatures to trace")
@@ -222,10 +245,10 @@ def exported_program_to_onnx(path: Path) -> onnx.ModelProto:
     except HNNError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise CorruptFileError(f"{path} is not a loadable torch.export archive: {str(e).splitlines()[0]}") from None
+        raise CorruptFileError(f"{path} is not a loadable torch.export archive: {first_line(e)}") from None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_torch_onnx():
             warnings.simplefilter("ignore")
             return torch.onnx.export(program, dynamo=True, verbose=False, optimize=True).model_proto
     except Exception as e:  # noqa: BLE001
-        raise UnsupportedModelError(f"torch.onnx.export failed on {path}: {str(e).splitlines()[0]}") from e
+        raise UnsupportedModelError(f"torch.onnx.export failed on {path}: {first_line(e)}") from e

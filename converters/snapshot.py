@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import logging
 import math
 import os
 import struct
@@ -25,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from hnn_jax.converters import export
 from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
@@ -180,7 +180,7 @@ def build_meta_model(folder: Path, checkpoint_names: set[str]):
         config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError...
         raise UnsupportedModelError(f"{folder}/config.json: transformers cannot read it: "
-                                    f"{str(e).splitlines()[0]}") from None
+                                    f"{export.first_line(e)}") from None
     names = list(getattr(config, "architectures", None) or [])
     cls = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
@@ -199,7 +199,7 @@ def build_meta_model(folder: Path, checkpoint_names: set[str]):
         raise
     except Exception as e:  # noqa: BLE001 - any model __init__ error
         raise UnsupportedModelError(f"transformers could not build {names[:1] or config.model_type} from "
-                                    f"{folder}/config.json: {str(e).splitlines()[0]}") from None
+                                    f"{folder}/config.json: {export.first_line(e)}") from None
     return model.eval()
 
 
@@ -249,9 +249,8 @@ def export_meta(model, kwargs: dict) -> tuple[onnx.ModelProto, dict, dict]:
     values = {n: b.detach().numpy().copy() for n, b in model.named_buffers(remove_duplicate=False)
               if b.device.type != "meta"}
     model.to(device="meta", dtype=torch.float32)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), export.quiet_torch_onnx():
             warnings.simplefilter("ignore")
             program = torch.export.export(model, (), kwargs, strict=False)
             for name, c in program.constants.items():
@@ -263,7 +262,7 @@ def export_meta(model, kwargs: dict) -> tuple[onnx.ModelProto, dict, dict]:
         raise
     except Exception as e:  # noqa: BLE001 - torch.export and the exporter raise many types
         raise UnsupportedModelError(f"torch.export of {type(model).__name__} failed: "
-                                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+                                    f"{export.first_line(e)}") from e
     import onnx_ir
 
     initializers = dict(onnx_program.model.graph.initializers)

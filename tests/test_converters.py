@@ -305,3 +305,26 @@ def test_import_does_not_load_torch_or_tensorflow():
             "print('torch' in sys.modules, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_file_named_keras_that_is_not_a_zip_is_corrupt_not_missing(tmp_path):
+    from hnn_jax import CorruptFileError
+
+    path = tmp_path / "bad.keras"
+    path.write_bytes(b"not a zip archive")
+    with pytest.raises(CorruptFileError, match="not a .keras file: a .keras file is a zip archive"):
+        converters.from_file(path)
+
+
+def test_dynamo_export_writes_nothing_on_stderr_and_keeps_the_logger_level(capfd):
+    import logging
+
+    import torch
+
+    from hnn_jax.converters import export
+
+    level = logging.getLogger("torch.onnx").level
+    export.torch_to_onnx(torch.nn.Linear(4, 2), torch.randn(1, 4), dynamo=True)
+    assert capfd.readouterr().err == ""  # no "torchvision is not installed" lines
+    assert logging.getLogger("torch.onnx").level == level
+    assert export.first_line(ValueError("")) == "ValueError"
