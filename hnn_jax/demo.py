@@ -11,6 +11,20 @@ from pathlib import Path
 from tqdm import tqdm
 
 
+EXAMPLES = {  # what each bundled example is (examples/make_examples.py builds them)
+    "cnn_a": "a small PyTorch CNN, TorchScript export",
+    "cnn_a_dynamo": "cnn_a, dynamo export: the same model",
+    "cnn_a_fp16": "cnn_a, weights rounded to fp16: a near copy",
+    "cnn_a_int8": "cnn_a, onnxruntime int8 quantisation: a near copy",
+    "cnn_a_pruned": "cnn_a, 30% of weights pruned: a near copy",
+    "cnn_b": "cnn_a's architecture, another initialisation",
+    "cnn_wide": "cnn_a's family, twice as wide",
+    "keras_cnn": "a Keras CNN of another layout",
+    "mlp": "an MLP: unrelated",
+    "transformer": "a transformer encoder: unrelated",
+}
+
+
 def example_paths() -> list[Path]:
     return sorted(Path(str(files("hnn_jax") / "examples")).glob("*.onnx"))
 
@@ -18,7 +32,7 @@ def example_paths() -> list[Path]:
 def main() -> int:
     import hnn_jax
     from hnn_jax import converters
-    from hnn_jax.index import HammingIndex
+    from hnn_jax.index import HammingIndex, relation
 
     paths = example_paths()
     graphs = []
@@ -31,7 +45,7 @@ def main() -> int:
     width = max(map(len, names))
     print(f"\n{len(codes[0])}-bit codes ({codes[0].version}):")
     for name, code in zip(names, codes):
-        print(f"  {name:<{width}}  {code}")
+        print(f"  {name:<{width}}  {code}  {EXAMPLES.get(name, '')}")
     print("\nHamming distances:")
     print(" " * (width + 2) + "".join(f"{i:>4d}" for i in range(len(names))))
     for i, (name, a) in enumerate(zip(names, codes)):
@@ -43,7 +57,11 @@ def main() -> int:
         # ties come back in insertion order (names are sorted); the model itself is among them
         (d1, n1), (d2, n2) = [(m.distance, m.id) for m in index.search(code, k=3)
                               if m.id != name][:2]
-        print(f"  {name:<{width}}  -> {n1} ({d1} bits), then {n2} ({d2} bits)")
+        print(f"  {name:<{width}}  -> {n1} ({d1} bits: {relation(d1, len(code))[0]}), "
+              f"then {n2} ({d2} bits: {relation(d2, len(code))[0]})")
+    print("\nRelations (hnn_jax.index.RELATIONS, for 64 bits): 0-3 same model or a near copy, 4-11 same "
+          "architecture, 12-18 same family, more: unrelated. Expect cnn_a's copies within 0-3 of it, "
+          "cnn_b within 11, cnn_wide nearer than the MLP and the transformer.")
     return 0
 
 

@@ -231,11 +231,16 @@ def test_demo_neighbours_agree_with_its_distance_table(capsys):
         if parts and parts[0] in names:
             table[parts[0]] = dict(zip(names, map(int, parts[1:1 + len(names)])))
     assert set(table) == set(names)
-    for line in out.split("Nearest neighbours:")[1].strip().splitlines():
-        m = re.match(r"\s*(\S+)\s+-> (\S+) \((\d+) bits\), then (\S+) \((\d+) bits\)", line)
-        name, first, d1, second, d2 = m.groups()
+    neighbours, legend = out.split("Nearest neighbours:")[1].strip().split("\n\nRelations")
+    for line in neighbours.splitlines():
+        m = re.match(r"\s*(\S+)\s+-> (\S+) \((\d+) bits: (\S+)\), then (\S+) \((\d+) bits: \S+\)", line)
+        name, first, d1, found, second, d2 = m.groups()
         others = sorted((d, n) for n, d in table[name].items() if n != name)
         assert [(int(d1), first), (int(d2), second)] == others[:2]
+        assert found == relation(int(d1), 64)[0]
+    assert "same architecture" in legend
+    for name in names:  # each example is said what it is
+        assert re.search(rf"^  {name}\s+hnn1:\S+  \S", out, re.M), name
 
 
 def test_subcommands_from_other_modules(tmp_path, monkeypatch, capsys):
