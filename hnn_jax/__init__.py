@@ -1,7 +1,7 @@
 """hnn-jax: a perceptual hash for neural networks (HNN-Net in JAX).
 
 Importing this package does not import torch or tensorflow; the converters load them on demand.
-`hash` and `Hasher` load JAX, Flax and orbax on first use, so importing stays light.
+`hash`, `hash_files` and `Hasher` load JAX, Flax and orbax on first use, so importing stays light.
 """
 
 from hnn_jax.config import HasherConfig
@@ -15,14 +15,15 @@ __version__ = "0.1.0"
 __all__ = [
     "HNNError", "UnsupportedModelError", "CorruptFileError", "ModelTooLargeError",
     "SchemaMismatchError", "SCHEMA_VERSION", "__version__",
-    "hash", "Hasher", "HashCode", "HasherConfig",
+    "hash", "hash_files", "Hasher", "HashCode", "HasherConfig",
 ]
 
-_LAZY = {"hash", "Hasher"}
+_LAZY = {"hash": "hasher", "Hasher": "hasher", "hash_files": "files"}  # name -> module that defines it
 
 
 def __getattr__(name):
     if name in _LAZY:
-        from hnn_jax import hasher
-        return getattr(hasher, name)
+        import importlib
+
+        return getattr(importlib.import_module(f"hnn_jax.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'hnn_jax' has no attribute {name!r}")

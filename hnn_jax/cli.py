@@ -22,16 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 import warnings
 from pathlib import Path
 
 PROG = "hnn-jax"
-MODEL_SUFFIXES = (".onnx", ".keras", ".pt2")
-"""File suffixes that `hash`, `index build` and `index add` pick up when walking folders
-(TensorFlow SavedModel folders, with a saved_model.pb, are picked up too)."""
 
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": ("hnn_jax.zoo", "build and inspect the training model zoo"),
@@ -41,7 +37,6 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
 """Subcommands defined in other modules: name -> (module with add_arguments(parser), help)."""
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_BAD_INPUT = 0, 1, 2
-_CHUNK = 64  # models converted before each batched hash call (bounds memory on big folders)
 
 _EPILOG = """\
 examples:
@@ -93,105 +88,30 @@ def _stderr(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
 
 
-def find_models(paths) -> list[Path]:
-    """Model files and SavedModel folders named by `paths`: files as given, folders walked
-    recursively (sorted by path; SavedModel folders are not searched inside). A path that does
-    not exist, or a folder holding no model, is an error."""
-    from hnn_jax.errors import CorruptFileError, UnsupportedModelError
-
-    found: list[Path] = []
-    for arg in paths:
-        path = Path(arg)
-        if not path.exists():
-            raise CorruptFileError(f"no such file or folder: {arg}")
-        if path.is_file() or (path / "saved_model.pb").is_file():
-            found.append(path)
-            continue
-        before = len(found)
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            root = Path(root)
-            for d in list(dirs):
-                if (root / d / "saved_model.pb").is_file():
-                    found.append(root / d)
-                    dirs.remove(d)
-            found.extend(root / f for f in sorted(files)
-                         if Path(f).suffix.lower() in MODEL_SUFFIXES and not f.startswith("."))
-        found[before:] = sorted(found[before:], key=lambda p: p.parts)
-        if len(found) == before:
-            raise UnsupportedModelError(
-                f"no model files ({', '.join(MODEL_SUFFIXES)} or SavedModel folders) in {arg}")
-    return found
-
-
-def _about(path, error: Exception) -> Exception:
-    """`error` as an HNNError whose message names `path` (unexpected errors say their type)."""
-    from hnn_jax.errors import HNNError
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if not isinstance(error, HNNError):
-        return HNNError(f"{path}: unexpected {type(error).__name__}: {message}")
-    if str(path) in message:
-        return error
-    try:
-        return type(error)(f"{path}: {message}")
-    except Exception:  # noqa: BLE001 - a subclass with another constructor
-        return HNNError(f"{path}: {message}")
-
-
-_PROBE_NAMES = {1: "ok", -1: "failed", -2: "timeout", -3: "skipped"}
-
-
 def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_errors: bool = False):
-    """Yield (path, HashCode, probe status) for the models named by `paths` (see find_models),
-    converting up to _CHUNK models before each batched hash call. With skip_errors, a model that
-    fails to convert is reported on stderr and skipped instead of stopping the run."""
-    import hnn_jax
-    from hnn_jax import converters, schema
+    """Yield (path, HashCode, probe status) for the models named by `paths` (files.hash_files),
+    reporting on stderr each model skipped (skip_errors), each probe that did not run, and with
+    --debug the warnings conversion raised. Every model failing is an error."""
     from tqdm import tqdm
 
-    models = find_models(paths)
-    pending: list = []
-    failures: list = []
+    from hnn_jax.files import hash_files
 
-    def flush():
-        codes = hnn_jax.hash([g for _, g, _ in pending])
-        out = [(p, c, s) for (p, _, s), c in zip(pending, codes)]
-        pending.clear()
-        return out
-
-    bar = tqdm(models, desc="hashing", unit="model", file=sys.stderr,
-               disable=None if progress else True, leave=False)
-    for path in bar:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                graph = converters.from_file(path)
-            except Exception as e:  # noqa: BLE001 - foreign files can fail anywhere
-                error = _about(path, e)
-                if not skip_errors:
-                    if error is e:
-                        raise
-                    raise error from e
-                bar.clear()
-                _stderr(f"warning: could not hash {error} (skipped)")
-                failures.append(error)
-                continue
-        status = _PROBE_NAMES.get(int(round(float(graph.globals[0, schema.GLOBAL_PROBE]))),
-                                  "unknown")
-        for w in caught:
-            if debug:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        if status != "ok":
-            bar.clear()
-            _stderr(f"warning: {path}: execution probe {status}; code from static features only")
-        pending.append((path, graph, status))
-        if len(pending) == _CHUNK:
-            yield from flush()
-    bar.close()
-    if pending:
-        yield from flush()
-    if failures and len(failures) == len(models):
-        raise _CLIError(f"none of the {len(models)} model{'s' if len(models) != 1 else ''} could be hashed "
+    failures = total = 0
+    for result in hash_files(paths, skip_errors=skip_errors, progress=progress):
+        total += 1
+        if debug:
+            for message in result.warnings:
+                tqdm.write(f"{PROG}: warning: {result.path}: {message}", file=sys.stderr)
+        if result.error is not None:
+            failures += 1
+            tqdm.write(f"{PROG}: warning: could not hash {result.error} (skipped)", file=sys.stderr)
+            continue
+        if result.probe != "ok":
+            tqdm.write(f"{PROG}: warning: {result.path}: execution probe {result.probe}; code from static "
+                       "features only", file=sys.stderr)
+        yield result.path, result.code, result.probe
+    if failures and failures == total:
+        raise _CLIError(f"none of the {total} model{'s' if total != 1 else ''} could be hashed "
                         "(each skipped above)")
 
 

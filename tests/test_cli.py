@@ -10,10 +10,10 @@ import textwrap
 from importlib.resources import files
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hnn_jax import HashCode, HNNError, cli
+from hnn_jax.files import find_models
 from hnn_jax.index import HammingIndex, relation
 
 EXAMPLES = Path(str(files("hnn_jax") / "examples"))
@@ -291,17 +291,33 @@ def test_find_models_walks_folders_for_every_format(tmp_path):
                 "z/deeper/m.onnx"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    found = [p.relative_to(tmp_path).as_posix() for p in cli.find_models([tmp_path])]
+    found = [p.relative_to(tmp_path).as_posix() for p in find_models([tmp_path])]
     # sorted walk; SavedModel folders are models (not searched inside); other files ignored
     assert found == ["a.KERAS", "b.onnx", "saved", "sub/c.pt2", "z/deeper/m.onnx"]
     # files named explicitly are taken as they are (the converter judges them), in given order
-    explicit = cli.find_models([tmp_path / "sub/weights.pt", tmp_path / "saved", tmp_path / "b.onnx"])
+    explicit = find_models([tmp_path / "sub/weights.pt", tmp_path / "saved", tmp_path / "b.onnx"])
     assert [p.name for p in explicit] == ["weights.pt", "saved", "b.onnx"]
     (tmp_path / "empty").mkdir()
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "model.pt").write_bytes(b"")  # pickles are never picked up by a walk
     for folder in ("empty", "docs"):
         with pytest.raises(HNNError, match="no model files"):
-            cli.find_models([tmp_path / folder])
+            find_models([tmp_path / folder])
     with pytest.raises(HNNError, match="no such file"):
-        cli.find_models([tmp_path / "b.onnx", tmp_path / "missing.onnx"])
+        find_models([tmp_path / "b.onnx", tmp_path / "missing.onnx"])
+
+
+def test_hash_files_is_the_library_call_behind_the_cli(models, tmp_path, hashed):
+    """hnn_jax.hash_files: files and folders -> one FileCode each, in order, per-file errors
+    with skip_errors (the CLI prints what it yields)."""
+    import hnn_jax
+
+    shutil.copy(models / "mlp.onnx", tmp_path / "a_mlp.onnx")
+    (tmp_path / "b_bad.onnx").write_bytes(b"garbage")
+    results = list(hnn_jax.hash_files([tmp_path], skip_errors=True, progress=False))
+    assert [r.path.name for r in results] == ["a_mlp.onnx", "b_bad.onnx"]
+    assert str(results[0].code) == hashed[2]["code"] and results[0].probe == "ok" and results[0].error is None
+    assert isinstance(results[1].error, HNNError) and "b_bad.onnx" in str(results[1].error)
+    assert results[1].code is None
+    with pytest.raises(HNNError, match="b_bad.onnx"):
+        list(hnn_jax.hash_files([tmp_path], progress=False))
