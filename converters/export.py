@@ -26,11 +26,11 @@ def first_line(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def quiet_torch_onnx():
-    """The dynamo exporter logs a warning per torchvision op it cannot register when torchvision
-    is absent ("torchvision is not installed. Skipping torchvision::nms"): silenced while it
-    runs, the logger's level put back after."""
-    logger = logging.getLogger("torch.onnx")
+def quiet_logger(name: str = "torch.onnx"):
+    """Logger `name` at ERROR while the block runs, its level put back after. The default: the
+    dynamo exporter logs a warning per torchvision op it cannot register when torchvision is
+    absent ("torchvision is not installed. Skipping torchvision::nms")."""
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -58,7 +58,7 @@ def torch_to_onnx(module, example_inputs=(), *, dynamo: bool = False, opset: int
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if dynamo:
-                with quiet_torch_onnx():
+                with quiet_logger():
                         program = torch.onnx.export(module, example_inputs, kwargs=kwargs, dynamo=True,
                                                 opset_version=opset, verbose=False, optimize=True)
                 return program.model_proto
@@ -247,7 +247,7 @@ def exported_program_to_onnx(path: Path) -> onnx.ModelProto:
     except Exception as e:  # noqa: BLE001
         raise CorruptFileError(f"{path} is not a loadable torch.export archive: {first_line(e)}") from None
     try:
-        with warnings.catch_warnings(), quiet_torch_onnx():
+        with warnings.catch_warnings(), quiet_logger():
             warnings.simplefilter("ignore")
             return torch.onnx.export(program, dynamo=True, verbose=False, optimize=True).model_proto
     except Exception as e:  # noqa: BLE001

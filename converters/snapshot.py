@@ -250,7 +250,7 @@ def export_meta(model, kwargs: dict) -> tuple[onnx.ModelProto, dict, dict]:
               if b.device.type != "meta"}
     model.to(device="meta", dtype=torch.float32)
     try:
-        with torch.no_grad(), warnings.catch_warnings(), export.quiet_torch_onnx():
+        with torch.no_grad(), warnings.catch_warnings(), export.quiet_logger():
             warnings.simplefilter("ignore")
             program = torch.export.export(model, (), kwargs, strict=False)
             for name, c in program.constants.items():

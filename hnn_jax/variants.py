@@ -5,14 +5,14 @@ invariance suite (tests/test_invariance.py, benchmarks/bench_invariance.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from hnn_jax.converters.export import quiet_logger  # the root logger: onnxruntime.quantization's advice
 
 
 def copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -46,24 +46,11 @@ def fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-@contextlib.contextmanager
-def _quiet_quantizer():
-    """onnxruntime.quantization logs pre-processing advice through the root logger: silenced
-    here, and the level put back after."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def int8_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxruntime.quantization.quantize_dynamic (int8 weights, dynamic activation scales)."""
     from onnxruntime.quantization import quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
+    with tempfile.TemporaryDirectory() as tmp, quiet_logger(""):
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(copy(model), src)
         # ops shape inference does not know (tf2onnx's Erfc) leave tensors untyped: assume float
@@ -100,7 +87,7 @@ def int8_static(model: onnx.ModelProto, quant_format: str = "QDQ", samples: int 
         def get_next(self):
             return next(self._feeds, None)
 
-    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
+    with tempfile.TemporaryDirectory() as tmp, quiet_logger(""):
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(copy(model), src)
         quantization.quantize_static(str(src), str(dst), Reader(), reduce_range=True,

@@ -48,8 +48,8 @@ _ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid")
 class _Emit:
     """Collects the standard nodes replacing one node; intermediate tensors get fresh names."""
 
-    def __init__(self, node: onnx.NodeProto, elem_type: int, opset: int):
-        self.node, self.elem_type, self.opset = node, elem_type, opset
+    def __init__(self, node: onnx.NodeProto, elem_type, opset: int):
+        self.node, self.elem_type, self.opset = node, elem_type, opset  # elem_type(): asked on the first constant
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
 
@@ -64,7 +64,7 @@ class _Emit:
 
     def const(self, value, elem_type: int | None = None) -> str:
         out = self.fresh()
-        dtype = helper.tensor_dtype_to_np_dtype(elem_type or self.elem_type)
+        dtype = helper.tensor_dtype_to_np_dtype(elem_type or self.elem_type())
         self.nodes.append(helper.make_node("Constant", [], [out], value=onnx.numpy_helper.from_array(
             np.asarray(value, dtype), out)))
         return out
@@ -245,12 +245,10 @@ def respell(model: onnx.ModelProto) -> None:
     consts.update({n.output[0]: tuple(a.t.dims) for n in graph.node if n.op_type == "Constant"
                    for a in n.attribute if a.name == "value" and a.type == a.TENSOR})
     for _ in range(3):  # a rank unknown behind a contrib op is known once that op is spelled
-        info = {v.name: v.type.tensor_type for v in [*graph.input, *graph.value_info, *(infer_shapes(graph, model) or [])]}
-        info.update({t.name: helper.make_tensor_type_proto(t.data_type, list(t.dims)).tensor_type
-                     for t in graph.initializer})
+        tensor_type = _lazy_types(model, consts)
 
-        def rank(x, info=info):
-            t = info.get(x)
+        def rank(x):
+            t = tensor_type(x)
             return len(t.shape.dim) if t is not None and t.HasField("shape") else None
 
         def sizes(x):  # element count of a constant; None for a computed tensor
@@ -258,9 +256,7 @@ def respell(model: onnx.ModelProto) -> None:
 
         nodes, changed, pending = [], False, False
         for n in graph.node:
-            t = info.get(n.input[0]) if n.input else None
-            elem = t.elem_type if t is not None and t.elem_type in (1, 10, 11, 16) else onnx.TensorProto.FLOAT
-            e = _Emit(n, elem, opset)
+            e = _Emit(n, lambda n=n: _float_type(tensor_type(n.input[0]) if n.input else None), opset)
             if _spell(n, e, rank, sizes):
                 nodes.extend(e.nodes)
                 changed = True
@@ -277,6 +273,35 @@ def respell(model: onnx.ModelProto) -> None:
     if any(n.domain == MS for n in graph.node):
         model.opset_import.extend([] if any(o.domain == MS for o in model.opset_import)
                                   else [helper.make_opsetid(MS, 1)])
+
+
+def _lazy_types(model: onnx.ModelProto, consts: dict[str, tuple[int, ...]]):
+    """x -> its TypeProto.Tensor or None. Graph inputs and constants answer from the file; for
+    anything else ONNX shape inference runs, once, on the first question (most models never ask:
+    their transposes carry perms and their elementwise constants are initializers)."""
+    known = {v.name: v.type.tensor_type for v in model.graph.input}
+    known.update({t.name: helper.make_tensor_type_proto(t.data_type, list(t.dims)).tensor_type
+                  for t in model.graph.initializer})
+    known.update({n.output[0]: helper.make_tensor_type_proto(a.t.data_type, list(a.t.dims)).tensor_type
+                  for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+                  if a.name == "value" and a.type == a.TENSOR and n.output[0] in consts})
+    inferred: dict | None = None
+
+    def tensor_type(x: str):
+        nonlocal inferred
+        if x in known:
+            return known[x]
+        if inferred is None:
+            inferred = {v.name: v.type.tensor_type for v in model.graph.value_info}
+            inferred.update({v.name: v.type.tensor_type for v in infer_shapes(model.graph, model) or []})
+        return inferred.get(x)
+
+    return tensor_type
+
+
+def _float_type(t) -> int:
+    """The float element type constants written beside a tensor of type `t` take."""
+    return t.elem_type if t is not None and t.elem_type in (1, 10, 11, 16) else onnx.TensorProto.FLOAT
 
 
 def _sink_dequantize(nodes: list[onnx.NodeProto], sizes, outputs: set[str]) -> list[onnx.NodeProto]:
@@ -396,8 +421,8 @@ def _sink_transposes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rank, 
         standard = n.domain in ("", "ai.onnx")
         if standard and n.op_type == "Transpose" and len(n.input) == 1:
             perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
-            r = rank(n.input[0])
-            perm = perm if perm is not None else (list(reversed(range(r))) if r is not None else None)
+            if perm is None and rank(n.input[0]) is not None:  # no perm: the axes reversed
+                perm = list(reversed(range(rank(n.input[0]))))
             u, inner = pending.get(n.input[0], (n.input[0], list(range(len(perm or [])))))
             if perm is not None and len(inner) == len(perm):
                 composed = [inner[p] for p in perm]
