@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test bench fuzz examples clean
+.PHONY: install demo lint test bench fuzz examples clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ install: $(VENV)/.installed
 
 demo: install  ## hash the bundled example models, print codes, distances and neighbours
 	$(PY) -m hnn_jax.demo
+
+lint: install  ## ruff over the code (rules in pyproject.toml)
+	$(PY) -m ruff check .
 
 test: install  ## the whole test suite
 	$(PY) -m pytest -q

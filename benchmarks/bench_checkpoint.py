@@ -121,7 +121,8 @@ graph = step("canonical", lambda: canonicalize(model, folder))
 result = step("probe", lambda: run_probe(graph.model, [n.tensor for n in graph.nodes], folder=graph.folder))
 g = step("features", lambda: to_graphs_tuple(graph, result))
 code = step("hash", lambda: hnn_jax.hash(g))
-out.update(code=str(code), nodes=len(proto.graph.node), canonical_nodes=int(g.n_node[0]), probe_reason=result.reason or "ran")
+out.update(code=str(code), nodes=len(proto.graph.node), canonical_nodes=int(g.n_node[0]),
+           probe_reason=result.reason or "ran")
 print(json.dumps(out))
 """
 

@@ -60,15 +60,18 @@ def build_hf(name):
     torch.manual_seed(0)
     image = torch.randn(1, 3, 224, 224)
     if name == "vit_b16":
-        model, x, key = tr.ViTModel(tr.ViTConfig(attn_implementation="eager"), add_pooling_layer=False), image, "pixel_values"
+        model = tr.ViTModel(tr.ViTConfig(attn_implementation="eager"), add_pooling_layer=False)
+        x, key = image, "pixel_values"
     elif name == "swin_t":
-        model, x, key = tr.SwinModel(tr.SwinConfig(attn_implementation="eager"), add_pooling_layer=False), image, "pixel_values"
+        model = tr.SwinModel(tr.SwinConfig(attn_implementation="eager"), add_pooling_layer=False)
+        x, key = image, "pixel_values"
     elif name == "convnext_t":
         model, x, key = tr.ConvNextModel(tr.ConvNextConfig()), image, "pixel_values"
     elif name == "mobilevit_s":
         model, x, key = tr.MobileViTModel(tr.MobileViTConfig()), torch.randn(1, 3, 256, 256), "pixel_values"
     elif name == "wav2vec2_base":
-        model, x, key = tr.Wav2Vec2Model(tr.Wav2Vec2Config(attn_implementation="eager")), torch.randn(1, 16000), "input_values"
+        model = tr.Wav2Vec2Model(tr.Wav2Vec2Config(attn_implementation="eager"))
+        x, key = torch.randn(1, 16000), "input_values"
     elif name == "decoder_24x512":
         config = tr.LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=24,
                                 num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048,
@@ -269,7 +272,8 @@ def main():
     print(header)
     print("-" * len(header), flush=True)
     for name in names:
-        cmd = [sys.executable, __file__, "--one", name, "--repeat", str(args.repeat)] + (["--dynamo"] if args.dynamo else [])
+        cmd = [sys.executable, __file__, "--one", name, "--repeat", str(args.repeat)]
+        cmd += ["--dynamo"] if args.dynamo else []
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hnn_jax import HashCode  # noqa: E402
-from hnn_jax.index import HammingIndex  # noqa: E402
+from hnn_jax import HashCode
+from hnn_jax.index import HammingIndex
 
 VERSION = "bench"
 

@@ -11,8 +11,8 @@ converters.export.keras_to_onnx for Keras):
 - learned bits / instance bits / total: Hamming distances of the 64-bit code's two parts.
 
 Targets (issue 16): learned 0 bits on every cell; whole code <= 1 bit except the
-weight-changing ways (fp16, int8, pruning, 1% weight noise as a short fine-tune leaves: <= 2). `other_init` (a second random
-initialisation) is a reference point, expected far; it is not held to the targets. Per
+weight-changing ways (fp16, int8, pruning, 1% weight noise as a short fine-tune leaves: <= 2).
+`other_init` (a second random initialisation) is a reference point, expected far; it is not held to the targets. Per
 architecture, the mean instance-bit distance among several random initialisations (target 6-10
 of 16) closes the run.
 

@@ -68,9 +68,10 @@ def try_type(model_type: str, size, seed: int = 0, limit: int = 120) -> dict:
             exported = time.perf_counter() - t1
             canonical = len(canonicalize(proto).nodes)
             code = hnn_jax.hash(from_onnx(proto))
-        return dict(type=model_type, size=list(size), ok=True, params=params, onnx_nodes=len(proto.graph.node), canonical_nodes=canonical,
-                    export_s=round(exported, 1), seconds=round(time.perf_counter() - t0, 1), code=str(code))
-    except BaseException as e:  # noqa: BLE001 - a row per failure, whatever it is
+        return dict(type=model_type, size=list(size), ok=True, params=params, onnx_nodes=len(proto.graph.node),
+                    canonical_nodes=canonical, export_s=round(exported, 1), seconds=round(time.perf_counter() - t0, 1),
+                    code=str(code))
+    except BaseException as e:  # a row per failure, whatever it is
         if isinstance(e, KeyboardInterrupt):
             raise
         first = str(e).splitlines()[0][:160] if str(e) else ""

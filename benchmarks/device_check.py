@@ -17,8 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from hnn_jax.hasher import default_hasher  # noqa: E402
-from synthetic import mixed_sizes  # noqa: E402
+from hnn_jax.hasher import default_hasher
+from synthetic import mixed_sizes
 
 
 def codes_on(device, graphs):

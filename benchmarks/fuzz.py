@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import fuzzing  # noqa: E402
-import onnxruntime  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+import fuzzing
+import onnxruntime
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
 
 def signature(error: BaseException) -> str:
@@ -113,7 +113,7 @@ def main():
     print(f"\ncase time: median {1000 * times[len(times) // 2]:.0f} ms, max {times[-1]:.2f} s")
 
     bugs: dict[str, list] = collections.defaultdict(list)
-    for family, case, outcome, error, _ in records:
+    for _family, case, _outcome, error, _ in records:
         if error is not None:
             bugs[signature(error)].append((case, error))
     print(f"\nunexpected outcomes: {sum(len(v) for v in bugs.values())} cases, {len(bugs)} distinct")

@@ -65,7 +65,7 @@ def torch_to_onnx(module, example_inputs=(), *, dynamo: bool = False, opset: int
             torch.onnx.export(module, example_inputs, buffer, kwargs=kwargs, dynamo=False, opset_version=opset)
     except HNNError:
         raise
-    except Exception as e:  # noqa: BLE001 - exporters raise many types
+    except Exception as e:  # exporters raise many types
         raise UnsupportedModelError(f"torch.onnx.export failed: {first_line(e)}") from e
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -145,7 +145,7 @@ def tf_function_to_onnx(function, input_signature, *, opset: int = TF_OPSET) -> 
     try:
         model, _ = tf2onnx.convert.from_function(function, input_signature=list(input_signature),
                                                  opset=opset)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UnsupportedModelError(f"tf2onnx could not convert the function: {first_line(e)}") from e
     return model  # as tf2onnx wrote it: canonicalisation sinks and cancels its NHWC transposes
 
@@ -250,5 +250,5 @@ def exported_program_to_onnx(path: Path) -> onnx.ModelProto:
         with warnings.catch_warnings(), quiet_logger():
             warnings.simplefilter("ignore")
             return torch.onnx.export(program, dynamo=True, verbose=False, optimize=True).model_proto
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UnsupportedModelError(f"torch.onnx.export failed on {path}: {first_line(e)}") from e

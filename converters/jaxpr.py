@@ -39,7 +39,7 @@ def jaxpr_to_onnx(fn, *example_args) -> onnx.ModelProto:
 
     try:
         closed = jax.make_jaxpr(fn)(*example_args)
-    except Exception as e:  # noqa: BLE001 - tracing raises many types
+    except Exception as e:  # tracing raises many types
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UnsupportedModelError(f"jax.make_jaxpr failed: {message}") from e
     g = _Graph()

@@ -50,7 +50,7 @@ def _checked_location(tensor: onnx.TensorProto, folder: Path) -> Path:
     try:
         offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
     except ValueError:
-        raise CorruptFileError(f"tensor '{tensor.name}': external data offset/length are not integers")
+        raise CorruptFileError(f"tensor '{tensor.name}': external data offset/length are not integers") from None
     size = real.stat().st_size
     if offset < 0 or offset > size or length > size - offset:
         raise CorruptFileError(f"tensor '{tensor.name}': external data range (offset {offset}, length "

@@ -260,7 +260,7 @@ def export_meta(model, kwargs: dict) -> tuple[onnx.ModelProto, dict, dict]:
             onnx_program = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False)
     except HNNError:
         raise
-    except Exception as e:  # noqa: BLE001 - torch.export and the exporter raise many types
+    except Exception as e:  # torch.export and the exporter raise many types
         raise UnsupportedModelError(f"torch.export of {type(model).__name__} failed: "
                                     f"{export.first_line(e)}") from e
     import onnx_ir

@@ -42,7 +42,8 @@ def main():
     }
     for name, model in files.items():
         onnx.save(model, OUT / f"{name}.onnx")
-        print(f"{name:14s} {len(model.graph.node):4d} ONNX nodes  {(OUT / f'{name}.onnx').stat().st_size / 1024:7.1f} KiB")
+        kib = (OUT / f"{name}.onnx").stat().st_size / 1024
+        print(f"{name:14s} {len(model.graph.node):4d} ONNX nodes  {kib:7.1f} KiB")
 
 
 if __name__ == "__main__":

@@ -163,14 +163,21 @@ def codes_of(graphs, method) -> np.ndarray:
     return np.stack([c.bits for c in method.hash(list(graphs))])
 
 
-def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True) -> dict:
+def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, validation: bool = False) -> dict:
     """Evaluate `hasher` and the baselines; write results.json, results.md,
-    relation_distances.json (the hasher's distances by relation) and plots to out_dir."""
+    relation_distances.json (the hasher's distances by relation) and plots to out_dir.
+    validation: only the zoo's graphs of the validation split (zoo.validation)."""
     from hnn_jax import zoo
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     graphs, rows = zoo.load(eval_zoo)
+    if validation:
+        graphs, rows = map(list, zip(*[(g, r) for g, r in zip(graphs, rows) if zoo.validation(r)])) \
+            if any(zoo.validation(r) for r in rows) else ([], [])
+    if not rows:
+        from hnn_jax.errors import HNNError
+        raise HNNError(f"{eval_zoo}: no graphs to evaluate" + (" of the validation split" if validation else ""))
     k_graphs, k_rows = zoo.load(keras_zoo) if keras_zoo else ([], [])
     results, all_bits = {}, {}
     for name, method in {"hnn-jax": hasher, **BASELINES}.items():
@@ -279,6 +286,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--out", required=True, help="folder for results.json, results.md, plots")
     parser.add_argument("--hasher", help="checkpoint folder (default: the shipped hasher)")
     parser.add_argument("--keras", help="zoo of keras.applications models, for the twins table")
+    parser.add_argument("--validation", action="store_true",
+                        help="only the zoo's graphs of the validation split (zoo.validation: model types "
+                        "training leaves out for choices)")
     parser.add_argument("--no-plots", action="store_true")
     parser.set_defaults(func=_cli_eval)
 
@@ -287,6 +297,6 @@ def _cli_eval(args) -> int:
     from hnn_jax.hasher import Hasher, default_hasher
 
     hasher = Hasher.load(args.hasher) if args.hasher else default_hasher()
-    summary = run(hasher, args.zoo, args.out, args.keras, plots=not args.no_plots)
+    summary = run(hasher, args.zoo, args.out, args.keras, plots=not args.no_plots, validation=args.validation)
     print(markdown_table(summary))
     return 0

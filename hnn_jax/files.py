@@ -101,7 +101,7 @@ def hash_files(paths, *, skip_errors: bool = False, progress: bool = True, hashe
             warnings.simplefilter("always")
             try:
                 graph = converters.from_file(path)
-            except Exception as e:  # noqa: BLE001 - foreign files can fail anywhere
+            except Exception as e:  # foreign files can fail anywhere
                 error = named_error(path, e)
                 if not skip_errors:
                     if error is e:

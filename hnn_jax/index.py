@@ -523,7 +523,7 @@ class HammingIndex:
 
     @classmethod
     def load(cls, path, *, nbits: int | None = None,
-             version: str | None = None) -> "HammingIndex":
+             version: str | None = None) -> HammingIndex:
         """Read a file written by save(). `nbits`/`version`, when given, are what the caller
         expects (e.g. its hasher's); an index of other codes raises SchemaMismatchError."""
         path = Path(path)

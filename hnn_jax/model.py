@@ -78,9 +78,9 @@ def instance_code(graph: jraph.GraphsTuple, bits: int) -> jax.Array:
     """[n_graph, bits] of +-1: a SimHash of the weight fingerprints in canonical node order.
 
     Node i of a graph whose op holds parameters (schema.PARAMETER_OPS) contributes (its weight
-    projections @ a fixed +-1 matrix) times +-1 signs drawn by hashing (i, op); the sums are signed. Two inits of one architecture share no weights,
-    so about half these bits differ; an fp16, int8, pruned or lightly tuned copy keeps most of
-    them. No parameters: nothing here is trained.
+    projections @ a fixed +-1 matrix) times +-1 signs drawn by hashing (i, op); the sums are signed.
+    Two inits of one architecture share no weights, so about half these bits differ; an fp16, int8,
+    pruned or lightly tuned copy keeps most of them. No parameters: nothing here is trained.
     """
     nodes = graph.nodes
     n, n_graph = nodes.shape[0], graph.n_node.shape[0]

@@ -250,18 +250,27 @@ def held_out(row: dict) -> bool:
     type in TRANSFORMERS_HELD_OUT, or at the evaluation size."""
     source, arch = row.get("source"), row["arch"]
     if source == "transformers":  # the held-out types, and the unseen size of the others
-        return row["family"] in TRANSFORMERS_HELD_OUT or arch.endswith(
+        return row.get("model_type", row["family"]) in TRANSFORMERS_HELD_OUT or arch.endswith(
             transformers_arch("", TRANSFORMERS_SIZES[TRANSFORMERS_TRAIN_SIZES]))
     return (source == "torchvision" or (source == "timm" and arch in TIMM_BUILDS_OF_HELD_OUT)
             or (source == "keras" and arch in KERAS_TORCHVISION_TWINS)
             or (source == "twins" and KERAS_TORCHVISION_TWINS.get(arch) in TORCHVISION_MODELS))
 
 
+def validation(row: dict) -> bool:
+    """Whether a zoo graph is in the validation split: model types training leaves out so that
+    choices (steps, shape, readout) are made on types it never saw, before the held-out types are
+    looked at once for the report."""
+    return row.get("source") == "transformers" and row.get("model_type", row["family"]) in TRANSFORMERS_VALIDATION
+
+
 def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
          timm_models: list[tuple[str, str]] | None = None, keras_models: dict | None = None,
          twin_models: dict | None = None, torchvision_models: dict | None = None, seed: int = 0,
-         transforms=None, families=GENERATED_FAMILIES, transformers_types=None) -> list[Parent]:
-    """The parents to build. Every initialisation of an architecture gets all derivatives."""
+         transforms=None, families=GENERATED_FAMILIES, transformers_types=None,
+         transformers_sizes=None) -> list[Parent]:
+    """The parents to build. Every initialisation of an architecture gets all derivatives.
+    transformers_sizes: indices into TRANSFORMERS_SIZES (default: all)."""
     parents: list[Parent] = []
     rng = np.random.default_rng(seed)
     for source in sources:
@@ -295,6 +304,8 @@ def plan(sources=("generated",), *, archs_per_family: int = 6, inits: int = 3,
         elif source == "transformers":  # every size at seeds 0, 1; the evaluation size at its own seeds
             for model_type in transformers_types or TRANSFORMERS_MODALITY:
                 for k, size in enumerate(TRANSFORMERS_SIZES):
+                    if transformers_sizes is not None and k not in transformers_sizes:
+                        continue
                     seeds = range(min(inits, 2)) if k < TRANSFORMERS_TRAIN_SIZES else TRANSFORMERS_EVAL_SEEDS
                     parents += [Parent("transformers", model_type, transformers_arch(model_type, size), s,
                                        {"size": list(size)}, tuple(transforms or TRANSFORMERS_TRANSFORMS))
@@ -359,6 +370,16 @@ TRANSFORMERS_MAX_PARAMS = 20_000_000
 TRANSFORMERS_EVAL_SEEDS = (2, 3)
 TRANSFORMERS_HELD_OUT = frozenset({  # model types no training sees, from any source (issue 17)
     "albert", "bart", "deberta-v2", "electra", "gpt_neo", "opt", "phi", "qwen2", "mobilevit", "swin", "wav2vec2"})
+TRANSFORMERS_VALIDATION = frozenset({  # left out of training too, for choices (zoo.validation)
+    "mpnet", "squeezebert", "xlm", "bloom", "stablelm", "olmo2", "gpt_bigcode", "plbart", "longt5",
+    "convnextv2", "segformer", "sew-d"})
+# Model types that are one graph under two names: their canonical graphs, as the learned bits read
+# them, are identical at every training size (found by comparing the zoo's graphs, 2026-12-01).
+# They count as one family, named by the first type here; a row keeps its type as model_type.
+TRANSFORMERS_SAME_GRAPH = {alias: name for name, aliases in {
+    "bert": ("ernie",), "roberta": ("camembert", "data2vec-text", "xlm-roberta"), "cohere": ("cohere2",),
+    "helium": ("ernie4_5",), "llama": ("internlm3", "mistral", "seed_oss", "smollm3"),
+    "pegasus": ("blenderbot",), "unispeech": ("unispeech-sat",)}.items() for alias in aliases}
 # Model types that build from a tiny config and export here (transformers 5.24, torch 2.13; see
 # benchmarks/bench_transformers.py --explore for how the list was made). Mixture-of-experts
 # decoders (mixtral, olmoe, qwen2_moe, qwen3_moe) fail the dynamo exporter and are not listed.
@@ -657,13 +678,16 @@ def build(zoo_dir, parents: list[Parent], *, workers: int = 2, progress: bool = 
 
 def load(zoo_dirs, *, sources=None) -> tuple[list[jraph.GraphsTuple], list[dict]]:
     """All graphs of one zoo folder or several, with their manifest rows (optionally only some
-    sources)."""
+    sources). Transformers model types that are one graph under two names count as one family
+    (TRANSFORMERS_SAME_GRAPH; the row keeps the type as model_type)."""
     dirs = [zoo_dirs] if isinstance(zoo_dirs, (str, os.PathLike)) else list(zoo_dirs)
     graphs, unique, seen = [], [], set()
     for d in dirs:
         for r in read_manifest(d):
             if (sources is None or r["source"] in sources) and r["id"] not in seen:  # resumed builds may repeat
                 seen.add(r["id"])
+                if r["source"] == "transformers" and r["family"] in TRANSFORMERS_SAME_GRAPH:
+                    r = dict(r, model_type=r["family"], family=TRANSFORMERS_SAME_GRAPH[r["family"]])
                 unique.append(r)
                 graphs.append(load_graph(Path(d) / "graphs" / f"{r['id']}.npz"))
     return graphs, unique
@@ -682,9 +706,12 @@ def add_arguments(parser) -> None:
     b.add_argument("--sources", default="generated",
                    help="comma-separated: generated,keras,timm,twins,torchvision,transformers")
     b.add_argument("--transformers-types", help="comma-separated model types (default: zoo.TRANSFORMERS_TYPES, all)")
+    b.add_argument("--transformers-sizes", help="comma-separated indices into zoo.TRANSFORMERS_SIZES "
+                   "(default: all; the last is the unseen-size evaluation set, built at its own seeds)")
     b.add_argument("--archs-per-family", type=int, default=6, help="generated architectures per family")
     b.add_argument("--inits", type=int, default=3, help="independent initialisations per architecture")
-    b.add_argument("--timm-per-family", type=int, default=2, help="smallest timm models per timm family (zoo.timm_family)")
+    b.add_argument("--timm-per-family", type=int, default=2,
+                   help="smallest timm models per timm family (zoo.timm_family)")
     b.add_argument("--transforms", help="comma-separated derivatives (default: all that apply)")
     b.add_argument("--workers", type=int, default=2, help="parallel processes (1: in this process)")
     b.set_defaults(func=_cli_build)
@@ -701,8 +728,10 @@ def _cli_build(args) -> int:
     transforms = tuple(args.transforms.split(",")) if args.transforms else None
     try:
         types = args.transformers_types.split(",") if args.transformers_types else None
+        sizes = [int(k) for k in args.transformers_sizes.split(",")] if args.transformers_sizes else None
         parents = plan(sources, archs_per_family=args.archs_per_family, inits=args.inits,
-                       timm_models=timm_models, transforms=transforms, transformers_types=types)
+                       timm_models=timm_models, transforms=transforms, transformers_types=types,
+                       transformers_sizes=sizes)
     except ValueError as e:
         raise HNNError(str(e)) from None
     stats = build(args.out, parents, workers=args.workers)

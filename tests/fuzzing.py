@@ -206,7 +206,7 @@ OPS = ["Relu", "Add", "MatMul", "Conv", "Reshape", "Transpose", "Softmax", "Conc
        "FancyOp", "", "relu", "Swish"]
 DOMAINS = ["", "ai.onnx", "com.microsoft", "ai.onnx.ml", "com.example", "custom"]
 DIMS = [0, -1, -5, 1, 3, 10**9, 2**31, 2**62, "N", "", None]
-ELEM_TYPES = list(range(0, 26)) + [99, -1]
+ELEM_TYPES = list(range(26)) + [99, -1]
 OPSETS = [0, -1, 1, 5, 7, 9, 11, 13, 17, 18, 21, 22, 23, 25, 99, 10**6]
 IR_VERSIONS = [0, 1, 3, 7, 9, 10, 11, 100]
 ATTR_NAMES = ["axis", "axes", "perm", "kernel_shape", "strides", "pads", "dilations", "group", "to",

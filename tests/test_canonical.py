@@ -1,7 +1,6 @@
 """The merge operation on hand-built ONNX graphs: every fusion and removal, checked numerically."""
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -185,7 +184,8 @@ def test_slices_covering_a_tensor_become_one_split():
     def sl(out, a, b):
         return helper.make_node("Slice", ["x", f"s{a}", f"e{b}", "ax"], [out])
     consts = [("ax", np.array([1], np.int64))] + [
-        (f"s{v}", np.array([v], np.int64)) for v in (0, 4, 8)] + [(f"e{v}", np.array([v], np.int64)) for v in (4, 8, 12)]
+        (f"s{v}", np.array([v], np.int64)) for v in (0, 4, 8)] + [
+        (f"e{v}", np.array([v], np.int64)) for v in (4, 8, 12)]
     model = onnx_model([sl("a", 0, 4), sl("b", 4, 8), sl("c", 8, 12),
                         helper.make_node("Mul", ["a", "b"], ["ab"]), helper.make_node("Add", ["ab", "c"], ["y"])],
                        [float_input("x", [1, 12])], [float_input("y", None)], consts)

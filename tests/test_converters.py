@@ -4,7 +4,6 @@ import os
 import pickle
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import onnx
@@ -13,7 +12,7 @@ import pytest
 import models
 import transforms
 from hnn_jax import CorruptFileError, HNNError, UnsupportedModelError, converters, schema
-from hnn_jax.converters import canonicalize, export
+from hnn_jax.converters import export
 
 
 def check_graph(g):
@@ -175,8 +174,8 @@ def test_external_data_is_read_only_from_the_model_folder(cnn, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     path = folder / "m.onnx"
-    onnx.save(transforms.copy(cnn[2]), path, save_as_external_data=True,  # save() edits its argument all_tensors_to_one_file=True,
-              location="weights.bin", size_threshold=0)
+    onnx.save(transforms.copy(cnn[2]), path, save_as_external_data=True,  # save() edits its argument
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
     assert np.array_equal(converters.from_onnx(path).nodes, converters.from_onnx(cnn[2]).nodes)
 
     def with_location(location):
@@ -215,7 +214,6 @@ def test_corrupt_and_wrong_inputs_are_clear_errors(cnn, tmp_path):
 
 
 def test_from_file_dispatches_and_refuses_pickles(tmp_path):
-    import keras
     import tensorflow as tf
     import torch
 

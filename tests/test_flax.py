@@ -12,17 +12,17 @@ import pytest
 
 pytest.importorskip("flax")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-from flax import linen, nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+import onnx
+import onnxruntime as ort
+from flax import linen, nnx
 
-import hnn_jax  # noqa: E402
-from hnn_jax import converters  # noqa: E402
-from hnn_jax.converters import export  # noqa: E402
-from hnn_jax.converters.jaxpr import jaxpr_to_onnx  # noqa: E402
-from hnn_jax.errors import UnsupportedModelError  # noqa: E402
+import hnn_jax
+from hnn_jax import converters
+from hnn_jax.converters import export
+from hnn_jax.converters.jaxpr import jaxpr_to_onnx
+from hnn_jax.errors import UnsupportedModelError
 
 SAME_ARCHITECTURE = 11  # hnn_jax/index.py: 0-3 same model, 4-11 same architecture
 LEARNED_BITS = 48  # of the shipped 64-bit codes; the last 16 are instance bits, read from the weights

@@ -79,7 +79,8 @@ def one_node(op, inputs=("x",), attrs=None, shape=(1, 8), inits=(), domain="", o
 def test_local_functions_are_inlined():
     """onnx.inliner is a submodule that `import onnx` does not load."""
     swish = helper.make_function("custom", "Swish", ["a"], ["b"],
-                                 [helper.make_node("Sigmoid", ["a"], ["s"]), helper.make_node("Mul", ["a", "s"], ["b"])],
+                                 [helper.make_node("Sigmoid", ["a"], ["s"]),
+                                  helper.make_node("Mul", ["a", "s"], ["b"])],
                                  [helper.make_opsetid("", 17)])
     model = one_node("Swish", domain="custom")
     model.functions.append(swish)
@@ -177,7 +178,8 @@ def int8_with_scale(scale):
 
 
 def transpose_between_relus(**attrs):
-    return models.onnx_model([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Transpose", ["a"], ["t"], **attrs),
+    return models.onnx_model([helper.make_node("Relu", ["x"], ["a"]),
+                              helper.make_node("Transpose", ["a"], ["t"], **attrs),
                               helper.make_node("Relu", ["t"], ["y"])],
                              [models.float_input("x", [1, 2, 3])], [models.float_input("y", None)])
 
@@ -186,7 +188,8 @@ def transpose_between_relus(**attrs):
     # a tensor attribute (several values) on a foldable node: "in attrs.values()" compared arrays
     models.onnx_model([helper.make_node("Add", ["c", "c"], ["r"], note=numpy_helper.from_array(np.ones(3, np.float32))),
                        helper.make_node("Add", ["x", "r"], ["y"])],
-                      [models.float_input("x", [1, 8])], [models.float_input("y", None)], [("c", np.ones(8, np.float32))]),
+                      [models.float_input("x", [1, 8])], [models.float_input("y", None)],
+                      [("c", np.ones(8, np.float32))]),
     # an empty list attribute could not be written back for shape inference / evaluation
     one_node("ReduceMean", attrs={"axes": helper.make_attribute("axes", [], attr_type=onnx.AttributeProto.INTS)},
              opset=13),
@@ -230,7 +233,8 @@ def transpose_between_relus(**attrs):
                       [("zero", np.array([0])), ("one", np.array([1]))]),
     models.onnx_model([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
                        helper.make_node("Split", ["s"], ["y", "z"], axis=0)],
-                      [models.float_input("x", [1, 8])], [models.float_input("y", None), models.float_input("z", None)]),
+                      [models.float_input("x", [1, 8])],
+                      [models.float_input("y", None), models.float_input("z", None)]),
 ], ids=["array_attribute", "empty_list_attribute", "transpose_without_perm", "clip_vector_bounds",
         "source_op", "odd_attribute_types", "infinite_alpha", "infinite_epsilon", "negative_pads",
         "zero_size_input", "huge_input", "batch_norm_params_of_other_sizes", "computed_conv_bias",

@@ -26,7 +26,7 @@ def random_codes(n, nbits, seed, *, clustered=False):
     return [HashCode(b, V) for b in bits]
 
 
-def brute_force(codes, ids, query, k=None, radius=None, _cache={}):
+def brute_force(codes, ids, query, k=None, radius=None, _cache={}):  # noqa: B006 - shared by calls on purpose
     """Reference: (distance, insertion position) sorted, filtered, truncated."""
     key = (id(codes), str(query))
     if key not in _cache:
@@ -268,7 +268,7 @@ def test_load_refuses_other_hashers_and_damaged_files(tmp_path):
         "meta": rewrite("meta", metadata=np.array("[[99, {}]]")),
         "format": rewrite("format", header={"format": "something-else"}),
     }
-    for name, bad in damaged.items():
+    for bad in damaged.values():
         with pytest.raises(CorruptFileError):
             HammingIndex.load(bad)
     (tmp_path / "text").write_text("not an index")

@@ -71,8 +71,11 @@ def test_decorrelation_loss_by_hand():
 def test_losses_are_differentiable():
     codes = jnp.array([[0.3, -0.2], [0.1, 0.4], [-0.5, 0.2]])
     levels = jnp.array([[0, 1, 3], [1, 0, 3], [3, 3, 0]])
-    total = lambda h: (losses.quantization_loss(h) + losses.graded_margin_loss(h, levels)
-                       + losses.bit_balance_loss(h) + losses.decorrelation_loss(h)
-                       + losses.classification_loss(h, jnp.array([0, 0, 1]), jnp.eye(2)))
+
+    def total(h):
+        return (losses.quantization_loss(h) + losses.graded_margin_loss(h, levels)
+                + losses.bit_balance_loss(h) + losses.decorrelation_loss(h)
+                + losses.classification_loss(h, jnp.array([0, 0, 1]), jnp.eye(2)))
+
     grad = jax.grad(total)(codes)
     assert np.all(np.isfinite(grad)) and np.abs(grad).sum() > 0

@@ -69,7 +69,8 @@ def ordinary(folder, inputs):
 
 
 def ids(*extra):
-    inputs = {"input_ids": torch.arange(SEQ).reshape(1, SEQ) % 7, "attention_mask": torch.ones(1, SEQ, dtype=torch.long)}
+    inputs = {"input_ids": torch.arange(SEQ).reshape(1, SEQ) % 7,
+              "attention_mask": torch.ones(1, SEQ, dtype=torch.long)}
     inputs.update({k: torch.zeros(1, SEQ, dtype=torch.long) for k in extra})
     return inputs
 

@@ -162,14 +162,17 @@ def test_twins_leave_out_every_held_out_architecture():
 def test_training_never_sees_held_out_architectures_or_twin_queries(tiny_zoo, tmp_path):
     """train() leaves out what the evaluation uses, whichever zoo folders it is given: torchvision
     models, keras/timm/twins builds of their architectures, and the keras models the twins
-    evaluation queries with. Other keras models (Xception) are trained on."""
+    evaluation queries with; nor the validation split's transformers types. Other keras models
+    (Xception) are trained on."""
     import shutil
 
     labels = [("keras", "resnet", "ResNet50"), ("keras", "resnet", "ResNet101"), ("timm", "resnet", "resnet50"),
               ("twins", "densenet", "DenseNet121"), ("torchvision", "resnet", "resnet18"),
-              ("keras", "xception", "Xception"), ("twins", "resnet", "ResNet101")]
+              ("keras", "xception", "Xception"), ("twins", "resnet", "ResNet101"),
+              ("transformers", "bloom", "bloom-L1-H32-A2-KV1-V128")]
     held = [zoo.held_out(dict(source=s, family=f, arch=a)) for s, f, a in labels]
-    assert held == [True, True, True, True, True, False, False]
+    assert held == [True, True, True, True, True, False, False, False]
+    held[-1] = zoo.validation(dict(source="transformers", family="bloom", arch=labels[-1][2]))
     other = tmp_path / "other"
     (other / "graphs").mkdir(parents=True)
     first = zoo.read_manifest(tiny_zoo)[0]

@@ -61,6 +61,9 @@ def test_sizes_change_the_architecture_not_the_family():
     eval_seeds = {p.seed for p in parents if p.arch == eval_arch}
     assert eval_seeds == set(zoo.TRANSFORMERS_EVAL_SEEDS)  # initialisations training never saw
     assert zoo.TRANSFORMERS_HELD_OUT <= set(zoo.TRANSFORMERS_MODALITY)
+    assert zoo.TRANSFORMERS_VALIDATION <= set(zoo.TRANSFORMERS_MODALITY) - zoo.TRANSFORMERS_HELD_OUT
+    assert zoo.validation(dict(source="transformers", family="bloom", arch="x"))
+    assert not zoo.validation(dict(source="transformers", family="gpt2", arch="x"))
 
 
 def test_zoo_builds_a_transformers_parent_with_its_derivatives(tmp_path):
@@ -79,3 +82,23 @@ def test_zoo_builds_a_transformers_parent_with_its_derivatives(tmp_path):
     assert codes["original"] - codes["fp16"] <= 2
     assert json.loads((tmp_path / "plan.json").read_text())[0]["family"] == "llama"
     assert np.isfinite(np.concatenate([g.nodes for g in graphs])).all()
+
+
+def test_one_graph_under_two_names_is_one_family(tmp_path):
+    """zoo.TRANSFORMERS_SAME_GRAPH: Mistral at a zoo size is Llama's graph as the learned bits read
+    it, so zoo.load names both llama and keeps the type; no merged name is held out or validation."""
+    from hnn_jax.model import WEIGHT_DEPENDENT_COLUMNS
+
+    size = zoo.TRANSFORMERS_SIZES[0]
+    parents = [zoo.Parent("transformers", t, zoo.transformers_arch(t, size), 0, {"size": list(size)}, ("original",))
+               for t in ("llama", "mistral")]
+    assert zoo.build(tmp_path, parents, workers=1, progress=False)["failed"] == 0
+    graphs, rows = zoo.load(tmp_path)
+    assert [(r["family"], r.get("model_type")) for r in rows] == [("llama", None), ("llama", "mistral")]
+    learned = [np.asarray(g.nodes).copy() for g in graphs]
+    for nodes in learned:
+        nodes[:, WEIGHT_DEPENDENT_COLUMNS] = 0
+    assert np.array_equal(*learned) and np.array_equal(graphs[0].senders, graphs[1].senders)
+    merged = set(zoo.TRANSFORMERS_SAME_GRAPH) | set(zoo.TRANSFORMERS_SAME_GRAPH.values())
+    assert merged <= set(zoo.TRANSFORMERS_MODALITY)
+    assert not merged & (zoo.TRANSFORMERS_HELD_OUT | zoo.TRANSFORMERS_VALIDATION)

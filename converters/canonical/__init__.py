@@ -45,15 +45,18 @@ __all__ = ["canonicalize", "prepare", "PASSES", "check_invariants", "CanonicalGr
 
 # The rewrites, in the order they run. Each line says what must come before it and why.
 PASSES = (
-    fold_constants,          # first: later passes read weights and sizes as values, not as the nodes computing them
-    reinfer_shapes,          # after folding: exporters' Reshape/Slice sizes computed from Shape ops defeat the first inference
+    fold_constants,          # first: later passes read weights and sizes as values, not as the nodes
+                             # computing them
+    reinfer_shapes,          # after folding: exporters' Reshape/Slice sizes computed from Shape ops defeat
+                             # the first inference
     merge_slices,            # needs constant slice bounds and the re-inferred shapes
     dequantize,              # before form_linear and fusion, which want float MatMul/Conv with constant weights
     drop_shape_arithmetic,   # after folding: what is left computes sizes of dynamic shapes only
     divide_as_multiply,      # after folding, which makes divisors constants
     drop_nan_guards,         # after folding, which makes the guard's fill value a constant
     remove_noops,            # after shape arithmetic: Reshape/Expand/Cast/Identity chains left between real ops
-    drop_packaging,          # before layout transposes (its input chain may end at one) and fusion (would fuse the scaling)
+    drop_packaging,          # before layout transposes (its input chain may end at one) and fusion (would
+                             # fuse the scaling)
     drop_layout_transposes,  # after no-ops (chains of transposes meet), before folding into producers
     explicit_pads,           # before fold_pads, which adds to explicit pads only
     fold_pads,
@@ -125,6 +128,34 @@ def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> Canonica
     if checking and _digest(prepared) != before:
         raise InvariantError("a pass edited the prepared model, which the probe runs")
     if not w.nodes:
-        raise UnsupportedModelError("nothing is left of the model after constant folding: "
-                                    "it computes no function of its inputs")
+        raise UnsupportedModelError(_nothing_left(prepared))
     return build(w)
+
+
+_LAYOUT_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Flatten"}
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def _nothing_left(prepared: onnx.ModelProto) -> str:
+    """Why an empty canonical graph is refused: the model computes nothing of its inputs
+    (Identity, Dropout, Shape, Size, constants), or it only reshapes, transposes or casts them
+    between float types, which canonicalisation strips on purpose (the ops on the path from
+    the inputs tell which)."""
+    g = prepared.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
+    types.update({t.name: t.data_type for t in g.initializer})
+    dynamic = {v.name for v in g.input} - {t.name for t in g.initializer}
+    stripped = set()
+    for n in g.node:
+        if n.op_type in ("Shape", "Size") or not any(x in dynamic for x in n.input):
+            continue  # sizes are fixed on the probe: what reads them alone is a constant
+        dynamic.update(filter(None, n.output))
+        to = {a.name: a.i for a in n.attribute}.get("to") if n.op_type == "Cast" else \
+            types.get(n.input[1]) if n.op_type == "CastLike" and len(n.input) > 1 else None
+        if n.domain in ("", "ai.onnx") and (n.op_type in _LAYOUT_OPS
+                                            or to in _FLOATS and types.get(n.input[0]) in _FLOATS):
+            stripped.add(n.op_type)
+    if stripped:
+        return (f"the model only reshapes, transposes or casts its inputs ({', '.join(sorted(stripped))}), "
+                "which the canonical graph strips on purpose: nothing is left to hash")
+    return "nothing is left of the model after constant folding: it computes no function of its inputs"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 from onnx import helper
 
@@ -74,7 +75,7 @@ def _classify_elementwise(x: np.ndarray, y: np.ndarray, eps: float = 0.0) -> str
 def _resolution(w: Work, x: str, nodes: list[Node]) -> float:
     """Machine epsilon of the least precise float type among x and the nodes' outputs."""
     types = {w.elem_type(t) for t in [x, *(o for m in nodes for o in m.outputs if o)]} & FLOAT_TYPES
-    return max((float(np.finfo(helper.tensor_dtype_to_np_dtype(t)).eps) for t in types), default=0.0)
+    return max((float(ml_dtypes.finfo(helper.tensor_dtype_to_np_dtype(t)).eps) for t in types), default=0.0)
 
 
 def _classify_reduce(x: np.ndarray, y: np.ndarray, axes: list[int]):

@@ -426,7 +426,8 @@ def fold_affine(w: Work, target: Node, mul, add) -> bool:
     a = np.zeros(channels, np.float32) if add is None else channel_vector(np.asarray(add), channels, axis_from_end)
     if m is None or a is None or (target.op == "ConvTranspose" and int(target.attrs.get("group", 1)) != 1):
         return False
-    bias = w.consts[target.inputs[2]].astype(np.float32) if len(target.inputs) > 2 and target.inputs[2] else np.zeros(channels, np.float32)
+    bias = (w.consts[target.inputs[2]].astype(np.float32) if len(target.inputs) > 2 and target.inputs[2]
+            else np.zeros(channels, np.float32))
     if target.op == "ConvTranspose":
         weight = weight * m.reshape(1, -1, *([1] * (weight.ndim - 2)))
     else:

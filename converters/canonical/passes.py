@@ -357,6 +357,8 @@ def remove_noops(w: Work) -> None:
     shape they expect (a squeezed pool output stays squeezed); else readers read x."""
     w.topo_sort()
     readers = {t: len(uses) for t, uses in w.consumers().items()}
+    for o in w.outputs:  # a graph output is read too (a Dropout's mask, an attention's present state)
+        readers[o] = readers.get(o, 0) + 1
     producer = {t: p for t, (p, _) in w.producers().items()}
     alias: dict[str, str] = {}
     outputs = set(w.outputs)

@@ -31,8 +31,8 @@ def prepare(model: onnx.ModelProto, folder: Path | None = None) -> onnx.ModelPro
     if model.functions:
         try:
             model = inliner.inline_local_functions(model)
-        except Exception as e:  # noqa: BLE001 - a broken function body is a bad model
-            raise UnsupportedModelError(f"could not inline the model's local functions: {e}")
+        except Exception as e:  # a broken function body is a bad model
+            raise UnsupportedModelError(f"could not inline the model's local functions: {e}") from e
     _check_names(model.graph)
     _check_nodes(model)
     _check_tensors(model.graph)
@@ -55,7 +55,7 @@ def prepare(model: onnx.ModelProto, folder: Path | None = None) -> onnx.ModelPro
     respell(model)
     inferred = infer_shapes(model.graph, model)
     if inferred is None:
-        warnings.warn("ONNX shape inference failed; continuing with the shapes the file declares")
+        warnings.warn("ONNX shape inference failed; continuing with the shapes the file declares", stacklevel=2)
     else:
         del model.graph.value_info[:]
         model.graph.value_info.extend(inferred)
@@ -185,8 +185,8 @@ def _check_nodes(model: onnx.ModelProto) -> None:
             raise CorruptFileError(
                 f"node {i} ({n.op_type}, opset {schema.since_version}) has inputs {list(n.input)} and "
                 f"outputs {list(n.output)}, but the op takes {schema.min_input} to {schema.max_input} "
-                f"inputs (required ones named) and {schema.min_output} to {schema.max_output} outputs. The model is invalid; "
-                "re-export it")
+                f"inputs (required ones named) and {schema.min_output} to {schema.max_output} outputs. "
+                "The model is invalid; re-export it")
         allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
         for k, x in enumerate(n.input):
             formal = schema.inputs[min(k, len(schema.inputs) - 1)]  # the last may be variadic

@@ -218,7 +218,7 @@ def _spell(n: onnx.NodeProto, e: _Emit, rank, sizes) -> bool:
     elif op == "Gemm" and n.domain in ("", "ai.onnx") and _input(n, 2) and sizes(n.input[2]) is None:
         beta = float(a.get("beta", 1.0))
         kept = {k: v for k, v in a.items() if k != "beta"}
-        y = e("Gemm", list(n.input[:2]), **kept)
+        y = e("Gemm", list(n.input[:2]) + ([] if e.opset >= 11 else [e.const(0.0)]), **kept)  # C optional from 11
         c = n.input[2] if beta == 1.0 else e("Mul", [n.input[2], e.const(beta)])
         e("Add", [y, c], out)
     elif op == "Erfc" and n.domain in ("", "ai.onnx"):
@@ -235,7 +235,8 @@ def respell(model: onnx.ModelProto) -> None:
     if any(n.domain == "com.microsoft.nchwc" for n in graph.node):
         warnings.warn("the file holds onnxruntime's NCHWc layout ops (optimisation level 'all'), whose "
                       "weights are blocked for the CPU that saved it; they stay `unknown` and the code "
-                      "will not match the model's. Hash the model as exported, or saved at level 'extended'")
+                      "will not match the model's. Hash the model as exported, or saved at level 'extended'",
+                      stacklevel=2)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     if not any(n.domain == MS or n.op_type in ("Erfc", "Gemm", "QLinearConv", "QLinearMatMul", "Transpose",
                                                "SimplifiedLayerNormalization", "DequantizeLinear")
@@ -247,7 +248,7 @@ def respell(model: onnx.ModelProto) -> None:
     for _ in range(3):  # a rank unknown behind a contrib op is known once that op is spelled
         tensor_type = _lazy_types(model, consts)
 
-        def rank(x):
+        def rank(x, tensor_type=tensor_type):  # this pass's types, bound at definition
             t = tensor_type(x)
             return len(t.shape.dim) if t is not None and t.HasField("shape") else None
 
@@ -256,7 +257,8 @@ def respell(model: onnx.ModelProto) -> None:
 
         nodes, changed, pending = [], False, False
         for n in graph.node:
-            e = _Emit(n, lambda n=n: _float_type(tensor_type(n.input[0]) if n.input else None), opset)
+            e = _Emit(n, lambda n=n, tensor_type=tensor_type:
+                      _float_type(tensor_type(n.input[0]) if n.input else None), opset)
             if _spell(n, e, rank, sizes):
                 nodes.extend(e.nodes)
                 changed = True
@@ -432,7 +434,8 @@ def _sink_transposes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rank, 
                 if n.input[0] in pending:  # two transposes as one (the identity, where they cancel)
                     out.append(helper.make_node("Transpose", [u], [n.output[0]], perm=composed))
                     continue
-        moved = _sunk(n, pending, consts, scalars, axes_values, unpermuted, int64s) if standard and len(n.output) == 1 else None
+        moved = (_sunk(n, pending, consts, scalars, axes_values, unpermuted, int64s)
+                 if standard and len(n.output) == 1 else None)
         if moved is not None:
             node, perm = moved
             out.append(node)
