@@ -22,6 +22,10 @@ class HasherConfig:
     # keeps the first learned_bits / members of each. One network's family retrieval swings with
     # its seed; a splice of several is steadier (README, Results).
     members: int = 1
+    # The learned bits read no absolute size: tensor numels and widths (node output, edge, weight
+    # numel) and the model's parameter count are zeroed for them, so a family's code does not
+    # follow its width; counts, ranks, attributes and structure remain (as WL-subtree reads).
+    size_blind: bool = False
 
     def __post_init__(self):
         if not isinstance(self.bits, int) or self.bits not in ALLOWED_BITS:
@@ -47,6 +51,8 @@ class HasherConfig:
             del d["instance_bits"]
         if self.members == 1:  # and those from before members
             del d["members"]
+        if not self.size_blind:  # and those from before size_blind
+            del d["size_blind"]
         return d
 
     @property

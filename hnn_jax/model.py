@@ -44,6 +44,12 @@ ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
 # projections.
 WEIGHT_DEPENDENT_COLUMNS = np.r_[schema.NODE_WEIGHT_STATS.start + np.array([1, 3, 4, 5, 6, 7]),
                                  schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_STATS, schema.NODE_ACT_PROJ]
+# HasherConfig.size_blind: the absolute sizes (log numel and widths of node outputs, edges and
+# weights; the model's parameter count) the learned bits then do not read.
+SIZE_COLUMNS = np.r_[schema.NODE_SHAPE.start, schema.NODE_SHAPE.start + np.arange(2, 6),
+                     schema.NODE_WEIGHT_STATS.start + np.array([0, 2])]
+SIZE_EDGE_COLUMNS = np.array([0, 2])
+SIZE_GLOBAL_COLUMNS = np.array([4])
 INSTANCE_COLUMNS = np.r_[schema.NODE_WEIGHT_PROJ]
 INSTANCE_SEED = 0x5EED
 INSTANCE_OPS = np.isin(np.arange(schema.VOCAB_SIZE), [schema.OP_INDEX[o] for o in schema.PARAMETER_OPS])
@@ -162,13 +168,16 @@ class HashNet(nnx.Module):
     def learned(self, graph: jraph.GraphsTuple) -> jax.Array:
         """[n_graph, learned_bits] pre-sign values of one network (no instance bits)."""
         nodes, edges = graph.nodes, graph.edges
-        n = nodes.shape[0]
         n_graph = graph.n_node.shape[0]
 
         op = op_ids(nodes)
-        features = nodes
+        features, globals_ = nodes, graph.globals
         if self.config.instance_bits:
             features = nodes.at[:, WEIGHT_DEPENDENT_COLUMNS].set(0.0)
+        if self.config.size_blind:
+            features = features.at[:, SIZE_COLUMNS].set(0.0)
+            edges = edges.at[:, SIZE_EDGE_COLUMNS].set(0.0)
+            globals_ = globals_.at[:, SIZE_GLOBAL_COLUMNS].set(0.0)
         h = self.op_embed(op.astype(jnp.int32)) + self.node_proj(features[:, 1:])
         h = self.input_norm(h)
 
@@ -181,9 +190,9 @@ class HashNet(nnx.Module):
         dst = jnp.concatenate([2 * graph.receivers, 2 * graph.senders + 1])
         for layer in self.layers:
             h = layer(h, edge_msg, src, dst)
-        return self._readout(h, graph, n, n_graph)
+        return self._readout(h, graph, globals_, n_graph)
 
-    def _readout(self, h, graph, n, n_graph):
+    def _readout(self, h, graph, globals_, n_graph):
         """Mean, max and attention pooling per graph (padding nodes masked), plus globals."""
         node_mask = jraph.get_node_padding_mask(graph)
         graph_idx = node_graph_index(graph)
@@ -195,6 +204,6 @@ class HashNet(nnx.Module):
         score = jnp.where(node_mask, self.attn_score(h)[:, 0], -1e9)
         alpha = jraph.segment_softmax(score, graph_idx, n_graph)
         attn = jraph.segment_sum(alpha[:, None] * h, graph_idx, n_graph)
-        g = jax.nn.relu(self.global_proj(graph.globals[:, 1:]))
+        g = jax.nn.relu(self.global_proj(globals_[:, 1:]))
         z = jax.nn.relu(self.head_norm(self.head(jnp.concatenate([mean, mx, attn, g], axis=1))))
         return self.to_bits(z)

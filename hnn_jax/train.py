@@ -370,6 +370,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--instance-bits", type=int,
                         help="override how many of the bits are instance bits (0: all learned)")
     parser.add_argument("--seed", type=int, help="override the seed (member i of an ensemble: seed + i)")
+    parser.add_argument("--size-blind", action="store_true", default=None,
+                        help="the learned bits read no absolute sizes (HasherConfig.size_blind)")
     parser.add_argument("--members", type=int, help="override how many separately trained networks "
                         "the learned bits are spliced from (1: one network)")
     parser.add_argument("--cpu-devices", type=int, help="split the CPU into N virtual devices (on a "
@@ -387,7 +389,7 @@ def _cli_train(args) -> int:
     config = default() if args.config == "default" else tiny_cpu()
     overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed).items() if v is not None}
     shape = {k: v for k, v in dict(bits=args.bits, instance_bits=args.instance_bits,
-                                   members=args.members).items() if v is not None}
+                                   members=args.members, size_blind=args.size_blind).items() if v is not None}
     if shape:
         try:
             overrides["hasher"] = dataclasses.replace(config.hasher, **shape)
