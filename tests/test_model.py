@@ -187,3 +187,27 @@ def test_members_config():
             HasherConfig(bits=64, instance_bits=16, members=bad)
     model = HashNet(HasherConfig(bits=32, hidden=16, layers=1, instance_bits=8, members=2), rngs=nnx.Rngs(0))
     assert len(model.members) == 2 and model.members[0].to_bits.kernel.shape == (16, 24)
+
+
+def test_size_blind_learned_bits_read_no_absolute_size():
+    """HasherConfig.size_blind: scaling every size column (numels, widths, parameter count) moves
+    no learned value; a plain network does move; old configs keep their dict (and versions)."""
+    from hnn_jax import schema
+    from hnn_jax.model import SIZE_COLUMNS, SIZE_EDGE_COLUMNS, SIZE_GLOBAL_COLUMNS
+
+    graph = random_graph(0, 40)
+    nodes, edges, globals_ = (np.array(a, np.float32) for a in (graph.nodes, graph.edges, graph.globals))
+    nodes[:, SIZE_COLUMNS] += 1.5
+    edges[:, SIZE_EDGE_COLUMNS] += 1.5
+    globals_[:, SIZE_GLOBAL_COLUMNS] += 1.5
+    wider = graph._replace(nodes=nodes, edges=edges, globals=globals_)
+    assert schema.NODE_SHAPE.start + 1 not in SIZE_COLUMNS  # the rank stays
+    for blind in (True, False):
+        model = HashNet(HasherConfig(bits=32, hidden=16, layers=2, instance_bits=8, size_blind=blind),
+                        rngs=nnx.Rngs(0))
+        values = [np.asarray(model(pad_batch([g], n_graph=2)))[:1, :24] for g in (graph, wider)]
+        same = np.allclose(*values)
+        assert same == blind
+    assert "size_blind" not in SMALL.to_dict()
+    blind = HasherConfig(bits=64, instance_bits=16, size_blind=True)
+    assert HasherConfig.from_dict(blind.to_dict()) == blind
