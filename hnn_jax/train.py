@@ -78,7 +78,9 @@ class TrainConfig:
 def default() -> TrainConfig:
     """The shipped 64-bit default: one network (48 learned + 16 instance bits), 1,200 steps at
     batch 64. One network, not a splice of several (HasherConfig.members): hashing costs a third
-    of three members' time, and the 1,000 graphs/s target at batch 256 holds (issue 17)."""
+    of three members' time, and the 1,000 graphs/s target at batch 256 holds (issue 17). The
+    shipped weights add HasherConfig.size_blind (`hnn-jax train --size-blind`), chosen on the
+    validation split after this default was set; see README, Results."""
     return TrainConfig()
 
 
