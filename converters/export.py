@@ -10,6 +10,7 @@ import os
 import pickletools
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import onnx
@@ -212,11 +213,14 @@ def _check_pt2_archive(path: Path) -> None:
 
     try:
         archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise CorruptFileError(f"{path} is not a torch.export .pt2 archive (not a zip file)") from None
+    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, OSError):
+        raise CorruptFileError(f"{path} is not a torch.export .pt2 archive (not a readable zip file)") from None
     with archive:
         for info in archive.infolist():
-            data = archive.read(info)
+            try:
+                data = archive.read(info)
+            except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, OSError, zlib.error) as e:
+                raise CorruptFileError(f"{path}: member '{info.filename}' is damaged: {first_line(e)}") from None
             if data[:2] == b"PK":
                 try:
                     torch.load(io.BytesIO(data), weights_only=True)
