@@ -213,13 +213,14 @@ def _check_pt2_archive(path: Path) -> None:
 
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, OSError):
+    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, OSError, NotImplementedError):
         raise CorruptFileError(f"{path} is not a torch.export .pt2 archive (not a readable zip file)") from None
     with archive:
         for info in archive.infolist():
             try:
                 data = archive.read(info)
-            except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, OSError, zlib.error) as e:
+            except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, OSError, NotImplementedError,
+                    zlib.error) as e:
                 raise CorruptFileError(f"{path}: member '{info.filename}' is damaged: {first_line(e)}") from None
             if data[:2] == b"PK":
                 try:
