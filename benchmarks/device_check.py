@@ -23,20 +23,20 @@ from hnn_jax.hasher import default_hasher
 from synthetic import mixed_sizes
 
 
-def codes_on(device, graphs):
-    """The shipped hasher's codes for `graphs`, computed with `device` as the default device."""
-    with jax.default_device(device):
-        return [c.bits for c in default_hasher().hash(graphs)]
-
-
-def _flip_margins(graphs, reference, codes, cpu) -> list[float]:
-    """For every bit where the last backend's codes differ from the CPU's: its CPU pre-sign value
-    relative to that bit's median magnitude."""
+def cpu_values(cpu, graphs) -> np.ndarray:
+    """The shipped hasher's pre-sign values for `graphs` on the CPU: the reference codes are
+    their signs (0 counts as 1), and their sizes say how near zero a bit that flips lay."""
     with jax.default_device(cpu):
-        values = np.abs(default_hasher().embed(graphs))
-    scale = np.maximum(np.median(values, axis=0), 1e-12)
-    return [float(values[i, j] / scale[j]) for i, (a, b) in enumerate(zip(reference, codes))
-            for j in np.flatnonzero(a != b)]
+        return default_hasher().embed(graphs)
+
+
+def _flip_margins(values: np.ndarray, codes) -> list[float]:
+    """For every bit where `codes` differ from the CPU's: its CPU pre-sign value relative to
+    that bit's median magnitude."""
+    magnitude = np.abs(values)
+    scale = np.maximum(np.median(magnitude, axis=0), 1e-12)
+    return [float(magnitude[i, j] / scale[j]) for i, code in enumerate(codes)
+            for j in np.flatnonzero(code != (values[i] >= 0))]
 
 
 def main() -> int:
@@ -56,7 +56,8 @@ def main() -> int:
           f"{len(graphs)} graphs: the bundled examples, {args.graphs} synthetic ones of 5-700 nodes, "
           f"{len(args.zoo)} zoo folders")
 
-    reference = codes_on(cpu, graphs)
+    values = cpu_values(cpu, graphs)
+    reference = list(values >= 0)
     rows = []
     for device in dict.fromkeys([cpu, accel]):
         with jax.default_device(device):
@@ -78,7 +79,7 @@ def main() -> int:
         alone = sum(not np.array_equal(a, b) for a, b in zip(one_by_one, codes[:16]))
         rows.append((device.platform, first, *rates, differ, alone))
 
-    flipped = _flip_margins(graphs, reference, codes, cpu) if differ else []
+    flipped = _flip_margins(values, codes) if differ else []
     if flipped:  # bits that differ between backends lie this close to zero on the CPU
         print(f"{len(flipped)} bits differ from the CPU's; their CPU |pre-sign| / the bit's median: "
               f"largest {max(flipped):.2e} (benchmarks/bench_margin.py: how many bits lie that close)")

@@ -60,7 +60,7 @@ def torch_to_onnx(module, example_inputs=(), *, dynamo: bool = False, opset: int
             warnings.simplefilter("ignore")
             if dynamo:
                 with quiet_logger():
-                        program = torch.onnx.export(module, example_inputs, kwargs=kwargs, dynamo=True,
+                    program = torch.onnx.export(module, example_inputs, kwargs=kwargs, dynamo=True,
                                                 opset_version=opset, verbose=False, optimize=True)
                 return program.model_proto
             torch.onnx.export(module, example_inputs, buffer, kwargs=kwargs, dynamo=False, opset_version=opset)
@@ -206,6 +206,10 @@ _OBJECT_PICKLE_OPS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD"
                     "EXT1", "EXT2", "EXT4"}
 
 
+# What zipfile raises on a damaged archive or member (bad CRC, undecodable name, unknown version ...)
+_DAMAGED_ZIP = (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, OSError, NotImplementedError, zlib.error)
+
+
 def _check_pt2_archive(path: Path) -> None:
     """torch.export.load unpickles some members: allow only what torch's weights-only unpickler
     accepts, and plain-data pickles with no imports."""
@@ -213,14 +217,13 @@ def _check_pt2_archive(path: Path) -> None:
 
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, OSError, NotImplementedError):
+    except _DAMAGED_ZIP:
         raise CorruptFileError(f"{path} is not a torch.export .pt2 archive (not a readable zip file)") from None
     with archive:
         for info in archive.infolist():
             try:
                 data = archive.read(info)
-            except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, OSError, NotImplementedError,
-                    zlib.error) as e:
+            except _DAMAGED_ZIP as e:
                 raise CorruptFileError(f"{path}: member '{info.filename}' is damaged: {first_line(e)}") from None
             if data[:2] == b"PK":
                 try:

@@ -173,8 +173,8 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, valida
     out.mkdir(parents=True, exist_ok=True)
     graphs, rows = zoo.load(eval_zoo)
     if validation:
-        graphs, rows = map(list, zip(*[(g, r) for g, r in zip(graphs, rows) if zoo.validation(r)])) \
-            if any(zoo.validation(r) for r in rows) else ([], [])
+        kept = [i for i, r in enumerate(rows) if zoo.validation(r)]
+        graphs, rows = [graphs[i] for i in kept], [rows[i] for i in kept]
     if not rows:
         from hnn_jax.errors import HNNError
         raise HNNError(f"{eval_zoo}: no graphs to evaluate" + (" of the validation split" if validation else ""))

@@ -28,8 +28,8 @@ import onnx
 
 from hnn_jax import schema
 from hnn_jax.converters.canonical.fusion import fuse_regions
-from hnn_jax.converters.canonical.graph import (CanonicalEdge, CanonicalGraph, CanonicalNode, Node, Work,
-                                                check_acyclic, kind_of)
+from hnn_jax.converters.canonical.graph import (FLOAT_TYPES, CanonicalEdge, CanonicalGraph, CanonicalNode, Node,
+                                                Work, check_acyclic, kind_of)
 from hnn_jax.converters.canonical.order import build
 from hnn_jax.converters.canonical.passes import (DATA_SLOTS, canonical_pools, dequantize, divide_as_multiply,
                                                  drop_dead, drop_layout_transposes, drop_nan_guards,
@@ -133,7 +133,6 @@ def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> Canonica
 
 
 _LAYOUT_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Flatten"}
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 def _nothing_left(prepared: onnx.ModelProto) -> str:
@@ -153,7 +152,7 @@ def _nothing_left(prepared: onnx.ModelProto) -> str:
         to = {a.name: a.i for a in n.attribute}.get("to") if n.op_type == "Cast" else \
             types.get(n.input[1]) if n.op_type == "CastLike" and len(n.input) > 1 else None
         if n.domain in ("", "ai.onnx") and (n.op_type in _LAYOUT_OPS
-                                            or to in _FLOATS and types.get(n.input[0]) in _FLOATS):
+                                            or to in FLOAT_TYPES and types.get(n.input[0]) in FLOAT_TYPES):
             stripped.add(n.op_type)
     if stripped:
         return (f"the model only reshapes, transposes or casts its inputs ({', '.join(sorted(stripped))}), "
