@@ -36,8 +36,9 @@ def _shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
     return {path_key(p): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for p, leaf in flat}
 
 
-def save(directory, config: HasherConfig, params: dict, version: str) -> Path:
-    """Write params (an nnx pure dict) and metadata under directory, replacing what was there."""
+def save(directory, config: HasherConfig, params: dict, version: str, relations: dict | None = None) -> Path:
+    """Write params (an nnx pure dict) and metadata under directory, replacing what was there.
+    `relations`: {nbits: relation thresholds} (hashcode.RELATIONS) measured for this hasher."""
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / META_FILE).unlink(missing_ok=True)
@@ -46,6 +47,8 @@ def save(directory, config: HasherConfig, params: dict, version: str) -> Path:
         ckptr.wait_until_finished()
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
             "bits": config.bits, "config": config.to_dict(), "version": version}
+    if relations:
+        meta["relations"] = {str(n): list(map(int, b)) for n, b in sorted(relations.items())}
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return directory
 
@@ -78,7 +81,24 @@ def read_meta(directory) -> dict[str, Any]:
             f"{path}: bits {meta.get('bits')!r} disagrees with config bits {meta['config'].bits}")
     if not isinstance(meta.get("version"), str):
         raise CorruptFileError(f"{path}: missing code version")
+    relations = meta.setdefault("relations", {})
+    if not isinstance(relations, dict) or not all(
+            isinstance(n, str) and n.isdigit() and isinstance(b, list) and len(b) == 3
+            and all(isinstance(x, int) and 0 <= x <= int(n) for x in b) and b == sorted(b)
+            for n, b in relations.items()):
+        raise CorruptFileError(f"{path}: relations must map code lengths to 3 ascending distances")
+    meta["relations"] = {int(n): tuple(b) for n, b in relations.items()}
     return meta
+
+
+def write_relations(directory, relations: dict) -> None:
+    """Store measured relation thresholds {nbits: (3 distances)} in a checkpoint's metadata; the
+    weights and the code version do not change."""
+    path = Path(directory).absolute() / META_FILE
+    read_meta(directory)  # a checkpoint this hnn-jax reads
+    meta = json.loads(path.read_text())
+    meta["relations"] = {str(n): list(map(int, b)) for n, b in sorted(relations.items())}
+    path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def restore(directory, target: dict) -> dict:

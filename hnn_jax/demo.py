@@ -32,7 +32,8 @@ def example_paths() -> list[Path]:
 def main() -> int:
     import hnn_jax
     from hnn_jax import converters
-    from hnn_jax.index import HammingIndex, relation
+    from hnn_jax.hashcode import RELATIONS, relation, relation_thresholds
+    from hnn_jax.index import HammingIndex
 
     paths = example_paths()
     graphs = []
@@ -57,11 +58,16 @@ def main() -> int:
         # ties come back in insertion order (names are sorted); the model itself is among them
         (d1, n1), (d2, n2) = [(m.distance, m.id) for m in index.search(code, k=3)
                               if m.id != name][:2]
-        print(f"  {name:<{width}}  -> {n1} ({d1} bits: {relation(d1, len(code))[0]}), "
-              f"then {n2} ({d2} bits: {relation(d2, len(code))[0]})")
-    print("\nRelations (hnn_jax.index.RELATIONS, for 64 bits): 0-3 same model or a near copy, 4-11 same "
-          "architecture, 12-18 same family, more: unrelated. Expect cnn_a's copies within 0-3 of it, "
-          "cnn_b within 11, cnn_wide nearer than the MLP and the transformer.")
+        print(f"  {name:<{width}}  -> {n1} ({d1} bits: {relation(d1, len(code), code.version)[0]}), "
+              f"then {n2} ({d2} bits: {relation(d2, len(code), code.version)[0]})")
+    bounds = relation_thresholds(codes[0].version, len(codes[0]))
+    low, bands = 0, []
+    for high, (key, _) in zip(bounds, RELATIONS):
+        bands.append(f"{low}-{high} {key}")
+        low = high + 1
+    print(f"\nRelations (measured for this hasher at {len(codes[0])} bits, its hasher.json): "
+          f"{', '.join(bands)}, more: unrelated. Expect cnn_a's copies in the first band, cnn_b in "
+          "the second, cnn_wide nearer than the MLP and the transformer.")
     return 0
 
 

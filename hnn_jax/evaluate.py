@@ -137,18 +137,39 @@ def relation_distances(bits: np.ndarray, rows: list[dict]) -> dict[str, np.ndarr
             "same family, other architecture": dist[f & ~a], "other family": dist[~f]}
 
 
-def relation_summary(bits: np.ndarray, rows: list[dict]) -> dict[str, dict]:
+def measure_thresholds(groups: dict[str, np.ndarray], nbits: int) -> tuple[int, int, int]:
+    """Relation thresholds (hashcode.RELATIONS) from distances grouped as relation_distances
+    gives them: between each relation and the next, the distance t that minimises the share of
+    the nearer relation's pairs above t plus the share of the farther one's at or below t (the
+    median of the best distances: the middle of a gap between the two; never below the previous
+    threshold)."""
+    from hnn_jax.errors import HNNError
+
+    levels = list(groups.values())
+    empty = [name for name, d in groups.items() if not len(d)]
+    if empty:
+        raise HNNError(f"cannot measure relation thresholds: the zoo has no pairs of {', '.join(empty)}")
+    bounds, low = [], 0
+    for near, far in zip(levels, levels[1:]):
+        t = np.arange(low, nbits + 1)
+        error = (near[None, :] > t[:, None]).mean(1) + (far[None, :] <= t[:, None]).mean(1)
+        best = t[error <= error.min() + 1e-12]
+        low = int(best[len(best) // 2])
+        bounds.append(low)
+    return tuple(bounds)
+
+
+def relation_summary(bits: np.ndarray, rows: list[dict], thresholds) -> dict[str, dict]:
     """Per relation: pair count, mean and percentiles of the distance, and the share of pairs in
-    each band of hnn_jax.index.RELATIONS (what the thresholds there are read from)."""
-    from hnn_jax.index import RELATIONS
+    each band of the thresholds (hashcode.RELATIONS)."""
+    from hnn_jax.hashcode import RELATIONS
 
     out = {}
     for name, d in relation_distances(bits, rows).items():
         if not len(d):
             continue
         bands, low = {}, 0
-        for fraction, key, _ in RELATIONS:
-            high = int(fraction * bits.shape[1] + 1e-9)
+        for high, (key, _) in zip([*thresholds, bits.shape[1]], RELATIONS):
             bands[f"{key} ({low}-{high})"] = float(np.mean((d >= low) & (d <= high)))
             low = high + 1
         out[name] = dict(n=len(d), mean=float(d.mean()), p5=float(np.percentile(d, 5)),
@@ -156,18 +177,21 @@ def relation_summary(bits: np.ndarray, rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def codes_of(graphs, method) -> np.ndarray:
-    """0/1 matrix for a list of graphs: method is a Hasher or a baseline function."""
+def codes_of(graphs, method, bits: int | None = None) -> np.ndarray:
+    """0/1 matrix for a list of graphs: method is a Hasher (codes of `bits` bits, default its
+    trained length) or a baseline function."""
     if callable(method) and not hasattr(method, "hash"):
         return np.stack([method(g) for g in graphs])
-    return np.stack([c.bits for c in method.hash(list(graphs))])
+    return np.stack([c.bits for c in method.hash(list(graphs), bits=bits)])
 
 
 def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, validation: bool = False) -> dict:
     """Evaluate `hasher` and the baselines; write results.json, results.md,
-    relation_distances.json (the hasher's distances by relation) and plots to out_dir.
+    relation_distances.json (the hasher's distances by relation at every code length it makes,
+    and the relation thresholds measured from them: summary["relations"]) and plots to out_dir.
     validation: only the zoo's graphs of the validation split (zoo.validation)."""
     from hnn_jax import zoo
+    from hnn_jax.errors import HNNError
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +200,6 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, valida
         kept = [i for i, r in enumerate(rows) if zoo.validation(r)]
         graphs, rows = [graphs[i] for i in kept], [rows[i] for i in kept]
     if not rows:
-        from hnn_jax.errors import HNNError
         raise HNNError(f"{eval_zoo}: no graphs to evaluate" + (" of the validation split" if validation else ""))
     k_graphs, k_rows = zoo.load(keras_zoo) if keras_zoo else ([], [])
     results, all_bits = {}, {}
@@ -193,10 +216,22 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, valida
             if k_graphs:
                 res.update(evaluate_twins(k_bits[:, columns], k_rows, bits[:, columns], rows))
             results[part] = res
+    relations, distances, missing = {}, {}, None
+    for nbits in hasher.lengths:
+        bits = all_bits["hnn-jax"] if nbits == hasher.config.bits else codes_of(graphs, hasher, nbits)
+        if nbits != hasher.config.bits:
+            results[f"hnn-jax, {nbits}-bit lineage code"] = evaluate_codes(bits, rows)
+        try:
+            relations[nbits] = measure_thresholds(relation_distances(bits, rows), nbits)
+        except HNNError as e:  # a zoo without every relation level still gets its other figures
+            missing = str(e)
+            continue
+        distances[nbits] = relation_summary(bits, rows, relations[nbits])
     summary = dict(models=len({r['parent'] for r in rows}), graphs=len(rows),
-                   families=len({r['family'] for r in rows}), results=results)
+                   families=len({r['family'] for r in rows}), results=results, relations=relations,
+                   relations_missing=missing)
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    (out / "relation_distances.json").write_text(json.dumps(relation_summary(all_bits["hnn-jax"], rows), indent=1))
+    (out / "relation_distances.json").write_text(json.dumps(distances, indent=1))
     (out / "results.md").write_text(markdown_table(summary))
     if plots:
         _plots(out, all_bits, rows)
@@ -289,6 +324,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--validation", action="store_true",
                         help="only the zoo's graphs of the validation split (zoo.validation: model types "
                         "training leaves out for choices)")
+    parser.add_argument("--save-thresholds", action="store_true",
+                        help="store the relation thresholds measured here in the --hasher checkpoint's "
+                        "hasher.json, where compare, search and HashCode.relation read them")
     parser.add_argument("--no-plots", action="store_true")
     parser.set_defaults(func=_cli_eval)
 
@@ -296,7 +334,25 @@ def add_arguments(parser) -> None:
 def _cli_eval(args) -> int:
     from hnn_jax.hasher import Hasher, default_hasher
 
+    from hnn_jax import checkpoint
+    from hnn_jax.errors import HNNError
+    from hnn_jax.hashcode import RELATIONS
+
+    if args.save_thresholds and not args.hasher:
+        raise HNNError("--save-thresholds writes into a checkpoint: give it as --hasher DIR "
+                       "(the shipped weights are hnn_jax/weights/default)")
     hasher = Hasher.load(args.hasher) if args.hasher else default_hasher()
     summary = run(hasher, args.zoo, args.out, args.keras, plots=not args.no_plots, validation=args.validation)
     print(markdown_table(summary))
+    if summary["relations_missing"]:
+        print(f"relation thresholds: not measured ({summary['relations_missing']})")
+        if args.save_thresholds:
+            raise HNNError("nothing saved: " + summary["relations_missing"])
+        return 0
+    print("relation thresholds (largest distance of " + ", ".join(k for k, _ in RELATIONS[:3]) + "):")
+    for nbits, bounds in summary["relations"].items():
+        print(f"  {nbits} bits: {', '.join(map(str, bounds))}")
+    if args.save_thresholds:
+        checkpoint.write_relations(args.hasher, summary["relations"])
+        print(f"saved in {args.hasher}/hasher.json")
     return 0

@@ -73,11 +73,13 @@ def named_error(path, error: Exception) -> Exception:
         return HNNError(f"{path}: {message}")
 
 
-def hash_files(paths, *, skip_errors: bool = False, progress: bool = True, hasher=None):
+def hash_files(paths, *, skip_errors: bool = False, progress: bool = True, hasher=None,
+               bits: int | None = None):
     """Yield a FileCode for every model the files and folders in `paths` name (find_models), in
     order, converting up to CHUNK models before each batched hash call, with a progress bar on
     stderr. A model that fails raises an HNNError naming it; with skip_errors it is yielded with
-    `error` set and the rest go on. `hasher`: the shipped default when None."""
+    `error` set and the rest go on. `hasher`: the shipped default when None; `bits`: the code
+    length (hnn_jax.hash)."""
     from tqdm import tqdm
 
     import hnn_jax
@@ -87,7 +89,7 @@ def hash_files(paths, *, skip_errors: bool = False, progress: bool = True, hashe
     pending: list[FileCode] = []
 
     def flush():
-        codes = hnn_jax.hash([g for _, g in pending], hasher=hasher)
+        codes = hnn_jax.hash([g for _, g in pending], bits=bits, hasher=hasher)
         out = []
         for (result, _), code in zip(pending, codes):
             result.code = code

@@ -5,7 +5,9 @@ spaces, so every comparison checks the version and length instead of returning a
 distance.
 """
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +20,57 @@ _TEXT_RE = re.compile(r"hnn1:([A-Za-z0-9._-]+):([1-9][0-9]*):([0-9a-f]+)\Z")
 
 class MalformedCodeError(HNNError, ValueError):
     """Text, bytes or integer that do not encode a valid HashCode."""
+
+
+RELATIONS: tuple[tuple[str, str], ...] = (
+    ("same-model", "the same model or a near copy: re-export, fp16/int8, pruning, fine-tuning or weight noise"),
+    ("same-architecture", "the same architecture with other weights (or a close relative)"),
+    ("same-family", "the same architecture family, another size or depth"),
+    ("unrelated", "unrelated models"),
+)
+"""What a Hamming distance suggests about two models, as (key, description), nearest first.
+Where one relation ends and the next begins is measured per hasher and per code length
+(`hnn-jax eval` measures them; hasher.json stores them as "relations"), so it travels with the
+hasher: `relation_thresholds(version, nbits)`."""
+
+SHIPPED_META = Path(__file__).resolve().parent / "weights" / "default" / "hasher.json"
+_THRESHOLDS: dict[tuple[str, int], tuple[int, ...]] = {}
+
+
+class NoThresholdsError(HNNError, LookupError):
+    """No relation thresholds are known for a hasher and code length."""
+
+
+def register_thresholds(version: str, relations: dict) -> None:
+    """Make the thresholds of a hasher known to this process: {nbits: [largest same-model,
+    same-architecture and same-family distance]} (hasher.json's "relations")."""
+    for nbits, bounds in relations.items():
+        _THRESHOLDS[(version, int(nbits))] = tuple(int(b) for b in bounds)
+
+
+def relation_thresholds(version: str, nbits: int) -> tuple[int, ...]:
+    """The largest distance of each of the first three RELATIONS for codes of this hasher and
+    length: from a hasher loaded or measured in this process, or the shipped hasher's file."""
+    if (version, nbits) not in _THRESHOLDS and SHIPPED_META.is_file():
+        meta = json.loads(SHIPPED_META.read_text())
+        if meta.get("version") == version:
+            register_thresholds(version, meta.get("relations", {}))
+    if (version, nbits) not in _THRESHOLDS:
+        raise NoThresholdsError(
+            f"no relation thresholds are known for hasher {version} at {nbits} bits: load that "
+            "hasher (Hasher.load) or measure them with `hnn-jax eval ZOO --hasher DIR --save-thresholds`")
+    return _THRESHOLDS[(version, nbits)]
+
+
+def relation(distance: int, nbits: int, version: str) -> tuple[str, str]:
+    """(key, description) of the relation a distance suggests between two codes of `nbits` bits
+    of hasher `version`, by that hasher's measured thresholds (relation_thresholds)."""
+    if nbits <= 0 or not 0 <= distance <= nbits:
+        raise ValueError(f"distance must be in [0, {nbits}], got {distance}")
+    for bound, (key, description) in zip(relation_thresholds(version, nbits), RELATIONS):
+        if distance <= bound:
+            return key, description
+    return RELATIONS[-1]
 
 
 def _check_version(version: str) -> str:
@@ -76,6 +129,11 @@ class HashCode:
         """Hamming distance (number of differing bits)."""
         self._check_comparable(other)
         return int(np.count_nonzero(self._bits != other._bits))
+
+    def relation(self, other: "HashCode") -> tuple[str, str]:
+        """(key, description) of what the distance to `other` suggests (RELATIONS), by the
+        thresholds measured for this code's hasher and length."""
+        return relation(self - other, len(self), self._version)
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, HashCode):

@@ -13,9 +13,9 @@ import numpy as np
 from flax import nnx
 
 from hnn_jax import checkpoint, schema
-from hnn_jax.config import HasherConfig
+from hnn_jax.config import ALLOWED_BITS, HasherConfig
 from hnn_jax.errors import HNNError, ModelTooLargeError, SchemaMismatchError
-from hnn_jax.hashcode import HashCode
+from hnn_jax.hashcode import HashCode, register_thresholds
 from hnn_jax.model import HashNet
 from hnn_jax.padding import MAX_EDGES, MAX_NODES, pad_batch
 
@@ -139,16 +139,35 @@ class Hasher:
         self.config: HasherConfig = model.config
         self._graphdef, self._state = nnx.split(nnx.clone(model))  # later edits to model: no effect
         self.version = fingerprint(self.config, nnx.to_pure_dict(self._state))
+        self.relations: dict[int, tuple[int, ...]] = {}  # measured thresholds (hnn-jax eval), by length
         share = 1 if self.config.members == 1 else 2
         self.node_budget = node_budget or 4096 // share
         self.edge_budget = edge_budget or 8192 // share
         self.max_graphs = max_graphs
         self.trace_count = 0
-        self._forward = jax.jit(self._forward_fn, compiler_options=_compiler_options())
+        self._forward = jax.jit(self._forward_fn, static_argnums=2, compiler_options=_compiler_options())
 
-    def _forward_fn(self, state, graph):
-        self.trace_count += 1  # runs only while tracing, i.e. once per compiled bucket
-        return nnx.merge(self._graphdef, state)(graph)
+    def _forward_fn(self, state, graph, instance_bits):
+        self.trace_count += 1  # runs only while tracing, i.e. once per compiled bucket and length
+        return nnx.merge(self._graphdef, state)(graph, instance_bits)
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """The code lengths this hasher makes: its trained length and, with instance bits, every
+        longer length of config.ALLOWED_BITS (lineage codes: the same learned bits, more
+        instance bits; a shorter code of the same hasher is their prefix)."""
+        if not self.config.instance_bits:
+            return (self.config.bits,)
+        return tuple(b for b in ALLOWED_BITS if b >= self.config.bits)
+
+    def _instance_bits(self, bits: int | None) -> int:
+        if bits is None or bits == self.config.bits:
+            return self.config.instance_bits
+        if bits not in self.lengths:
+            why = ("it has no instance bits to extend" if not self.config.instance_bits
+                   else f"lengths are {', '.join(map(str, self.lengths))}")
+            raise HNNError(f"this hasher cannot make {bits}-bit codes: {why}")
+        return bits - self.config.learned_bits
 
     @property
     def model(self) -> HashNet:
@@ -182,27 +201,40 @@ class Hasher:
             raise SchemaMismatchError(
                 f"restored weights have fingerprint {hasher.version}, checkpoint says "
                 f"{meta['version']}: the parameter files were changed or mixed up")
+        hasher.set_relations(meta["relations"])
         return hasher
+
+    def set_relations(self, relations: dict) -> None:
+        """Relation thresholds {nbits: (largest same-model, same-architecture, same-family
+        distance)}, as `hnn-jax eval` measures them; codes of this hasher then read them
+        (HashCode.relation) and save() stores them."""
+        self.relations = {int(n): tuple(map(int, b)) for n, b in relations.items()}
+        register_thresholds(self.version, self.relations)
 
     def save(self, directory):
         """Write an orbax checkpoint of the weights plus hasher.json (config, bits, schema)."""
         return checkpoint.save(directory, self.config, nnx.to_pure_dict(self._state),
-                               self.version)
+                               self.version, self.relations)
 
-    def hash(self, graphs):
+    def hash(self, graphs, *, bits: int | None = None):
         """HashCode of one jraph.GraphsTuple, or a list of them for a list of graphs.
 
-        Batched results are identical, bit for bit, to hashing each graph alone.
+        `bits` (default the trained length, config.bits) may be any of `lengths`: 128 or 256 keep
+        the learned bits and extend the instance bits, to tell apart thousands of models of one
+        architecture (lineage). Codes of one hasher and length share a version and compare;
+        the learned bits come first, then the instance bits, so code[:64] of a 256-bit code is
+        the 64-bit code. Batched results are identical, bit for bit, to hashing each graph alone.
         """
         if isinstance(graphs, jraph.GraphsTuple):
-            return self.hash([graphs])[0]
-        return [HashCode(row >= 0, self.version) for row in self.embed(graphs)]
+            return self.hash([graphs], bits=bits)[0]
+        return [HashCode(row >= 0, self.version) for row in self.embed(graphs, bits=bits)]
 
-    def embed(self, graphs) -> np.ndarray:
+    def embed(self, graphs, *, bits: int | None = None) -> np.ndarray:
         """The continuous pre-sign values, float32 [len(graphs), bits]; codes are their signs
         (0 counts as 1). Values near 0 mark bits that small model changes may flip."""
+        instance_bits = self._instance_bits(bits)
         if isinstance(graphs, jraph.GraphsTuple):
-            return self.embed([graphs])[0]
+            return self.embed([graphs], bits=bits)[0]
         if not isinstance(graphs, (list, tuple)):
             raise HNNError("expected a jraph.GraphsTuple or a list of them, got "
                            f"{type(graphs).__name__}")
@@ -210,9 +242,9 @@ class Hasher:
         pending = []  # dispatch every chunk before reading any back, so host and device overlap
         for chunk in _pack(checked, self.node_budget, self.edge_budget, self.max_graphs):
             padded = pad_batch(chunk, n_graph=self.max_graphs + 1)
-            pending.append((len(chunk), self._forward(self._state, padded)))
+            pending.append((len(chunk), self._forward(self._state, padded, instance_bits)))
         if not pending:
-            return np.zeros((0, self.config.bits), np.float32)
+            return np.zeros((0, self.config.learned_bits + instance_bits), np.float32)
         return np.concatenate([np.asarray(out)[:count] for count, out in pending])
 
 
@@ -229,8 +261,9 @@ def default_hasher() -> Hasher:
     return Hasher.load(DEFAULT_WEIGHTS)
 
 
-def hash(graphs, *, hasher: Hasher | None = None):  # noqa: A001 - the public name is hnn_jax.hash
+def hash(graphs, *, bits: int | None = None, hasher: Hasher | None = None):  # noqa: A001 - the public name
     """HashCode(s) for a jraph.GraphsTuple or a list of them, by `hasher` or the shipped default
-    (64 bits, trained on the zoo of generated, timm and keras.applications models; its version
-    string is on every code, so codes of other hashers are never compared silently)."""
-    return (hasher or default_hasher()).hash(graphs)
+    (64 bits: 48 learned, 16 instance; bits=128 or 256 for lineage codes with 80 or 208 instance
+    bits). The version string is on every code, so codes of other hashers are never compared
+    silently; codes of other lengths refuse to compare too."""
+    return (hasher or default_hasher()).hash(graphs, bits=bits)

@@ -43,41 +43,6 @@ FORMAT = "hnn-jax-index"
 FORMAT_VERSION = 1
 _MAX_BITS = 65535  # distances are accumulated in uint16
 
-# Provisional match thresholds, as fractions of the code length (64-bit equivalents in brackets).
-RELATIONS: tuple[tuple[float, str, str], ...] = (
-    (3 / 64, "same-model",
-     "the same model or a near copy: re-export, fp16/int8, pruning, fine-tuning or weight noise"),
-    (11 / 64, "same-architecture", "the same architecture with other weights (or a close relative)"),
-    (18 / 64, "same-family", "the same architecture family, another size or depth"),
-    (1.0, "unrelated", "unrelated models"),
-)
-"""What a Hamming distance suggests about two models, as (max fraction of differing bits, key,
-description), checked in order: the first row whose fraction is >= distance / code length wins.
-For 64-bit codes: 0-3 bits same model, 4-11 same architecture, 12-18 same family, 19+ unrelated.
-
-Measured with the shipped 64-bit weights on held-out torchvision classifiers (benchmarks/results,
-`hnn-jax eval`), share of pairs in each band:
-
-    relation                          0-3     4-11    12-18   19+
-    same model (8 derivatives)        99.1%   0.9%    0       0
-    same architecture, other init     4.6%    90.6%   4.8%    0
-    same family, other architecture   0       38.5%   53.2%   8.3%
-    other family                      0       0.02%   5.9%    94.1%
-
-The first two bands are sharp (the 16 instance bits separate copies from other initialisations);
-the family bands overlap: a close relative (resnet50 and resnext50) often lies 4-11 bits away.
-"""
-
-
-def relation(distance: int, nbits: int) -> tuple[str, str]:
-    """(key, description) of the relation RELATIONS suggests for `distance` out of `nbits` bits."""
-    if nbits <= 0 or not 0 <= distance <= nbits:
-        raise ValueError(f"distance must be in [0, {nbits}], got {distance}")
-    for fraction, key, description in RELATIONS:
-        if distance <= fraction * nbits + 1e-9:
-            return key, description
-    return RELATIONS[-1][1], RELATIONS[-1][2]
-
 
 class UnknownIdError(HNNError, KeyError):
     """An id that is not in the index."""

@@ -67,8 +67,13 @@ def node_graph_index(graph: jraph.GraphsTuple) -> jax.Array:
 
 
 @functools.cache
-def _instance_mixing(width: int, bits: int) -> np.ndarray:
-    return np.random.default_rng(INSTANCE_SEED).choice([-1.0, 1.0], (width, bits)).astype(np.float32)
+def _instance_mixing(width: int, bits: int, base: int) -> np.ndarray:
+    """The fixed +-1 [width, bits] matrix: the first `base` columns as every hasher of `base`
+    instance bits draws them, the rest drawn column by column from a second stream, so a longer
+    code's instance part starts with the shorter one's."""
+    first = np.random.default_rng(INSTANCE_SEED).choice([-1.0, 1.0], (width, min(bits, base)))
+    extra = np.random.default_rng(INSTANCE_SEED + 1).choice([-1.0, 1.0], (max(bits - base, 0), width)).T
+    return np.concatenate([first, extra], axis=1).astype(np.float32)
 
 
 def _fmix32(x: jax.Array) -> jax.Array:
@@ -80,8 +85,11 @@ def _fmix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def instance_code(graph: jraph.GraphsTuple, bits: int) -> jax.Array:
+def instance_code(graph: jraph.GraphsTuple, bits: int, base: int | None = None) -> jax.Array:
     """[n_graph, bits] of +-1: a SimHash of the weight fingerprints in canonical node order.
+
+    `base` is the instance width the hasher was made with (default: bits); a longer code
+    (bits > base, for lineage) keeps those `base` bits first and adds bits - base more.
 
     Node i of a graph whose op holds parameters (schema.PARAMETER_OPS) contributes (its weight
     projections @ a fixed +-1 matrix) times +-1 signs drawn by hashing (i, op); the sums are signed.
@@ -100,7 +108,7 @@ def instance_code(graph: jraph.GraphsTuple, bits: int) -> jax.Array:
     column = np.arange(bits)
     sign_bits = (words[:, column // 32] >> jnp.asarray(column % 32, jnp.uint32)) & jnp.uint32(1)
     signs = sign_bits.astype(nodes.dtype) * 2 - 1
-    mixing = jnp.asarray(_instance_mixing(len(INSTANCE_COLUMNS), bits))
+    mixing = jnp.asarray(_instance_mixing(len(INSTANCE_COLUMNS), bits, base or bits))
     signs = signs * jnp.asarray(INSTANCE_OPS, nodes.dtype)[op.astype(jnp.int32)][:, None]
     total = jraph.segment_sum((nodes[:, INSTANCE_COLUMNS] @ mixing) * signs, graph_idx, n_graph)
     return jnp.where(total >= 0, 1.0, -1.0).astype(nodes.dtype)
@@ -154,16 +162,19 @@ class HashNet(nnx.Module):
         self.head_norm = nnx.LayerNorm(h, rngs=rngs)
         self.to_bits = nnx.Linear(h, config.learned_bits, rngs=rngs)
 
-    def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
+    def __call__(self, graph: jraph.GraphsTuple, instance_bits: int | None = None) -> jax.Array:
+        """[n_graph, learned_bits + instance_bits]; `instance_bits` (default the config's) may be
+        larger than the config's for a longer code whose extra bits are all instance bits."""
         graph = jax.tree.map(jnp.asarray, graph)  # jraph's padding masks index with jnp arrays
         if self.config.members > 1:
             share = self.config.learned_bits // self.config.members
             learned = jnp.concatenate([m.learned(graph)[:, :share] for m in self.members], axis=1)
         else:
             learned = self.learned(graph)
-        if not self.config.instance_bits:
+        base = self.config.instance_bits
+        if not base:
             return learned
-        return jnp.concatenate([learned, instance_code(graph, self.config.instance_bits)], axis=1)
+        return jnp.concatenate([learned, instance_code(graph, instance_bits or base, base)], axis=1)
 
     def learned(self, graph: jraph.GraphsTuple) -> jax.Array:
         """[n_graph, learned_bits] pre-sign values of one network (no instance bits)."""

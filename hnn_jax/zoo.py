@@ -33,8 +33,10 @@ from pathlib import Path
 import jraph
 import numpy as np
 
+# "finetune": 5 Adam steps; "tune" and "lora": the real fine-tunes of hnn_jax.lineage (500 steps,
+# a replaced task head; a merged LoRA adapter)
 TORCH_TRANSFORMS = ("original", "fp16", "int8", "prune10", "prune30", "prune50", "noise",
-                    "finetune", "dynamo")
+                    "finetune", "tune", "lora", "dynamo")
 KERAS_TRANSFORMS = ("original", "fp16", "int8", "prune10", "prune30", "prune50", "noise", "opset13")
 GENERATED_FAMILIES = ("mlp", "cnn", "resnet", "rnn", "transformer", "encdec")
 
@@ -360,7 +362,7 @@ def timm_choice(per_family: int = 2, max_params: float = 25e6) -> list[tuple[str
 
 # ----------------------------------------------------------------------------- transformers
 
-TRANSFORMERS_TRANSFORMS = ("original", "fp16", "int8", "prune30", "noise", "finetune")
+TRANSFORMERS_TRANSFORMS = ("original", "fp16", "int8", "prune30", "noise", "finetune", "tune", "lora")
 # Sizes of a transformers model type: (layers, hidden, heads, key/value heads, vocabulary).
 # Training sees the first three; the fourth, with initialisations TRANSFORMERS_EVAL_SEEDS, is the
 # unseen-size evaluation of the types trained on.
@@ -503,33 +505,21 @@ def _torch_parent(parent: Parent):
 
 
 def _finetune(model, x, steps: int = 5, lr: float = 1e-4, seed: int = 0):
-    """A copy of the model after a few real Adam steps on synthetic data."""
+    """A copy of the model after a few real Adam steps on synthetic data (lineage.synthetic_batch),
+    its first output regressed on noise: the mildest fine-tune (lineage.tune_new_head is a real one)."""
     import copy
 
     import torch
 
+    from hnn_jax.lineage import vocab_size, synthetic_batch
+
     tuned = copy.deepcopy(model).train()
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(tuned.parameters(), lr=lr)
-    vocab = getattr(getattr(model, "config", None), "vocab_size", 1000) or 1000
-
-    def batch(t, name="x"):
-        """4 random rows like t: floats N(0, 1), token ids in the vocabulary, other integers 0
-        (token types), a mask of ones."""
-        shape = (4, *t.shape[1:])
-        if t.is_floating_point():
-            return torch.randn(shape, generator=g)
-        if name == "attention_mask":
-            return torch.ones(shape, dtype=t.dtype)
-        if name == "x" or name.endswith("input_ids"):
-            return torch.randint(0, min(vocab, 1000), shape, generator=g)
-        return torch.zeros(shape, dtype=t.dtype)
-
+    vocab = vocab_size(model)
     for _ in range(steps):
-        if isinstance(x, dict):  # a transformers model: its last hidden state, regressed on noise
-            out = tuned(**{k: batch(v, k) if isinstance(v, torch.Tensor) else v for k, v in x.items()})[0]
-        else:
-            out = tuned(batch(x))
+        inputs = synthetic_batch(x, g, 4, vocab)
+        out = tuned(**inputs)[0] if isinstance(x, dict) else tuned(inputs)
         out = out[0] if isinstance(out, (tuple, list)) else out
         loss = torch.nn.functional.mse_loss(out, torch.randn(out.shape, generator=g))
         opt.zero_grad()
@@ -572,10 +562,16 @@ def _variant_models(parent: Parent):
         "int8": lambda: variants.int8_dynamic(original),
         "noise": lambda: variants.perturb(original, 0.01, seed=parent.seed),
     }
-    if parent.source == "transformers":
-        makers["finetune"] = lambda: export.transformers_to_onnx(_finetune(torch_model, x, seed=parent.seed))
-    elif torch_model is not None:
-        makers["finetune"] = lambda: export.torch_to_onnx(_finetune(torch_model, x, seed=parent.seed), x)
+    if torch_model is not None:
+        from hnn_jax import lineage
+
+        def torch_export(model):
+            return (export.transformers_to_onnx(model) if parent.source == "transformers"
+                    else export.torch_to_onnx(model, x))
+        makers["finetune"] = lambda: torch_export(_finetune(torch_model, x, seed=parent.seed))
+        makers["tune"] = lambda: torch_export(lineage.tune_new_head(torch_model, x, seed=parent.seed))
+        makers["lora"] = lambda: torch_export(lineage.lora_merge(torch_model, x, seed=parent.seed))
+    if torch_model is not None and parent.source != "transformers":
         makers["dynamo"] = lambda: export.torch_to_onnx(torch_model, x, dynamo=True)
     for t in parent.transforms:
         if t.startswith("prune"):

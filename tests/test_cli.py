@@ -14,7 +14,7 @@ import pytest
 
 from hnn_jax import HashCode, HNNError, cli
 from hnn_jax.files import find_models
-from hnn_jax.index import HammingIndex, relation
+from hnn_jax.index import HammingIndex
 
 EXAMPLES = Path(str(files("hnn_jax") / "examples"))
 
@@ -105,14 +105,17 @@ def test_compare(hashed, models, capsys):
     a, b = HashCode.from_str(hashed[0]["code"]), HashCode.from_str(hashed[1]["code"])
     assert (out["code_a"], out["code_b"]) == (str(a), str(b))
     assert out["distance"] == a - b and out["nbits"] == 64 and "provisional" not in out
-    assert out["relation"] == relation(a - b, 64)[0]
+    assert out["relation"] == a.relation(b)[0] and len(out["thresholds"]) == 3
 
     # codes work in place of models; text form names the relation and the thresholds
     far = HashCode(1 - a.bits, a.version)
     assert cli.main(["compare", str(a), str(far)]) == 0
     text = capsys.readouterr().out
     assert "distance: 64 of 64 bits" in text and "relation: unrelated" in text
-    assert "thresholds: <= 3 same-model" in text
+    assert re.search(r"thresholds: <= \d+ same-model, <= \d+ same-architecture, <= \d+ same-family", text)
+    # a lineage code: model paths are hashed at the length asked for, or the first code's
+    assert cli.main(["compare", str(models / "cnn_a.onnx"), str(models / "cnn_b.onnx"), "--length", "256"]) == 0
+    assert "of 256 bits" in capsys.readouterr().out
 
 
 def test_index_build_search_add(hashed, models, tmp_path, capsys):
@@ -144,7 +147,7 @@ def test_index_build_search_add(hashed, models, tmp_path, capsys):
     # the same query without a radius lists everything, farthest last
     assert cli.main(["search", str(index_file), str(far), "-k", "10"]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert rows[0].split() == ["rank", "distance", "id"] and len(rows) == 5
+    assert rows[0].split() == ["rank", "distance", "relation", "id"] and len(rows) == 5
 
     # index add: a new file goes in; an id already there needs --replace
     extra = tmp_path / "extra"
@@ -222,8 +225,11 @@ def test_help_example_codes_are_of_the_shipped_hasher():
 
 
 def test_demo_neighbours_agree_with_its_distance_table(capsys):
+    from hnn_jax.hashcode import relation
+
     assert cli.main(["demo"]) == 0
     out = capsys.readouterr().out
+    version = re.search(r"64-bit codes \((\S+)\)", out).group(1)
     names = sorted(p.stem for p in EXAMPLES.glob("*.onnx"))
     table = {}
     for line in out.split("Hamming distances:")[1].split("Nearest neighbours:")[0].splitlines():
@@ -237,8 +243,8 @@ def test_demo_neighbours_agree_with_its_distance_table(capsys):
         name, first, d1, found, second, d2 = m.groups()
         others = sorted((d, n) for n, d in table[name].items() if n != name)
         assert [(int(d1), first), (int(d2), second)] == others[:2]
-        assert found == relation(int(d1), 64)[0]
-    assert "same architecture" in legend
+        assert found == relation(int(d1), 64, version)[0]
+    assert "same-architecture" in legend
     for name in names:  # each example is said what it is
         assert re.search(rf"^  {name}\s+hnn1:\S+  \S", out, re.M), name
 

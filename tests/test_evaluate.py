@@ -3,7 +3,10 @@
 import jraph
 import numpy as np
 
+import pytest
+
 from hnn_jax import baselines, evaluate, schema
+from hnn_jax.errors import HNNError
 
 
 def test_average_precision_and_fair_ties():
@@ -103,6 +106,20 @@ def test_pr_curve_ends_at_full_recall():
     assert recall[-1] == 1.0 and precision[0] == 1.0 and precision[-1] == 1 / 3
 
 
+def test_measured_thresholds_split_separated_relations_in_the_middle_and_overlaps_by_least_error():
+    groups = {"same model": np.array([0, 1, 2]), "same arch": np.array([20, 22, 30]),
+              "same family": np.array([40, 41]), "other": np.array([50, 60])}
+    assert evaluate.measure_thresholds(groups, 64) == (11, 35, 45)  # middles of 2-19, 30-39, 41-49
+    # overlapping: 1 of 4 copies at 9, 1 of 4 other inits at 5: one of the two is misplaced at
+    # t in 2..4 or 9..11 -> the median, 9; later thresholds never fall below earlier ones
+    groups = {"same model": np.array([0, 1, 2, 9]), "same arch": np.array([5, 12, 13, 14]),
+              "same family": np.array([3, 3]), "other": np.array([64])}
+    bounds = evaluate.measure_thresholds(groups, 64)
+    assert bounds[0] == 9 and list(bounds) == sorted(bounds)
+    with pytest.raises(HNNError, match="no pairs of other"):
+        evaluate.measure_thresholds({**groups, "other": np.array([], int)}, 64)
+
+
 def test_relation_summary_counts_pairs_into_the_threshold_bands():
     rows = _rows([("f", "a", "p1", "original"), ("f", "a", "p1", "fp16"), ("f", "a", "p2", "original"),
                   ("g", "b", "p3", "original")])
@@ -110,7 +127,7 @@ def test_relation_summary_counts_pairs_into_the_threshold_bands():
     bits[1, :2] = 1      # a copy: 2 bits from its original
     bits[2, 10:18] = 1   # another init: 8 and 10 bits away
     bits[3, 30:60] = 1   # another family: 30+ bits away
-    summary = evaluate.relation_summary(bits, rows)
+    summary = evaluate.relation_summary(bits, rows, (3, 11, 18))
     assert summary["same model (derivative)"]["n"] == 1
     assert summary["same model (derivative)"]["bands"]["same-model (0-3)"] == 1.0
     assert summary["same architecture, other init"]["bands"]["same-architecture (4-11)"] == 1.0

@@ -81,3 +81,33 @@ def test_comparing_other_hashers_or_lengths_is_an_error():
         a - code([1, 0] * 16)
     with pytest.raises(TypeError):
         a - 3
+
+
+def test_relations_follow_the_thresholds_of_the_codes_hasher_and_length():
+    from hnn_jax.hashcode import NoThresholdsError, register_thresholds, relation
+
+    register_thresholds("test-relations", {64: (3, 11, 18), 256: (60, 95, 110)})
+    a = HashCode(np.zeros(64, np.uint8), "test-relations")
+    keys = [relation(d, 64, "test-relations")[0] for d in range(65)]
+    assert keys[0] == keys[3] == "same-model" and keys[4] == keys[11] == "same-architecture"
+    assert keys[12] == keys[18] == "same-family" and keys[19] == keys[64] == "unrelated"
+    assert a.relation(HashCode(np.r_[np.ones(4), np.zeros(60)], "test-relations"))[0] == "same-architecture"
+    assert relation(60, 256, "test-relations")[0] == "same-model"  # another length, its own bands
+    assert relation(61, 256, "test-relations")[0] == "same-architecture"
+    with pytest.raises(ValueError):
+        relation(65, 64, "test-relations")
+    with pytest.raises(NoThresholdsError, match="hnn-jax eval"):  # never another hasher's bands
+        relation(5, 128, "test-relations")
+    with pytest.raises(NoThresholdsError):
+        HashCode(np.zeros(64, np.uint8), "never-measured").relation(HashCode(np.zeros(64, np.uint8), "never-measured"))
+
+
+def test_the_shipped_hasher_carries_thresholds_for_every_length_it_makes():
+    import json
+
+    from hnn_jax.hashcode import SHIPPED_META, relation_thresholds
+
+    version = json.loads(SHIPPED_META.read_text())["version"]
+    for nbits in (64, 128, 256):  # read from hasher.json, without loading JAX
+        bounds = relation_thresholds(version, nbits)
+        assert len(bounds) == 3 and list(bounds) == sorted(bounds) and bounds[-1] < nbits

@@ -201,3 +201,38 @@ def test_checkpoint_mismatches_say_what_differs(small, tmp_path):
 
     with pytest.raises(HNNError, match="no hasher checkpoint"):
         Hasher.load(tmp_path / "missing")
+
+
+def test_lineage_lengths_extend_the_instance_bits_of_the_same_code():
+    """bits=128/256 keep the learned bits and the 64-bit code as their prefix; every length is
+    exact in any batch; lengths the hasher cannot make are refused."""
+    hasher = default_hasher()
+    assert hasher.lengths == (64, 128, 256)
+    graphs = mixed_sizes(8, seed=7)
+    short = hnn_jax.hash(graphs)
+    for bits in (128, 256):
+        long = hnn_jax.hash(graphs, bits=bits)
+        assert all(len(c) == bits and c.version == s.version for c, s in zip(long, short))
+        assert [HashCode(c.bits[:64], c.version) for c in long] == short
+        assert [hnn_jax.hash(g, bits=bits) for g in graphs] == long  # alone = batched
+        with pytest.raises(SchemaMismatchError, match="lengths"):  # a 64-bit code never meets a longer one
+            short[0] - long[0]
+    assert hasher.embed(graphs, bits=256).shape == (8, 256)
+    with pytest.raises(HNNError, match="lengths are 64, 128, 256"):
+        hnn_jax.hash(graphs[0], bits=32)
+    with pytest.raises(HNNError, match="no instance bits"):
+        Hasher.init(SMALL).hash(graphs[0], bits=64)
+
+
+def test_measured_relations_travel_with_the_checkpoint(small, tmp_path):
+    from hnn_jax.hashcode import relation
+
+    hasher = Hasher.init(SMALL, seed=11)
+    hasher.set_relations({32: (2, 6, 9)})
+    hasher.save(tmp_path / "ckpt")
+    loaded = Hasher.load(tmp_path / "ckpt")
+    assert loaded.relations == {32: (2, 6, 9)}
+    assert relation(7, 32, loaded.version)[0] == "same-family"
+    _tamper(tmp_path / "ckpt", relations={"32": [6, 2, 9]})
+    with pytest.raises(HNNError, match="ascending"):
+        Hasher.load(tmp_path / "ckpt")

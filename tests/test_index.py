@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from hnn_jax import CorruptFileError, HashCode, HNNError, SchemaMismatchError
-from hnn_jax.index import (RELATIONS, DuplicateIdError, HammingIndex, IndexFormatError,
-                           UnknownIdError, relation)
+from hnn_jax.index import DuplicateIdError, HammingIndex, IndexFormatError, UnknownIdError
 
 V = "s1-test0"
 
@@ -279,14 +278,3 @@ def test_load_refuses_other_hashers_and_damaged_files(tmp_path):
     for bad in ("text", "truncated", "zip", "missing"):
         with pytest.raises(CorruptFileError):
             HammingIndex.load(tmp_path / bad)
-
-
-def test_relation_thresholds_are_ordered_and_cover_every_distance():
-    fractions = [f for f, _, _ in RELATIONS]
-    assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    keys = [relation(d, 64)[0] for d in range(65)]
-    assert keys[0] == keys[3] == "same-model" and keys[4] == keys[11] == "same-architecture"
-    assert keys[12] == keys[18] == "same-family" and keys[19] == keys[64] == "unrelated"
-    assert relation(6, 128)[0] == "same-model" and relation(7, 128)[0] == "same-architecture"
-    with pytest.raises(ValueError):
-        relation(65, 64)

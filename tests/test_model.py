@@ -112,7 +112,7 @@ def test_short_training_lowers_the_loss_and_groups_families():
 INSTANCE = HasherConfig(bits=32, hidden=16, layers=1, instance_bits=12)
 
 
-def _reference_instance_code(graph, bits):
+def _reference_instance_code(graph, bits, base=None):
     """instance_code restated in plain numpy and Python integers, for one unpadded graph."""
     from hnn_jax import schema
     from hnn_jax.model import INSTANCE_COLUMNS, INSTANCE_SEED, _instance_mixing
@@ -125,7 +125,7 @@ def _reference_instance_code(graph, bits):
         return x ^ (x >> 16)
 
     total = np.zeros(bits, np.float64)
-    mixing = _instance_mixing(len(INSTANCE_COLUMNS), bits).astype(np.float64)
+    mixing = _instance_mixing(len(INSTANCE_COLUMNS), bits, base or bits).astype(np.float64)
     parameter_ops = {schema.OP_INDEX[o] for o in schema.PARAMETER_OPS}
     for i, row in enumerate(np.asarray(graph.nodes, np.float64)):
         if int(row[schema.NODE_OP]) not in parameter_ops:  # a table every initialisation shares
@@ -146,6 +146,22 @@ def test_instance_bits_match_a_plain_reference_in_any_batch_position():
         out = np.asarray(jax.jit(instance_code, static_argnums=1)(batch, bits))
         for k, g in enumerate(graphs):
             np.testing.assert_array_equal(out[k], _reference_instance_code(g, bits))
+
+
+def test_longer_instance_codes_extend_the_shorter_ones():
+    """A lineage code (bits > base) starts with the base code, bit for bit, and its own prefix
+    of any length is the shorter lineage code: one index of 256-bit codes answers 64-bit queries."""
+    from hnn_jax.model import instance_code
+
+    graphs = [random_graph(i, 30 + 5 * i) for i in range(3)]
+    batch = pad_batch(graphs, n_graph=4)
+    codes = {bits: np.asarray(jax.jit(instance_code, static_argnums=(1, 2))(batch, bits, 12))
+             for bits in (12, 76, 204)}
+    np.testing.assert_array_equal(codes[204][:, :12], codes[12])
+    np.testing.assert_array_equal(codes[204][:, :76], codes[76])
+    for k, g in enumerate(graphs):
+        np.testing.assert_array_equal(codes[204][k], _reference_instance_code(g, 204, base=12))
+    assert (codes[204][:3, 12:] != codes[204][:3, :1]).any()  # the extra bits are not copies
 
 
 def test_instance_bits_follow_weights_and_learned_bits_ignore_them():

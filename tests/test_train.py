@@ -75,6 +75,29 @@ def test_training_on_4_devices_lowers_the_loss_and_orders_relations(tiny_zoo, tm
     assert variants + 1 < inits, (variants, inits)  # the instance bits tell initialisations apart
 
 
+def test_eval_measures_relation_thresholds_per_length_and_saves_them_in_the_checkpoint(tiny_zoo, tmp_path, capsys):
+    """A user-trained hasher gets its own thresholds from `hnn-jax eval --save-thresholds`, for
+    every length it makes; its codes then read them (and the shipped hasher's are not used)."""
+    from hnn_jax import cli
+    from hnn_jax.hasher import Hasher
+    from hnn_jax.hashcode import NoThresholdsError, relation
+
+    hasher = Hasher.init(HasherConfig(bits=32, hidden=16, layers=1, instance_bits=8), seed=5)
+    hasher.save(tmp_path / "hasher")
+    with pytest.raises(NoThresholdsError):
+        relation(3, 32, hasher.version)
+    assert cli.main(["eval", str(tiny_zoo), "-o", str(tmp_path / "out"), "--hasher", str(tmp_path / "hasher"),
+                     "--save-thresholds", "--no-plots"]) == 0
+    assert "32 bits:" in capsys.readouterr().out
+    loaded = Hasher.load(tmp_path / "hasher")
+    assert loaded.version == hasher.version and set(loaded.relations) == {32, 64, 128, 256}
+    for nbits, bounds in loaded.relations.items():
+        assert len(bounds) == 3 and list(bounds) == sorted(bounds) and bounds[-1] <= nbits
+        assert relation(bounds[0], nbits, loaded.version)[0] == "same-model"
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {int(n): tuple(b) for n, b in summary["relations"].items()} == loaded.relations
+
+
 def test_members_are_trained_apart_and_their_bits_spliced(tiny_zoo, tmp_path):
     """members=2: two ordinary runs (seeds s and s+1) in workdir/member<i>; the saved hasher's
     learned bits are the first half of each member's, and a rerun resumes instead of training."""
@@ -254,6 +277,8 @@ def test_zoo_train_eval_from_the_command_line(tmp_path):
     summary = json.loads((results / "results.json").read_text())
     assert summary["graphs"] == 24 and 0 <= summary["results"]["hnn-jax"]["copy_map"] <= 1
     assert {"hnn-jax: its 24 learned bits alone", "hnn-jax: its 8 instance bits alone"} <= set(summary["results"])
+    # one architecture per family: no same-family pairs to set that threshold from, said so
+    assert "relation thresholds: not measured" in table and "same family, other architecture" in table
     bad = subprocess.run([sys.executable, "-m", "hnn_jax.cli", "train", tmp_path / "nothing", "-o", run_dir],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not a zoo" in bad.stderr and "Traceback" not in bad.stderr
