@@ -1,0 +1,444 @@
+"""`hnn-jax index build` across worker processes: on a Ray cluster (`--ray ADDRESS`) or in local
+processes (`--workers N`), resumable, with the same index as the single-process build.
+
+The models (files.find_models order) are cut into batches of `batch` files. Each worker (a Ray
+actor, or a process of a local pool) converts its batch (converters.from_file) and hashes it in
+one hnn_jax.hash call, so the jit cache of each worker is reused batch after batch. Finished
+batches stream, as they come in, into a journal next to the output (`OUTPUT.journal`, one JSON
+line per model, flushed and fsync'd per batch). When every model is done the index is assembled
+in find_models order from the journal, saved, and the journal removed: the result is the index
+the single-process build writes, entry for entry. A killed job rerun with the same output reads
+the journal and converts only what is missing (a model whose file changed since is redone).
+
+A model that fails is recorded with its error and the job goes on. A batch whose worker dies
+(killed, out of memory, a crash in native code) is sent again, up to `attempts` times, then split
+into single models, so one model that crashes its worker is recorded as an error, not the job.
+
+Ray is an optional extra (`pip install 'hnn-jax[ray]'`); the model paths must be readable at the
+same path on every Ray node (a shared filesystem). Cost model: README, "Building on a cluster".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hnn_jax.errors import HNNError
+
+JOURNAL_SUFFIX = ".journal"
+JOURNAL_FORMAT = "hnn-jax index build journal"
+JOURNAL_VERSION = 1
+DEFAULT_BATCH = 32
+ATTEMPTS = 3          # tries of one batch before it is split into single models
+IN_FLIGHT = 2         # batches queued per worker, so a worker never waits for the driver
+RAY_HINT = "pip install 'hnn-jax[ray]'"
+
+
+@dataclass
+class BuildSummary:
+    """What build_index did: models found, done before (resumed), converted now, failed (with
+    their errors, in find_models order), batches sent again after a worker died."""
+    output: Path
+    models: int = 0
+    indexed: int = 0
+    resumed: int = 0
+    converted: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (id, error text)
+    retries: int = 0
+    workers: int = 0
+    backend: str = ""
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------- worker side
+def _limit_threads() -> None:
+    """One core per worker: several workers share a machine, so no worker spreads over all its
+    cores (set before jax is first imported in the worker process)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "jax" not in sys.modules and "intra_op_parallelism_threads" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1").strip()
+
+
+def hash_batch(paths: list[str], bits: int | None = None) -> list[dict]:
+    """Convert and hash the models at `paths` in one hnn_jax.hash call. One dict per path:
+    {"code": str, "probe": str, "warnings": [...]} or {"error": str, "warnings": [...]}.
+    Never raises for a bad model: its error text is returned (files.named_error)."""
+    import hnn_jax
+    from hnn_jax import converters, schema
+    from hnn_jax.files import PROBE_NAMES, named_error
+
+    out: list[dict] = []
+    graphs, rows = [], []
+    for text in paths:
+        path = Path(text)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                graph = converters.from_file(path)
+            except Exception as e:  # noqa: BLE001 - foreign files can fail anywhere
+                out.append({"error": str(named_error(path, e)), "warnings": [str(w.message) for w in caught]})
+                continue
+        probe = PROBE_NAMES.get(int(round(float(graph.globals[0, schema.GLOBAL_PROBE]))), "unknown")
+        out.append({"probe": probe, "warnings": [str(w.message) for w in caught]})
+        graphs.append(graph)
+        rows.append(len(out) - 1)
+    if not graphs:
+        return out
+    try:
+        codes = hnn_jax.hash(graphs, bits=bits)
+    except Exception:  # noqa: BLE001 - one bad graph: hash one by one to name it
+        codes = []
+        for row, graph in zip(rows, graphs):
+            try:
+                codes.append(hnn_jax.hash(graph, bits=bits))
+            except Exception as e:  # noqa: BLE001
+                out[row] = {"error": str(named_error(Path(paths[row]), e)), "warnings": out[row]["warnings"]}
+                codes.append(None)
+    for row, code in zip(rows, codes):
+        if code is not None:
+            out[row]["code"] = str(code)
+    return out
+
+
+class _Worker:
+    """The Ray actor: one per worker slot, holding its process's jit cache between batches."""
+
+    def __init__(self):
+        _limit_threads()
+        from hnn_jax.hasher import default_hasher
+        default_hasher()  # import and load the hasher once, before the first batch
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def hash_batch(self, paths, bits):
+        return hash_batch(paths, bits)
+
+
+def _process_init() -> None:
+    _limit_threads()
+    warnings.simplefilter("ignore")
+
+
+# ----------------------------------------------------------------------------- pools
+class _Lost(Exception):
+    """A batch's worker died (or the pool broke) before it answered: send the batch again."""
+
+
+class _RayPool:
+    """One actor per worker slot; each holds at most IN_FLIGHT batches."""
+
+    backend = "Ray workers"
+
+    def __init__(self, address: str, workers: int | None):
+        if address == "local" and "ray" not in sys.modules:  # read by Ray on import: a node of
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # 127.0.0.1, loopback only
+        try:
+            import ray
+        except ImportError:
+            raise HNNError(f"--ray needs Ray: {RAY_HINT}") from None
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            if address == "local":  # a cluster of this machine alone
+                ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                         num_cpus=workers or None, logging_level=logging.ERROR)
+            else:
+                ray.init(address=address, log_to_driver=False)
+            self.started = True
+        if workers is None:
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_Worker)
+        self.actors = [actor.remote() for _ in range(workers)]
+        try:  # every worker up (hnn_jax importable there) before any batch is sent
+            self.pids = ray.get([a.pid.remote() for a in self.actors])
+        except ray.exceptions.RayError as e:
+            self.close()
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise HNNError(f"the Ray workers could not start hnn-jax ({first}); is hnn-jax installed "
+                           "on every node?") from None
+        self.load = [0] * workers
+        self.refs: dict = {}  # ObjectRef -> (key, actor slot)
+        self.workers = workers
+
+    def free(self) -> bool:
+        return min(self.load) < IN_FLIGHT
+
+    def submit(self, key, paths, bits) -> None:
+        slot = min(range(self.workers), key=self.load.__getitem__)
+        self.load[slot] += 1
+        self.refs[self.actors[slot].hash_batch.remote(paths, bits)] = (key, slot)
+
+    def wait(self):
+        """[(key, result list or _Lost)] for batches that finished; blocks until one does."""
+        done, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=None)
+        done, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0) if done else (done, None)
+        out = []
+        for ref in done:
+            key, slot = self.refs.pop(ref)
+            self.load[slot] -= 1
+            try:
+                out.append((key, self.ray.get(ref)))
+            except self.ray.exceptions.RayError as e:  # actor died, task crashed: retry
+                out.append((key, _Lost(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}")))
+        return out
+
+    def pending(self) -> int:
+        return len(self.refs)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if self.started:
+            self.ray.shutdown()
+
+
+class _ProcessPool:
+    """A pool of local processes (spawned: jax does not survive fork); a broken pool (a process
+    killed) is replaced and its batches sent again."""
+
+    backend = "local processes"
+
+    def __init__(self, workers: int | None):
+        self.workers = workers or os.cpu_count() or 1
+        self.futures: dict = {}
+        self.pool = None
+        self._start()
+
+    def _start(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_process_init)
+
+    def free(self) -> bool:
+        return len(self.futures) < IN_FLIGHT * self.workers
+
+    def submit(self, key, paths, bits) -> None:
+        self.futures[self.pool.submit(hash_batch, paths, bits)] = key
+
+    def wait(self):
+        from concurrent.futures import FIRST_COMPLETED
+        from concurrent.futures import wait as wait_futures
+        from concurrent.futures.process import BrokenProcessPool
+        done, _ = wait_futures(list(self.futures), return_when=FIRST_COMPLETED)
+        out, broken = [], False
+        for future in done:
+            key = self.futures.pop(future)
+            try:
+                out.append((key, future.result()))
+            except BrokenProcessPool as e:
+                broken = True
+                out.append((key, _Lost(f"worker process died ({e})")))
+            except Exception as e:  # noqa: BLE001 - e.g. a result that did not pickle
+                out.append((key, _Lost(f"{type(e).__name__}: {e}")))
+        if broken:  # every batch still queued in the dead pool is lost too
+            for future, key in self.futures.items():
+                future.cancel()
+                out.append((key, _Lost("worker process died")))
+            self.futures.clear()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self._start()
+        return out
+
+    def pending(self) -> int:
+        return len(self.futures)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- journal
+def journal_path(output) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + JOURNAL_SUFFIX)
+
+
+def _fingerprint(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_journal(path: Path, bits: int | None) -> dict[str, dict]:
+    """id -> last record of a journal written for codes of `bits` bits (else nothing). A torn
+    last line (a job killed while writing) is ignored."""
+    if not path.is_file():
+        return {}
+    done: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except ValueError:
+        header = {}
+    if (header.get("journal"), header.get("version"), header.get("bits")) != (JOURNAL_FORMAT, JOURNAL_VERSION, bits):
+        return {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            done[record["id"]] = record
+    return done
+
+
+class _Journal:
+    def __init__(self, path: Path, bits: int | None, fresh: bool):
+        self.path = path
+        if fresh or not path.is_file():
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(json.dumps({"journal": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "bits": bits}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        self.file = open(path, "a", encoding="utf-8")  # closed by close()
+
+    def write(self, records: list[dict]) -> None:
+        self.file.write("".join(json.dumps(r) + "\n" for r in records))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# ----------------------------------------------------------------------------- driver
+def build_index(paths, output, *, ray_address: str | None = None, workers: int | None = None,
+                batch: int = DEFAULT_BATCH, bits: int | None = None, resume: bool = True,
+                progress: bool = True, debug: bool = False, attempts: int = ATTEMPTS,
+                on_batch=None) -> BuildSummary:
+    """Hash every model under `paths` into a new index file `output`, on Ray (`ray_address`:
+    "auto", "local", "HOST:PORT" or "ray://HOST:PORT"; an already initialised Ray is used as it
+    is) or else in `workers` local processes (default: one per CPU). Entries, their order and
+    their metadata are those of the single-process `hnn-jax index build`. Failed models are
+    recorded and skipped; every model failing is an error. `resume`: reuse OUTPUT.journal of a
+    job that did not finish. `on_batch(summary)` is called after each batch is journaled."""
+    from tqdm import tqdm
+
+    from hnn_jax.files import find_models
+    from hnn_jax.hashcode import HashCode
+    from hnn_jax.index import HammingIndex
+
+    if batch < 1:
+        raise HNNError(f"batch must be at least 1, got {batch}")
+    if workers is not None and workers < 1:
+        raise HNNError(f"workers must be at least 1, got {workers}")
+    start = time.perf_counter()
+    output = Path(output)
+    models = find_models(paths)
+    summary = BuildSummary(output=output, models=len(models))
+    jpath = journal_path(output)
+    done = _read_journal(jpath, bits) if resume else {}
+    prints = {str(p): _fingerprint(p) for p in models}
+    done = {k: r for k, r in done.items() if prints.get(k) == r.get("fp")}  # changed files: redo
+    todo = list(dict.fromkeys(str(p) for p in models if str(p) not in done))
+    summary.resumed = len(set(prints) - set(todo))
+    batches = {i: todo[s:s + batch] for i, s in enumerate(range(0, len(todo), batch))}
+    tries = dict.fromkeys(batches, 0)
+    queue = list(batches)  # batch keys still to send, in order
+
+    def log(message):
+        tqdm.write(f"hnn-jax: {message}", file=sys.stderr)
+
+    errors = sum(1 for r in done.values() if "error" in r)
+
+    def _retry(key, lost):
+        """Send a lost batch again (in front), split it, or give its one model up: None, or the
+        results that record it as failed."""
+        names = batches[key]
+        tries[key] += 1
+        summary.retries += 1
+        if tries[key] < attempts:
+            log(f"warning: a worker died ({lost}); sending its batch of {len(names)} again")
+            queue.insert(0, key)
+        elif len(names) > 1:  # isolate the model that kills its worker
+            log(f"warning: a batch failed {tries[key]} times; sending its models one by one")
+            for name in reversed(names):
+                new = max(batches) + 1
+                batches[new], tries[new] = [name], 0
+                queue.insert(0, new)
+        else:
+            return [{"error": f"{names[0]}: its worker died {tries[key]} times while converting it "
+                     f"({lost})", "warnings": []}]
+        return None
+
+    pool = None
+    if todo:  # first: a missing Ray or a cluster out of reach fails before anything is written
+        pool = (_RayPool(ray_address, workers) if ray_address is not None else _ProcessPool(workers))
+        summary.workers, summary.backend = pool.workers, pool.backend
+    journal = _Journal(jpath, bits, fresh=not done)
+    bar = tqdm(total=len(prints), initial=summary.resumed, desc="hashing", unit="model",
+               disable=None if progress else True, leave=False, smoothing=0.1)
+    bar.set_postfix(errors=errors)
+    try:
+        while queue or (pool is not None and pool.pending()):
+            while queue and pool.free():
+                key = queue.pop(0)
+                pool.submit(key, batches[key], bits)
+            for key, result in pool.wait():
+                names = batches[key]
+                if isinstance(result, _Lost):
+                    result = _retry(key, result)
+                    if result is None:
+                        continue
+                records = []
+                for name, r in zip(names, result):
+                    if debug:
+                        for message in r.get("warnings", ()):
+                            log(f"warning: {name}: {message}")
+                    record = {"id": name, "fp": prints[name]}
+                    if "code" in r:
+                        record.update(code=r["code"], probe=r["probe"])
+                    else:
+                        record["error"] = r["error"]
+                        errors += 1
+                    records.append(record)
+                journal.write(records)
+                for record in records:
+                    done[record["id"]] = record
+                summary.converted += len(records)
+                bar.update(len(records))
+                bar.set_postfix(errors=errors)
+                if on_batch is not None:
+                    on_batch(summary)
+    finally:
+        bar.close()
+        journal.close()
+        if pool is not None:
+            pool.close()
+
+    ids, codes, metas = [], [], []
+    for path in models:  # find_models order, whatever order the batches finished in
+        record = done[str(path)]
+        if "error" in record:
+            summary.errors.append((str(path), record["error"]))
+            continue
+        if record["probe"] != "ok":
+            log(f"warning: {path}: execution probe {record['probe']}; code from static features only")
+        ids.append(str(path))
+        codes.append(HashCode.from_str(record["code"]))
+        fmt = path.suffix.lower().lstrip(".") if path.is_file() else "savedmodel"
+        metas.append({"path": str(path.resolve()), "format": fmt, "probe": record["probe"]})
+    for _, error in summary.errors:
+        log(f"warning: could not hash {error} (skipped)")
+    if not codes:
+        jpath.unlink(missing_ok=True)
+        n = len(models)
+        raise HNNError(f"none of the {n} model{'s' if n != 1 else ''} could be hashed (each skipped above)")
+    index = HammingIndex()
+    index.add_many(codes, ids, metas)
+    index.save(output)
+    jpath.unlink(missing_ok=True)
+    summary.indexed = len(index)
+    summary.seconds = time.perf_counter() - start
+    return summary
