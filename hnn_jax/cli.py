@@ -88,8 +88,10 @@ def _stderr(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
 
 
-def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_errors: bool = False):
+def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_errors: bool = False,
+                length: int | None = None):
     """Yield (path, HashCode, probe status) for the models named by `paths` (files.hash_files),
+    codes of `length` bits (default the hasher's trained length),
     reporting on stderr each model skipped (skip_errors), each probe that did not run, and with
     --debug the warnings conversion raised. Every model failing is an error."""
     from tqdm import tqdm
@@ -97,7 +99,7 @@ def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_error
     from hnn_jax.files import hash_files
 
     failures = total = 0
-    for result in hash_files(paths, skip_errors=skip_errors, progress=progress):
+    for result in hash_files(paths, skip_errors=skip_errors, progress=progress, bits=length):
         total += 1
         if debug:
             for message in result.warnings:
@@ -129,12 +131,13 @@ def _looks_like_code(text: str) -> bool:
     return text.startswith("hnn1:") and not Path(text).exists()
 
 
-def _code_of(model: str, args):
-    """HashCode for a model path or a code text; returns (label, code)."""
+def _code_of(model: str, args, length: int | None = None):
+    """HashCode for a model path (a code of `length` bits, default the hasher's) or a code text;
+    returns (label, code)."""
     from hnn_jax import HashCode
     if _looks_like_code(model):
         return model, HashCode.from_str(model)
-    results = list(hash_models([model], progress=False, debug=args.debug))
+    results = list(hash_models([model], progress=False, debug=args.debug, length=length))
     if len(results) != 1:
         raise _CLIError(f"{model} holds {len(results)} models; give one model file here")
     return str(results[0][0]), results[0][1]
@@ -153,7 +156,7 @@ def _cmd_demo(args) -> int:
 def _cmd_hash(args) -> int:
     results = []
     for path, code, probe in hash_models(args.paths, progress=not args.quiet, debug=args.debug,
-                                         skip_errors=args.skip_errors):
+                                         skip_errors=args.skip_errors, length=args.length):
         if args.json:
             entry = {"path": str(path), "code": str(code), "nbits": len(code),
                      "version": code.version, "probe": probe}
@@ -169,29 +172,34 @@ def _cmd_hash(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from hnn_jax.index import RELATIONS, relation
-    label_a, a = _code_of(args.a, args)
-    label_b, b = _code_of(args.b, args)
+    from hnn_jax.hashcode import RELATIONS, NoThresholdsError, relation_thresholds
+    label_a, a = _code_of(args.a, args, args.length)
+    label_b, b = _code_of(args.b, args, len(a))
     distance = a - b
-    key, description = relation(distance, len(a))
+    try:
+        key, description = a.relation(b)
+        bounds = relation_thresholds(a.version, len(a))
+    except NoThresholdsError as e:
+        key, description, bounds = None, str(e), None
     if args.json:
         json.dump({"a": label_a, "b": label_b, "code_a": str(a), "code_b": str(b),
                    "distance": distance, "nbits": len(a), "relation": key,
-                   "description": description}, sys.stdout, indent=2)
+                   "description": description, "thresholds": bounds}, sys.stdout, indent=2)
         print()
     else:
-        bounds = ", ".join(f"<= {int(f * len(a))} {k}" for f, k, _ in RELATIONS[:-1])
         print(f"distance: {distance} of {len(a)} bits")
-        print(f"relation: {key} ({description})")
-        print(f"thresholds: {bounds} (measured on held-out models; see hnn_jax.index.RELATIONS)")
+        print(f"relation: {key} ({description})" if key else f"relation: unknown ({description})")
+        if bounds:
+            text = ", ".join(f"<= {b} {k}" for b, (k, _) in zip(bounds, RELATIONS))
+            print(f"thresholds: {text} (measured for this hasher and code length; hasher.json)")
     return EXIT_OK
 
 
-def _entries(args, index=None):
-    """(ids, codes, metadata) for the models in args.paths, checked against `index`."""
+def _entries(args, length: int | None = None):
+    """(ids, codes, metadata) for the models in args.paths, codes of `length` bits."""
     ids, codes, metas = [], [], []
     for path, code, probe in hash_models(args.paths, progress=not args.quiet, debug=args.debug,
-                                         skip_errors=args.skip_errors):
+                                         skip_errors=args.skip_errors, length=length):
         ids.append(str(path))
         codes.append(code)
         fmt = path.suffix.lower().lstrip(".") if path.is_file() else "savedmodel"
@@ -203,7 +211,19 @@ def _entries(args, index=None):
 
 def _cmd_index_build(args) -> int:
     from hnn_jax.index import HammingIndex
-    ids, codes, metas = _entries(args)
+    if args.ray is not None or args.workers is not None:  # hnn_jax.cluster: workers, resumable
+        from hnn_jax.cluster import build_index
+        if args.batch < 1 or (args.workers is not None and args.workers < 1):
+            raise _CLIError("--batch and --workers must be at least 1")
+        summary = build_index(args.paths, args.output, ray_address=args.ray, workers=args.workers,
+                              batch=args.batch, bits=args.length, resume=not args.no_resume,
+                              progress=not args.quiet, debug=args.debug)
+        failed = f", {len(summary.errors)} failed" if summary.errors else ""
+        resumed = f", {summary.resumed} from the journal of an earlier run" if summary.resumed else ""
+        _stderr(f"indexed {summary.indexed} models{failed}{resumed} in {args.output} "
+                f"({summary.workers} {summary.backend or 'workers'}, {summary.seconds:.1f} s)")
+        return EXIT_OK
+    ids, codes, metas = _entries(args, args.length)
     index = HammingIndex()
     index.add_many(codes, ids, metas)
     index.save(args.output)
@@ -214,7 +234,7 @@ def _cmd_index_build(args) -> int:
 def _cmd_index_add(args) -> int:
     from hnn_jax.index import HammingIndex
     index = HammingIndex.load(args.index)
-    ids, codes, metas = _entries(args)
+    ids, codes, metas = _entries(args, index.nbits)
     present = [i for i in ids if i in index]
     if present and not args.replace:
         raise _CLIError(f"{present[0]} is already in {args.index} (use --replace to update it)")
@@ -245,20 +265,25 @@ def _cmd_search(args) -> int:
         raise _CLIError(f"-k must be at least 1, got {args.k}")
     if args.radius is not None and args.radius < 0:
         raise _CLIError(f"--radius must be >= 0, got {args.radius}")
+    from hnn_jax.hashcode import NoThresholdsError, relation
     index = HammingIndex.load(args.index)  # a bad index fails before the model is hashed
-    label, query = _code_of(args.model, args)
+    label, query = _code_of(args.model, args, index.nbits)  # codes as long as the index's
     matches = index.search(query, k=args.k, radius=args.radius)
+    try:
+        relations = [relation(m.distance, len(query), query.version)[0] for m in matches]
+    except NoThresholdsError:
+        relations = [None] * len(matches)
     if args.json:
         json.dump({"query": label, "code": str(query), "index": args.index,
-                   "results": [{"rank": r, "id": m.id, "distance": m.distance,
+                   "results": [{"rank": r, "id": m.id, "distance": m.distance, "relation": rel,
                                 "code": str(m.code), "metadata": m.metadata}
-                               for r, m in enumerate(matches, 1)]}, sys.stdout, indent=2)
+                               for r, (m, rel) in enumerate(zip(matches, relations), 1)]}, sys.stdout, indent=2)
         print()
     else:
         if matches:
-            print(f"{'rank':>4}  {'distance':>8}  id")
-        for r, m in enumerate(matches, 1):
-            print(f"{r:>4}  {m.distance:>8}  {m.id}")
+            print(f"{'rank':>4}  {'distance':>8}  {'relation':<17}  id")
+        for r, (m, rel) in enumerate(zip(matches, relations), 1):
+            print(f"{r:>4}  {m.distance:>8}  {rel or 'unknown':<17}  {m.id}")
     if not matches:
         where = (f"within {args.radius} bits of {label}" if args.radius is not None
                  else f"for {label} (the index is empty)")
@@ -275,6 +300,12 @@ def _add_hash_inputs(p, *, paths_help: str) -> None:
                    help="skip models that cannot be read or converted (warn on stderr)")
 
 
+def _add_length(p) -> None:
+    p.add_argument("--length", type=int, choices=(64, 128, 256), metavar="{64,128,256}",
+                   help="code length: the hasher's own (default, 64 for the shipped one), or 128 / 256 "
+                   "for lineage codes with more instance bits (the same learned bits)")
+
+
 def _add_builtin_commands(sub) -> None:
     p = sub.add_parser("demo", help="hash the example models bundled with hnn-jax",
                        description="Hash the example ONNX models bundled with hnn-jax and print "
@@ -288,8 +319,10 @@ def _add_builtin_commands(sub) -> None:
         "path. Folders are searched recursively for .onnx, .keras, .pt2 files and SavedModel "
         "folders. A progress bar goes to stderr when it is a terminal.",
         epilog="examples:\n  hnn-jax hash model.onnx\n  hnn-jax hash models/ --json > codes.json"
-               "\n  hnn-jax hash a.onnx b.pt2 --bits        # 0/1 bits instead of hex\n")
+               "\n  hnn-jax hash a.onnx b.pt2 --bits        # 0/1 bits instead of hex"
+               "\n  hnn-jax hash model.onnx --length 256     # a lineage code\n")
     _add_hash_inputs(p, paths_help="model files or folders")
+    _add_length(p)
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of {path, code, nbits, version, probe}")
     p.add_argument("--bits", action="store_true", help="print the bits as 0/1 characters")
@@ -298,12 +331,13 @@ def _add_builtin_commands(sub) -> None:
     p = sub.add_parser(
         "compare", help="Hamming distance between two models and what it suggests",
         description="Hash two models (or take their codes) and print the Hamming distance and "
-        "the relation it suggests, from the thresholds in hnn_jax.index.RELATIONS (measured on "
-        "held-out torchvision models with the shipped weights).",
+        "the relation it suggests, from the thresholds measured for the codes' hasher and length "
+        "(stored in its hasher.json by `hnn-jax eval --save-thresholds`).",
         epilog="examples:\n  hnn-jax compare resnet.onnx resnet_int8.onnx\n"
                f"  hnn-jax compare model.onnx {_example_code()} --json\n")
     p.add_argument("a", metavar="A", help="model path or code")
     p.add_argument("b", metavar="B", help="model path or code")
+    _add_length(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_compare)
 
@@ -322,6 +356,19 @@ def _add_builtin_commands(sub) -> None:
                         epilog="example:\n  hnn-jax index build models/ extra.onnx -o models.hnnidx\n")
     _add_hash_inputs(q, paths_help="model files or folders")
     q.add_argument("-o", "--output", required=True, metavar="FILE", help="index file to write")
+    _add_length(q)
+    w = q.add_argument_group(
+        "workers", "Convert and hash on a Ray cluster or in local processes: the same index, a model "
+        "that fails is recorded and skipped (as --skip-errors), and a killed job rerun with the same "
+        "-o resumes from FILE.journal. Model paths must be readable at the same path on every node.")
+    w.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto (the running cluster), "
+                   "HOST:PORT, ray://HOST:PORT, or local (start one on this machine, loopback only); "
+                   "needs pip install 'hnn-jax[ray]'")
+    w.add_argument("--workers", type=int, metavar="N",
+                   help="worker count (default: one per CPU of the cluster); without --ray, N local processes")
+    w.add_argument("--batch", type=int, default=32, metavar="N",
+                   help="models per task, hashed in one call (default 32)")
+    w.add_argument("--no-resume", action="store_true", help="ignore the journal of an earlier run")
     q.set_defaults(func=_cmd_index_build)
     q = isub.add_parser("add", help="add models to an existing index file",
                         description="Hash models and add them to an index file made by "
