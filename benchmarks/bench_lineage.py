@@ -12,7 +12,9 @@ re-initialisations made in ONNX by permuting each weight tensor of one more real
 first rows compare a parent's distances to real and to permuted bases: they must agree.
 
 Methods at 64, 128 and 256 bits: the shipped hasher (hnn_jax.hash(..., bits=)), the weight-sign
-SimHash of hnn-jax eval, and sha256 of the weights (an exact content hash).
+SimHash of hnn-jax eval at the same length and at the length of hnn-jax's instance part (16, 80,
+208: the learned bits are the same for every base, so they rank nothing), and sha256 of the
+weights (an exact content hash).
 
     python benchmarks/bench_lineage.py                 # N = 100, 1,000, 10,000 (about 40 min)
     python benchmarks/bench_lineage.py --max-n 1000    # quicker
@@ -35,6 +37,7 @@ import numpy as np
 PARENTS = 12  # --parents
 REAL_BASES = 100
 LENGTHS = (64, 128, 256)
+LEARNED_BITS = 48  # of the shipped hasher: the same for every base of one architecture
 KINDS = ("fp16", "int8", "prune30", "prune50", "tune", "tune+fp16", "tune+int8", "tune+prune30",
          "tune+prune50", "lora", "lora+int8", "lora+prune30", "gen2", "gen2+int8", "gen2+prune30")
 
@@ -167,7 +170,8 @@ def codes(graphs, digests):
     out = {}
     for bits in LENGTHS:
         out[f"hnn-jax {bits}"] = np.stack([c.bits for c in hnn_jax.hash(graphs, bits=bits)])
-        out[f"weight-sign {bits}"] = np.stack([baselines.weight_sign_hash(g, bits) for g in graphs])
+        for length in (bits, bits - LEARNED_BITS):  # the same length; hnn-jax's instance bits only
+            out[f"weight-sign {length}"] = np.stack([baselines.weight_sign_hash(g, length) for g in graphs])
     ids = {d: i for i, d in enumerate(dict.fromkeys(digests))}
     out["sha256"] = np.array([[ids[d]] for d in digests])
     return out
@@ -233,7 +237,8 @@ def run_arch(arch: str, sizes: list[int], workers: int, cache: Path, parents: in
 
 
 def table(arch: str, res: dict) -> str:
-    methods = [f"{h} {b}" for b in LENGTHS for h in ("hnn-jax", "weight-sign")] + ["sha256"]
+    methods = [m for b in LENGTHS for m in (f"hnn-jax {b}", f"weight-sign {b}", f"weight-sign {b - LEARNED_BITS}")]
+    methods.append("sha256")
     lines = [f"\n### {arch}\n",
              f"Bases: {res['bases_seconds']:.0f} s to convert. Bases whose learned bits differ from "
              f"base 0's: {res['learned_bits_spread']}. Mean 256-bit distance of a parent to real "
