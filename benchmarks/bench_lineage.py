@@ -184,21 +184,27 @@ def distances(query: np.ndarray, base: np.ndarray, method: str) -> np.ndarray:
 
 
 def run_arch(arch: str, sizes: list[int], workers: int, cache: Path, parents: int = PARENTS) -> dict:
+    import jraph
     from tqdm import tqdm
 
     n_max = max(sizes)
     path = cache / f"{arch}-{n_max}.npz"
     t0 = time.time()
     if path.exists():
-        with np.load(path, allow_pickle=True) as f:
-            base_graphs, base_digests = list(f["graphs"]), list(f["digests"])
+        with np.load(path, allow_pickle=True) as f:  # our own cache: pickled GraphsTuple fields
+            base_graphs = [jraph.GraphsTuple(*fields) for fields in f["graphs"]]
+            base_digests = [str(d) for d in f["digests"]]
     else:
         with _pool(workers) as pool:
             jobs = [(arch, i) for i in range(n_max)]
             made = list(tqdm(pool.map(_base, jobs, chunksize=8), total=n_max, desc=f"{arch} bases"))
         base_graphs, base_digests = [g for g, _ in made], [d for _, d in made]
         cache.mkdir(parents=True, exist_ok=True)
-        np.savez(path, graphs=np.array(base_graphs, dtype=object), digests=np.array(base_digests))
+        fields = np.empty((len(base_graphs), len(jraph.GraphsTuple._fields)), dtype=object)
+        for i, g in enumerate(base_graphs):
+            for j, value in enumerate(g):
+                fields[i, j] = value
+        np.savez(path, graphs=fields, digests=np.array(base_digests))
     base_time = time.time() - t0
     with _pool(workers) as pool:
         derived = list(tqdm(pool.map(_derivatives, [(arch, s) for s in range(parents)]), total=parents,

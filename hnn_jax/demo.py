@@ -66,8 +66,9 @@ def main() -> int:
         bands.append(f"{low}-{high} {key}")
         low = high + 1
     print(f"\nRelations (measured for this hasher at {len(codes[0])} bits, its hasher.json): "
-          f"{', '.join(bands)}, more: unrelated. Expect cnn_a's copies in the first band, cnn_b in "
-          "the second, cnn_wide nearer than the MLP and the transformer.")
+          f"{', '.join(bands)}, more: unrelated. Expect cnn_a's copies in the first band, and cnn_b "
+          "and cnn_wide nearer to it than the MLP and the transformer; another initialisation and another "
+          "width of a family lie about equally far, so which of the middle bands they land in varies.")
     return 0
 
 

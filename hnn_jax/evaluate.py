@@ -139,24 +139,29 @@ def relation_distances(bits: np.ndarray, rows: list[dict]) -> dict[str, np.ndarr
 
 def measure_thresholds(groups: dict[str, np.ndarray], nbits: int) -> tuple[int, int, int]:
     """Relation thresholds (hashcode.RELATIONS) from distances grouped as relation_distances
-    gives them: between each relation and the next, the distance t that minimises the share of
-    the nearer relation's pairs above t plus the share of the farther one's at or below t (the
-    median of the best distances: the middle of a gap between the two; never below the previous
-    threshold)."""
+    gives them (nearest relation first): the bands [0, t1], (t1, t2], (t2, t3], (t3, nbits] that
+    minimise the summed share of each relation's pairs outside its own band. Where several
+    thresholds do equally well, the median one (the middle of a gap; of an overlap that no
+    threshold can split, e.g. two relations the code does not tell apart)."""
     from hnn_jax.errors import HNNError
 
-    levels = list(groups.values())
     empty = [name for name, d in groups.items() if not len(d)]
     if empty:
         raise HNNError(f"cannot measure relation thresholds: the zoo has no pairs of {', '.join(empty)}")
-    bounds, low = [], 0
-    for near, far in zip(levels, levels[1:]):
-        t = np.arange(low, nbits + 1)
-        error = (near[None, :] > t[:, None]).mean(1) + (far[None, :] <= t[:, None]).mean(1)
-        best = t[error <= error.min() + 1e-12]
-        low = int(best[len(best) // 2])
-        bounds.append(low)
-    return tuple(bounds)
+    t = np.arange(nbits + 1)
+    cdf = [(np.asarray(d)[None, :] <= t[:, None]).mean(1) for d in groups.values()]
+    # share outside the bands = 3 + a[t1] + b[t2] + c[t3], a sum of three terms: minimise it
+    # over t1 <= t2 <= t3 with the best t1 below and the best t3 above each t2
+    a, b, c = (cdf[k + 1] - cdf[k] for k in range(3))
+    best_a, best_c = np.minimum.accumulate(a), np.minimum.accumulate(c[::-1])[::-1]
+
+    def median_of_best(values, lo=0, hi=nbits):
+        window = values[lo:hi + 1]
+        best = np.flatnonzero(window <= window.min() + 1e-12) + lo
+        return int(best[len(best) // 2])
+
+    t2 = median_of_best(best_a + b + best_c)
+    return median_of_best(a, hi=t2), t2, median_of_best(c, lo=t2)
 
 
 def relation_summary(bits: np.ndarray, rows: list[dict], thresholds) -> dict[str, dict]:
@@ -317,7 +322,7 @@ def add_arguments(parser) -> None:
     parser.description = ("Retrieval metrics of a hasher and the non-learned baselines on a held-out "
                           "zoo (e.g. torchvision). Example: hnn-jax eval zoo/torchvision --keras zoo/keras "
                           "-o benchmarks/results")
-    parser.add_argument("zoo", help="held-out zoo folder")
+    parser.add_argument("zoo", nargs="+", help="held-out zoo folder(s), evaluated as one set")
     parser.add_argument("-o", "--out", required=True, help="folder for results.json, results.md, plots")
     parser.add_argument("--hasher", help="checkpoint folder (default: the shipped hasher)")
     parser.add_argument("--keras", help="zoo of keras.applications models, for the twins table")

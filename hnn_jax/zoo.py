@@ -706,6 +706,8 @@ def add_arguments(parser) -> None:
                    "(default: all; the last is the unseen-size evaluation set, built at its own seeds)")
     b.add_argument("--archs-per-family", type=int, default=6, help="generated architectures per family")
     b.add_argument("--inits", type=int, default=3, help="independent initialisations per architecture")
+    b.add_argument("--seed", type=int, default=0, help="draws the generated architectures (the training "
+                   "zoo: 0; another seed gives other architectures, e.g. for validation)")
     b.add_argument("--timm-per-family", type=int, default=2,
                    help="smallest timm models per timm family (zoo.timm_family)")
     b.add_argument("--transforms", help="comma-separated derivatives (default: all that apply)")
@@ -727,7 +729,7 @@ def _cli_build(args) -> int:
         sizes = [int(k) for k in args.transformers_sizes.split(",")] if args.transformers_sizes else None
         parents = plan(sources, archs_per_family=args.archs_per_family, inits=args.inits,
                        timm_models=timm_models, transforms=transforms, transformers_types=types,
-                       transformers_sizes=sizes)
+                       transformers_sizes=sizes, seed=args.seed)
     except ValueError as e:
         raise HNNError(str(e)) from None
     stats = build(args.out, parents, workers=args.workers)
