@@ -52,6 +52,7 @@ SIZE_EDGE_COLUMNS = np.array([0, 2])
 SIZE_GLOBAL_COLUMNS = np.array([4])
 INSTANCE_COLUMNS = np.r_[schema.NODE_WEIGHT_PROJ]
 INSTANCE_SEED = 0x5EED
+INSTANCE_EXTENSION_SEED = 0x5EED0000  # the lineage codes' extra instance bits
 INSTANCE_OPS = np.isin(np.arange(schema.VOCAB_SIZE), [schema.OP_INDEX[o] for o in schema.PARAMETER_OPS])
 
 
@@ -67,13 +68,8 @@ def node_graph_index(graph: jraph.GraphsTuple) -> jax.Array:
 
 
 @functools.cache
-def _instance_mixing(width: int, bits: int, base: int) -> np.ndarray:
-    """The fixed +-1 [width, bits] matrix: the first `base` columns as every hasher of `base`
-    instance bits draws them, the rest drawn column by column from a second stream, so a longer
-    code's instance part starts with the shorter one's."""
-    first = np.random.default_rng(INSTANCE_SEED).choice([-1.0, 1.0], (width, min(bits, base)))
-    extra = np.random.default_rng(INSTANCE_SEED + 1).choice([-1.0, 1.0], (max(bits - base, 0), width)).T
-    return np.concatenate([first, extra], axis=1).astype(np.float32)
+def _instance_mixing(width: int, bits: int) -> np.ndarray:
+    return np.random.default_rng(INSTANCE_SEED).choice([-1.0, 1.0], (width, bits)).astype(np.float32)
 
 
 def _fmix32(x: jax.Array) -> jax.Array:
@@ -85,32 +81,47 @@ def _fmix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
+def _hashed_signs(key: jax.Array, seed: int, count: int, dtype) -> jax.Array:
+    """[n, count] of +-1: bit c of the words fmix32(key ^ fmix32(seed + c // 32)), one row per key;
+    a longer count keeps the shorter one's columns."""
+    words = _fmix32(key[:, None] ^ _fmix32(jnp.uint32(seed) + jnp.arange((count + 31) // 32, dtype=jnp.uint32))[None])
+    column = np.arange(count)
+    sign_bits = (words[:, column // 32] >> jnp.asarray(column % 32, jnp.uint32)) & jnp.uint32(1)
+    return sign_bits.astype(dtype) * 2 - 1
+
+
 def instance_code(graph: jraph.GraphsTuple, bits: int, base: int | None = None) -> jax.Array:
     """[n_graph, bits] of +-1: a SimHash of the weight fingerprints in canonical node order.
-
-    `base` is the instance width the hasher was made with (default: bits); a longer code
-    (bits > base, for lineage) keeps those `base` bits first and adds bits - base more.
 
     Node i of a graph whose op holds parameters (schema.PARAMETER_OPS) contributes (its weight
     projections @ a fixed +-1 matrix) times +-1 signs drawn by hashing (i, op); the sums are signed.
     Two inits of one architecture share no weights, so about half these bits differ; an fp16, int8,
     pruned or lightly tuned copy keeps most of them. No parameters: nothing here is trained.
+
+    `base` is the instance width the hasher was made with (default: bits). A longer code (bits >
+    base, for lineage) keeps those `base` bits first; each of its bits - base more projects every
+    node's weight projections on a +-1 vector of its own, hashed from (i, op, bit): independent
+    hyperplanes, which the fixed matrix's columns shared by all nodes are not (on a CNN of 9
+    weight tensors they told parents apart less well, bit for bit, than the weight-sign SimHash).
     """
     nodes = graph.nodes
     n, n_graph = nodes.shape[0], graph.n_node.shape[0]
+    base = min(bits, base or bits)
     graph_idx = node_graph_index(graph)
     first = jnp.cumsum(graph.n_node) - graph.n_node
     local = (jnp.arange(n) - first[graph_idx]).astype(jnp.uint32)
     op = op_ids(nodes).astype(jnp.uint32)
     key = local * jnp.uint32(schema.VOCAB_SIZE) + op
-    words = jnp.stack([_fmix32(key ^ _fmix32(jnp.uint32(INSTANCE_SEED + w)))
-                       for w in range((bits + 31) // 32)], axis=1)
-    column = np.arange(bits)
-    sign_bits = (words[:, column // 32] >> jnp.asarray(column % 32, jnp.uint32)) & jnp.uint32(1)
-    signs = sign_bits.astype(nodes.dtype) * 2 - 1
-    mixing = jnp.asarray(_instance_mixing(len(INSTANCE_COLUMNS), bits, base or bits))
-    signs = signs * jnp.asarray(INSTANCE_OPS, nodes.dtype)[op.astype(jnp.int32)][:, None]
-    total = jraph.segment_sum((nodes[:, INSTANCE_COLUMNS] @ mixing) * signs, graph_idx, n_graph)
+    holds = jnp.asarray(INSTANCE_OPS, nodes.dtype)[op.astype(jnp.int32)][:, None]
+    proj = nodes[:, INSTANCE_COLUMNS]
+    mixing = jnp.asarray(_instance_mixing(len(INSTANCE_COLUMNS), base))
+    per_node = (proj @ mixing) * _hashed_signs(key, INSTANCE_SEED, base, nodes.dtype)
+    if bits > base:
+        width = len(INSTANCE_COLUMNS)
+        planes = _hashed_signs(key, INSTANCE_EXTENSION_SEED, (bits - base) * width, nodes.dtype)
+        extra = jnp.einsum("nj,nbj->nb", proj, planes.reshape(n, bits - base, width))
+        per_node = jnp.concatenate([per_node, extra], axis=1)
+    total = jraph.segment_sum(per_node * holds, graph_idx, n_graph)
     return jnp.where(total >= 0, 1.0, -1.0).astype(nodes.dtype)
 
 

@@ -115,7 +115,7 @@ INSTANCE = HasherConfig(bits=32, hidden=16, layers=1, instance_bits=12)
 def _reference_instance_code(graph, bits, base=None):
     """instance_code restated in plain numpy and Python integers, for one unpadded graph."""
     from hnn_jax import schema
-    from hnn_jax.model import INSTANCE_COLUMNS, INSTANCE_SEED, _instance_mixing
+    from hnn_jax.model import INSTANCE_COLUMNS, INSTANCE_EXTENSION_SEED, INSTANCE_SEED, _instance_mixing
 
     def fmix(x):
         x ^= x >> 16
@@ -124,16 +124,24 @@ def _reference_instance_code(graph, bits, base=None):
         x = (x * 0xC2B2AE35) & 0xFFFFFFFF
         return x ^ (x >> 16)
 
+    def signs(key, seed, count):
+        words = [fmix(key ^ fmix((seed + w) & 0xFFFFFFFF)) for w in range((count + 31) // 32)]
+        return np.array([1.0 if (words[c // 32] >> (c % 32)) & 1 else -1.0 for c in range(count)])
+
+    base = base or bits
+    width = len(INSTANCE_COLUMNS)
     total = np.zeros(bits, np.float64)
-    mixing = _instance_mixing(len(INSTANCE_COLUMNS), bits, base or bits).astype(np.float64)
+    mixing = _instance_mixing(width, base).astype(np.float64)
     parameter_ops = {schema.OP_INDEX[o] for o in schema.PARAMETER_OPS}
     for i, row in enumerate(np.asarray(graph.nodes, np.float64)):
         if int(row[schema.NODE_OP]) not in parameter_ops:  # a table every initialisation shares
             continue
         key = i * schema.VOCAB_SIZE + int(row[schema.NODE_OP])
-        words = [fmix(key ^ fmix(INSTANCE_SEED + w)) for w in range((bits + 31) // 32)]
-        signs = np.array([1.0 if (words[b // 32] >> (b % 32)) & 1 else -1.0 for b in range(bits)])
-        total += (row[INSTANCE_COLUMNS] @ mixing) * signs
+        proj = row[INSTANCE_COLUMNS]
+        total[:base] += (proj @ mixing) * signs(key, INSTANCE_SEED, base)
+        if bits > base:  # one hashed +-1 plane per extra bit and node
+            planes = signs(key, INSTANCE_EXTENSION_SEED, (bits - base) * width).reshape(bits - base, width)
+            total[base:] += planes @ proj
     return np.where(total >= 0, 1.0, -1.0)
 
 
