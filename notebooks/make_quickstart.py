@@ -49,7 +49,7 @@ from torch import nn
 
 import hnn_jax
 from hnn_jax import converters
-from hnn_jax.index import HammingIndex, relation
+from hnn_jax.index import HammingIndex
 
 warnings.filterwarnings("ignore")  # exporter chatter
 print("hnn-jax", hnn_jax.__version__, "| torch", torch.__version__)"""),
@@ -99,8 +99,8 @@ print("\\nfirst code as bits:", "".join(map(str, codes["cnn"].bits)))"""),
     new_markdown_cell("""\
 ## Compare
 
-`a - b` is the Hamming distance. `hnn_jax.index.relation` reads it with the thresholds in
-`hnn_jax.index.RELATIONS` (the same ones `hnn-jax compare` prints).
+`a - b` is the Hamming distance. `a.relation(b)` reads it with the thresholds measured for the
+codes' hasher and length (stored in its `hasher.json`; the same ones `hnn-jax compare` prints).
 
 The thresholds were measured with the shipped 64-bit weights on held-out torchvision models
 (0-3 bits: same model; 4-11: same architecture, other weights; 12-18: same family; 19+: unrelated);
@@ -111,7 +111,7 @@ distance = np.array([[codes[a] - codes[b] for b in names] for a in names])
 nbits = len(codes["cnn"])
 for other in names[1:]:
     d = codes["cnn"] - codes[other]
-    print(f"cnn vs {other:<15} {d:>2} of {nbits} bits -> {relation(d, nbits)[0]}")
+    print(f"cnn vs {other:<15} {d:>2} of {nbits} bits -> {codes['cnn'].relation(codes[other])[0]}")
 assert codes["cnn"] - codes["cnn fp16 copy"] <= 4  # a near copy stays within a few bits"""),
     new_code_cell("""\
 fig, ax = plt.subplots(figsize=(5.5, 4.5))
