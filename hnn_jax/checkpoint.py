@@ -48,7 +48,7 @@ def save(directory, config: HasherConfig, params: dict, version: str, relations:
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
             "bits": config.bits, "config": config.to_dict(), "version": version}
     if relations:
-        meta["relations"] = {str(n): list(map(int, b)) for n, b in sorted(relations.items())}
+        meta["relations"] = _relations_json(relations)
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return directory
 
@@ -91,13 +91,18 @@ def read_meta(directory) -> dict[str, Any]:
     return meta
 
 
+def _relations_json(relations: dict) -> dict:
+    """{nbits: thresholds} as hasher.json stores it (read_meta reads it back)."""
+    return {str(n): list(map(int, b)) for n, b in sorted(relations.items())}
+
+
 def write_relations(directory, relations: dict) -> None:
     """Store measured relation thresholds {nbits: (3 distances)} in a checkpoint's metadata; the
     weights and the code version do not change."""
     path = Path(directory).absolute() / META_FILE
     read_meta(directory)  # a checkpoint this hnn-jax reads
     meta = json.loads(path.read_text())
-    meta["relations"] = {str(n): list(map(int, b)) for n, b in sorted(relations.items())}
+    meta["relations"] = _relations_json(relations)
     path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 

@@ -120,9 +120,9 @@ def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_error
 def _example_code() -> str:
     """A code of the shipped hasher's version for --help examples (read from its hasher.json,
     so --help does not load JAX)."""
-    meta = Path(__file__).parent / "weights" / "default" / "hasher.json"
+    from hnn_jax.hashcode import SHIPPED_META
     try:
-        return f"hnn1:{json.loads(meta.read_text())['version']}:64:0f0f0f0f0f0f0f0f"
+        return f"hnn1:{json.loads(SHIPPED_META.read_text())['version']}:64:0f0f0f0f0f0f0f0f"
     except (OSError, ValueError, KeyError):
         return "hnn1:VERSION:64:0f0f0f0f0f0f0f0f"
 

@@ -71,22 +71,17 @@ def hash_batch(paths: list[str], bits: int | None = None) -> list[dict]:
     {"code": str, "probe": str, "warnings": [...]} or {"error": str, "warnings": [...]}.
     Never raises for a bad model: its error text is returned (files.named_error)."""
     import hnn_jax
-    from hnn_jax import converters, schema
-    from hnn_jax.files import PROBE_NAMES, named_error
+    from hnn_jax.files import convert_file, named_error
 
     out: list[dict] = []
     graphs, rows = [], []
     for text in paths:
         path = Path(text)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                graph = converters.from_file(path)
-            except Exception as e:  # noqa: BLE001 - foreign files can fail anywhere
-                out.append({"error": str(named_error(path, e)), "warnings": [str(w.message) for w in caught]})
-                continue
-        probe = PROBE_NAMES.get(int(round(float(graph.globals[0, schema.GLOBAL_PROBE]))), "unknown")
-        out.append({"probe": probe, "warnings": [str(w.message) for w in caught]})
+        graph, probe, messages, exc = convert_file(path)
+        if exc is not None:
+            out.append({"error": str(named_error(path, exc)), "warnings": messages})
+            continue
+        out.append({"probe": probe, "warnings": messages})
         graphs.append(graph)
         rows.append(len(out) - 1)
     if not graphs:

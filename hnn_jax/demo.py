@@ -32,7 +32,7 @@ def example_paths() -> list[Path]:
 def main() -> int:
     import hnn_jax
     from hnn_jax import converters
-    from hnn_jax.hashcode import RELATIONS, relation, relation_thresholds
+    from hnn_jax.hashcode import relation, relation_bands, relation_thresholds
     from hnn_jax.index import HammingIndex
 
     paths = example_paths()
@@ -60,12 +60,10 @@ def main() -> int:
                               if m.id != name][:2]
         print(f"  {name:<{width}}  -> {n1} ({d1} bits: {relation(d1, len(code), code.version)[0]}), "
               f"then {n2} ({d2} bits: {relation(d2, len(code), code.version)[0]})")
-    bounds = relation_thresholds(codes[0].version, len(codes[0]))
-    low, bands = 0, []
-    for high, (key, _) in zip(bounds, RELATIONS):
-        bands.append(f"{low}-{high} {key}")
-        low = high + 1
-    print(f"\nRelations (measured for this hasher at {len(codes[0])} bits, its hasher.json): "
+    nbits = len(codes[0])
+    bands = [f"{low}-{high} {key}"
+             for key, low, high in relation_bands(relation_thresholds(codes[0].version, nbits), nbits)[:3]]
+    print(f"\nRelations (measured for this hasher at {nbits} bits, its hasher.json): "
           f"{', '.join(bands)}, more: unrelated. Expect cnn_a's copies in the first band, and cnn_b "
           "and cnn_wide nearer to it than the MLP and the transformer; another initialisation and another "
           "width of a family lie about equally far, so which of the middle bands they land in varies.")

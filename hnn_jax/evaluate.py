@@ -167,16 +167,14 @@ def measure_thresholds(groups: dict[str, np.ndarray], nbits: int) -> tuple[int, 
 def relation_summary(bits: np.ndarray, rows: list[dict], thresholds) -> dict[str, dict]:
     """Per relation: pair count, mean and percentiles of the distance, and the share of pairs in
     each band of the thresholds (hashcode.RELATIONS)."""
-    from hnn_jax.hashcode import RELATIONS
+    from hnn_jax.hashcode import relation_bands
 
     out = {}
     for name, d in relation_distances(bits, rows).items():
         if not len(d):
             continue
-        bands, low = {}, 0
-        for high, (key, _) in zip([*thresholds, bits.shape[1]], RELATIONS):
-            bands[f"{key} ({low}-{high})"] = float(np.mean((d >= low) & (d <= high)))
-            low = high + 1
+        bands = {f"{key} ({low}-{high})": float(np.mean((d >= low) & (d <= high)))
+                 for key, low, high in relation_bands(thresholds, bits.shape[1])}
         out[name] = dict(n=len(d), mean=float(d.mean()), p5=float(np.percentile(d, 5)),
                          p50=float(np.median(d)), p95=float(np.percentile(d, 95)), bands=bands)
     return out
@@ -337,11 +335,10 @@ def add_arguments(parser) -> None:
 
 
 def _cli_eval(args) -> int:
-    from hnn_jax.hasher import Hasher, default_hasher
-
     from hnn_jax import checkpoint
     from hnn_jax.errors import HNNError
     from hnn_jax.hashcode import RELATIONS
+    from hnn_jax.hasher import Hasher, default_hasher
 
     if args.save_thresholds and not args.hasher:
         raise HNNError("--save-thresholds writes into a checkpoint: give it as --hasher DIR "

@@ -73,6 +73,21 @@ def named_error(path, error: Exception) -> Exception:
         return HNNError(f"{path}: {message}")
 
 
+def convert_file(path):
+    """(graph, probe status, warning texts, None) for one model file, or (None, None, warning
+    texts, the exception) when it cannot be converted: the warnings conversion raised are kept."""
+    from hnn_jax import converters, schema
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            graph = converters.from_file(path)
+        except Exception as e:  # noqa: BLE001 - foreign files can fail anywhere
+            return None, None, [str(w.message) for w in caught], e
+    probe = PROBE_NAMES.get(int(round(float(graph.globals[0, schema.GLOBAL_PROBE]))), "unknown")
+    return graph, probe, [str(w.message) for w in caught], None
+
+
 def hash_files(paths, *, skip_errors: bool = False, progress: bool = True, hasher=None,
                bits: int | None = None):
     """Yield a FileCode for every model the files and folders in `paths` name (find_models), in
@@ -83,7 +98,6 @@ def hash_files(paths, *, skip_errors: bool = False, progress: bool = True, hashe
     from tqdm import tqdm
 
     import hnn_jax
-    from hnn_jax import converters, schema
 
     models = find_models(paths)
     pending: list[FileCode] = []
@@ -99,21 +113,17 @@ def hash_files(paths, *, skip_errors: bool = False, progress: bool = True, hashe
 
     bar = tqdm(models, desc="hashing", unit="model", disable=None if progress else True, leave=False)
     for path in bar:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                graph = converters.from_file(path)
-            except Exception as e:  # foreign files can fail anywhere
-                error = named_error(path, e)
-                if not skip_errors:
-                    if error is e:
-                        raise
-                    raise error from e
-                yield from flush() if pending else ()  # in order: the models before it first
-                yield FileCode(path, error=error, warnings=[str(w.message) for w in caught])
-                continue
-        probe = PROBE_NAMES.get(int(round(float(graph.globals[0, schema.GLOBAL_PROBE]))), "unknown")
-        pending.append((FileCode(path, probe=probe, warnings=[str(w.message) for w in caught]), graph))
+        graph, probe, messages, exc = convert_file(path)
+        if exc is not None:
+            error = named_error(path, exc)
+            if not skip_errors:
+                if error is exc:
+                    raise exc
+                raise error from exc
+            yield from flush() if pending else ()  # in order: the models before it first
+            yield FileCode(path, error=error, warnings=messages)
+            continue
+        pending.append((FileCode(path, probe=probe, warnings=messages), graph))
         if len(pending) == CHUNK:
             yield from flush()
     bar.close()

@@ -5,6 +5,7 @@ spaces, so every comparison checks the version and length instead of returning a
 distance.
 """
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -48,18 +49,31 @@ def register_thresholds(version: str, relations: dict) -> None:
         _THRESHOLDS[(version, int(nbits))] = tuple(int(b) for b in bounds)
 
 
+@functools.cache
+def _shipped_meta() -> dict:
+    """The shipped hasher's hasher.json (read once, without loading JAX), or {} if missing."""
+    return json.loads(SHIPPED_META.read_text()) if SHIPPED_META.is_file() else {}
+
+
 def relation_thresholds(version: str, nbits: int) -> tuple[int, ...]:
     """The largest distance of each of the first three RELATIONS for codes of this hasher and
     length: from a hasher loaded or measured in this process, or the shipped hasher's file."""
-    if (version, nbits) not in _THRESHOLDS and SHIPPED_META.is_file():
-        meta = json.loads(SHIPPED_META.read_text())
-        if meta.get("version") == version:
-            register_thresholds(version, meta.get("relations", {}))
+    if (version, nbits) not in _THRESHOLDS and _shipped_meta().get("version") == version:
+        register_thresholds(version, _shipped_meta().get("relations", {}))
     if (version, nbits) not in _THRESHOLDS:
         raise NoThresholdsError(
             f"no relation thresholds are known for hasher {version} at {nbits} bits: load that "
             "hasher (Hasher.load) or measure them with `hnn-jax eval ZOO --hasher DIR --save-thresholds`")
     return _THRESHOLDS[(version, nbits)]
+
+
+def relation_bands(thresholds, nbits: int) -> list[tuple[str, int, int]]:
+    """(RELATIONS key, lowest distance, highest distance) of each band the thresholds make."""
+    bands, low = [], 0
+    for high, (key, _) in zip([*thresholds, nbits], RELATIONS):
+        bands.append((key, low, high))
+        low = high + 1
+    return bands
 
 
 def relation(distance: int, nbits: int, version: str) -> tuple[str, str]:

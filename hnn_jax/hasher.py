@@ -5,7 +5,6 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import jax
 import jraph
@@ -15,7 +14,7 @@ from flax import nnx
 from hnn_jax import checkpoint, schema
 from hnn_jax.config import ALLOWED_BITS, HasherConfig
 from hnn_jax.errors import HNNError, ModelTooLargeError, SchemaMismatchError
-from hnn_jax.hashcode import HashCode, register_thresholds
+from hnn_jax.hashcode import SHIPPED_META, HashCode, register_thresholds
 from hnn_jax.model import HashNet
 from hnn_jax.padding import MAX_EDGES, MAX_NODES, pad_batch
 
@@ -248,7 +247,7 @@ class Hasher:
         return np.concatenate([np.asarray(out)[:count] for count, out in pending])
 
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default"
+DEFAULT_WEIGHTS = SHIPPED_META.parent
 
 
 @functools.cache

@@ -60,6 +60,12 @@ def _pooled(out):
     return out.reshape(out.shape[0], -1, out.shape[-1]).mean(1) if out.ndim > 2 else out.reshape(out.shape[0], -1)
 
 
+def _owner(model, name: str):
+    """(module holding the submodule called `name`, its attribute name there)."""
+    parent, _, attr = name.rpartition(".")
+    return model.get_submodule(parent), attr
+
+
 def task_head(model):
     """(parent module, attribute name, Linear) of the model's task head, or None."""
     import torch
@@ -68,8 +74,7 @@ def task_head(model):
     if not linears:
         return None
     name, head = linears[-1]
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    return parent, name.rpartition(".")[2], head
+    return (*_owner(model, name), head)
 
 
 def replace_head(model, classes: int, seed: int):
@@ -106,7 +111,7 @@ def finetune(model, example, *, steps: int = STEPS, lr: float | None = None, see
         width = _pooled(_run(tuned.eval(), synthetic_batch(example, generator, 1, vocab))).shape[1]
     tuned.train()
     head = None
-    if task_head(tuned) is None or not _has_head(tuned, example):  # a base model: a temporary head
+    if not _has_head(tuned, example):  # a base model: a temporary head
         head = torch.nn.Linear(width, classes or 4)
     classes = classes or (head or task_head(tuned)[2]).out_features
     data = [synthetic_batch(example, generator, BATCH, vocab) for _ in range(DATASET // BATCH)]
@@ -125,16 +130,18 @@ def finetune(model, example, *, steps: int = STEPS, lr: float | None = None, see
 
 def tune_new_head(model, example, *, classes: int = 5, seed: int = 0, **kwargs):
     """Replace the task head (when there is one) and fine-tune the whole model."""
-    if task_head(model) is not None and _has_head(model, example):
+    if _has_head(model, example):
         model = replace_head(model, classes, seed)
     return finetune(model, example, seed=seed, classes=classes, **kwargs)
 
 
 def _has_head(model, example) -> bool:
-    """Whether the last Linear's output is the model's (first) output: a classifier, not a base
-    model whose last Linear is a pooler beside its output."""
+    """Whether the model has a Linear whose output, the last one's, is the model's (first)
+    output: a classifier, not a base model whose last Linear is a pooler beside its output."""
     import torch
 
+    if task_head(model) is None:
+        return False
     model = copy.deepcopy(model).eval()
     seen = []
     handle = task_head(model)[2].register_forward_hook(lambda m, i, out: seen.append(out))
@@ -174,22 +181,20 @@ def lora_merge(model, example, *, rank: int = LORA_RANK, alpha: float = LORA_ALP
     import torch
 
     lora = _lora_linear()
-    has_head = task_head(model) is not None and _has_head(model, example)
+    has_head = _has_head(model, example)
     model = replace_head(model, classes, seed) if has_head else copy.deepcopy(model)
     head = task_head(model)[2] if has_head else None
     model.requires_grad_(False)
     torch.manual_seed(seed)
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
     for name in names:
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        attr = name.rpartition(".")[2]
+        parent, attr = _owner(model, name)
         setattr(parent, attr, lora(getattr(parent, attr), rank, alpha))
     if head is not None:
         head.requires_grad_(True)
     tuned = finetune(model, example, seed=seed, classes=classes,
                      params=lambda m: [p for p in m.parameters() if p.requires_grad], **kwargs)
     for name in names:
-        parent = tuned.get_submodule(name.rpartition(".")[0]) if "." in name else tuned
-        attr = name.rpartition(".")[2]
+        parent, attr = _owner(tuned, name)
         setattr(parent, attr, getattr(parent, attr).merged())
     return tuned.requires_grad_(True).eval()
