@@ -9,8 +9,8 @@ search(q, k=None, radius=4), "top-10 in 8" is search(q, k=10, radius=8). Half th
 indexed codes (a distance-0 hit), half fresh random codes. Build is one add_many of a [n, bits]
 0/1 array with auto ids; load reads the .npz file save() wrote (the same file for both backends)
 into an index of that backend. Memory: "codes" is what the backend stores the codes in (numpy's
-word columns, faiss's IndexBinaryFlat rows) against the packed codes (n x bits/8 bytes); "ids +
-metadata" are the int64 ids and the metadata list, the same for both; "RSS" is the growth of the
+word columns, faiss's IndexBinaryFlat rows) against the packed codes (n x bits/8 bytes); "index"
+is HammingIndex.nbytes (codes, ids, metadata: auto ids are not stored); "RSS" is the growth of the
 process's resident memory that the built index keeps. Every query's results are compared with the
 numpy backend's ("same": all identical, ties included). The backends run one after the other, so
 only one index is in memory at a time. --with-100m adds 100M codes (about 6.4 GB of input bits and
@@ -65,7 +65,7 @@ def run(backend: str, bits: np.ndarray, queries: list, path: Path) -> dict:
     rss_growth = rss_mb() - rss0
     codes_bytes = (index._faiss.xb.byte_size() if backend == "faiss"
                    else index._words.nbytes)
-    extra_bytes = index._ids.nbytes + sys.getsizeof(index._metadata)
+    index_bytes = index.nbytes  # codes, ids (none while auto), metadata
     index.search(queries[0], k=10)  # warm-up
     top10, r1 = timed(lambda q: index.search(q, k=10), queries)
     radius4, r2 = timed(lambda q: index.search(q, k=None, radius=4), queries)
@@ -80,7 +80,8 @@ def run(backend: str, bits: np.ndarray, queries: list, path: Path) -> dict:
     packed = n * (-(-nbits // 64)) * 8
     return dict(build=build, load=load, top10=top10, radius4=radius4, top10r=top10r,
                 codes_mb=codes_bytes / 2**20, codes_x=codes_bytes / packed,
-                extra_mb=extra_bytes / 2**20, rss_mb=rss_growth, results=(r1, r2, r3))
+                index_mb=index_bytes / 2**20, index_x=index_bytes / packed, rss_mb=rss_growth,
+                rss_x=rss_growth * 2**20 / packed, results=(r1, r2, r3))
 
 
 def main() -> None:
@@ -102,7 +103,7 @@ def main() -> None:
     print(f"HammingIndex, {args.bits}-bit random codes, numpy {np.__version__}, {faiss_version}, "
           f"{os.cpu_count()} CPUs; latency = median / p90 of {args.queries} queries, ms\n")
     print("| codes | backend | build s | load s | top-10 ms | radius 4 ms | top-10 within 8 ms "
-          "| codes MB (x packed) | ids + metadata MB | RSS growth MB | same as numpy |")
+          "| codes MB (x packed) | index MB (x packed) | RSS growth MB (x packed) | same as numpy |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         bits = rng.integers(0, 2, (n, args.bits), dtype=np.uint8)
@@ -119,8 +120,8 @@ def main() -> None:
                       f"| {r['top10'][0]:.2f} / {r['top10'][1]:.2f} "
                       f"| {r['radius4'][0]:.2f} / {r['radius4'][1]:.2f} "
                       f"| {r['top10r'][0]:.2f} / {r['top10r'][1]:.2f} "
-                      f"| {r['codes_mb']:.0f} ({r['codes_x']:.2f}x) | {r['extra_mb']:.0f} "
-                      f"| {r['rss_mb']:.0f} | {same} |", flush=True)
+                      f"| {r['codes_mb']:.0f} ({r['codes_x']:.2f}x) | {r['index_mb']:.0f} ({r['index_x']:.2f}x) "
+                      f"| {r['rss_mb']:.0f} ({r['rss_x']:.2f}x) | {same} |", flush=True)
         del bits
 
 

@@ -5,8 +5,10 @@ one XOR and one popcount (``np.bitwise_count``) per word over the whole column, 
 the distances picks the k-th smallest distance in linear time. Results are exact, and ties are
 returned in insertion order (an id that is removed and added again counts as newly inserted).
 
-Everything per entry lives in numpy arrays (packed words, ids) except the optional metadata, which
-is a list touched only for the entries a search returns.
+Per entry the index holds the packed words and nothing else while ids are the auto-assigned
+0, 1, 2, ... (the row numbers, not stored until an entry is removed or an id breaks the sequence);
+other ids are one numpy array, and metadata a dict by row holding only the entries that have some.
+So a hub-sized index of auto ids costs the packed codes alone.
 
 Backends (a runtime choice, never stored in the file): ``"numpy"`` (the default) scans the columns
 as above; ``"faiss"`` (``pip install 'hnn-jax[faiss]'``) keeps the codes in a faiss
@@ -30,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -193,8 +196,8 @@ class HammingIndex:
         self._n = 0
         self._words = np.zeros((_words_per_code(nbits) if nbits else 1, 0), np.uint64)
         self._id_kind: str | None = None
-        self._ids = np.zeros(0, np.int64)
-        self._metadata: list = []
+        self._ids: np.ndarray | None = None  # None: the ids are the rows 0..n-1 (auto ids)
+        self._metadata: dict[int, dict] = {}  # row -> metadata, for the rows that have some
         self._rows: dict | None = None  # id -> row, built on demand (get/remove/contains)
         self._next_auto_id = 0
 
@@ -227,7 +230,16 @@ class HammingIndex:
     @property
     def ids(self) -> list:
         """All ids, in insertion order."""
-        return self._ids[:self._n].tolist()
+        return self._id_array().tolist()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the index holds: codes, ids (none while they are the auto-assigned 0, 1, ...)
+        and metadata (approximate: the dict and its entries' JSON text)."""
+        codes = self._words.shape[0] * self._n * 8
+        ids = 0 if self._ids is None else self._ids[:self._n].nbytes
+        meta = sys.getsizeof(self._metadata) + sum(len(json.dumps(m)) for m in self._metadata.values())
+        return codes + ids + meta
 
     def __repr__(self) -> str:
         return (f"HammingIndex({self._n} codes, nbits={self._nbits}, version={self._version!r}, "
@@ -236,19 +248,36 @@ class HammingIndex:
     def get(self, id) -> tuple[HashCode, dict | None]:
         """(code, metadata) stored under `id`."""
         row = self._row(id)
-        meta = self._metadata[row]
-        return self._code(row), (json.loads(json.dumps(meta)) if meta is not None else None)
+        return self._code(row), self._meta(row)
 
     # ---------------------------------------------------------------- internals
+    def _meta(self, row: int) -> dict | None:
+        """A copy of row's metadata (None when it has none)."""
+        meta = self._metadata.get(row)
+        return None if meta is None else json.loads(json.dumps(meta))
+
+    def _id_array(self) -> np.ndarray:
+        """The ids of rows 0..n-1 (an arange while they are implicit)."""
+        return np.arange(self._n, dtype=np.int64) if self._ids is None else self._ids[:self._n]
+
+    def _materialise_ids(self, capacity: int) -> None:
+        """Store implicit ids (rows) explicitly, room for `capacity` entries."""
+        if self._ids is None:
+            self._ids = np.arange(max(capacity, self._n), dtype=np.int64)
+
     def _lookup(self) -> dict:
         """id -> row for str ids (int ids are looked up in the numpy array instead)."""
         if self._rows is None:
-            self._rows = dict(zip(self._ids[:self._n].tolist(), range(self._n)))
+            self._rows = dict(zip(self._id_array().tolist(), range(self._n)))
         return self._rows
 
     def _row(self, id) -> int:
         if self._id_kind == "int" or self._id_kind is None:
             if isinstance(id, (bool, np.bool_)) or not isinstance(id, (int, np.integer)):
+                raise UnknownIdError(f"no id {id!r} in the index")
+            if self._ids is None:
+                if 0 <= id < self._n:
+                    return int(id)
                 raise UnknownIdError(f"no id {id!r} in the index")
             hits = np.flatnonzero(self._ids[:self._n] == id) if -2**63 <= id < 2**63 else []
             if not len(hits):
@@ -281,14 +310,16 @@ class HammingIndex:
         return _pack_bits(query.bits[None, :], self._words.shape[0])[:, 0]
 
     def _reserve(self, extra: int) -> None:
+        """Room for `extra` more entries: numpy's word columns (faiss grows its own rows) and
+        stored ids, each grown to at least double."""
         need = self._n + extra
-        if need > self._ids.shape[0]:
-            cap = max(need, 2 * self._ids.shape[0], 16)
-            if self._faiss is None:
-                words = np.zeros((self._words.shape[0], cap), np.uint64)
-                words[:, :self._n] = self._words[:, :self._n]
-                self._words = words
-            ids = np.zeros(cap, self._ids.dtype)
+        if self._faiss is None and need > self._words.shape[1]:
+            words = np.zeros((self._words.shape[0], max(need, 2 * self._words.shape[1], 16)),
+                             np.uint64)
+            words[:, :self._n] = self._words[:, :self._n]
+            self._words = words
+        if self._ids is not None and need > self._ids.shape[0]:
+            ids = np.zeros(max(need, 2 * self._ids.shape[0], 16), self._ids.dtype)
             ids[:self._n] = self._ids[:self._n]
             self._ids = ids
 
@@ -403,11 +434,15 @@ class HammingIndex:
         self._version = version
         if self._id_kind is None:
             self._id_kind = kind
-            self._ids = np.zeros(0, np.int64 if kind == "int" else object)
+            self._ids = None if kind == "int" else np.zeros(0, object)
+        if self._ids is None and not (new_ids[0] == self._n and new_ids[-1] == self._n + m - 1
+                                      and (np.diff(new_ids) == 1).all()):
+            self._materialise_ids(self._n + m)  # the ids leave the row sequence: store them
         self._reserve(m)
         self._append_words(_pack_bits(bits, self._words.shape[0]))
-        self._ids[self._n:self._n + m] = new_ids
-        self._metadata.extend(metas)
+        if self._ids is not None:
+            self._ids[self._n:self._n + m] = new_ids
+        self._metadata.update((self._n + i, meta) for i, meta in enumerate(metas) if meta is not None)
         if self._rows is not None:
             self._rows.update(zip(new_ids.tolist(), range(self._n, self._n + m)))
         self._n += m
@@ -428,7 +463,7 @@ class HammingIndex:
             dup = _first_duplicate(new_ids)
             if dup is not None:
                 raise DuplicateIdError(f"id {dup!r} appears twice in the batch")
-            clash = new_ids[np.isin(new_ids, self._ids[:self._n])] if self._n else new_ids[:0]
+            clash = new_ids[np.isin(new_ids, self._id_array())] if self._n else new_ids[:0]
             if len(clash):
                 raise DuplicateIdError(f"id {clash[0].item()!r} is already in the index")
             return
@@ -454,10 +489,10 @@ class HammingIndex:
             if bad is not None:
                 raise UnknownIdError(f"no id {bad!r} in the index")
             wanted = np.array(sorted(set(ids)), np.int64)
-            found = np.isin(wanted, self._ids[:self._n])
+            found = np.isin(wanted, self._id_array())
             if not found.all():
                 raise UnknownIdError(f"no id {wanted[~found][0].item()!r} in the index")
-            rows = np.flatnonzero(np.isin(self._ids[:self._n], wanted)).tolist()
+            rows = np.flatnonzero(np.isin(self._id_array(), wanted)).tolist()
         else:
             rows = sorted({self._row(i) for i in ids})
         if not rows:
@@ -470,11 +505,13 @@ class HammingIndex:
         else:  # IndexBinaryFlat.remove_ids compacts the rows in order
             self._faiss.remove_ids(np.asarray(rows, np.int64))
             self._sync_view()
+        self._materialise_ids(self._n)  # rows shift: the ids are no longer the rows
         self._ids[:n] = self._ids[:self._n][keep]
         if self._id_kind == "str":
             self._ids[n:self._n] = None
-        dropped = set(rows)
-        self._metadata = [m for r, m in enumerate(self._metadata) if r not in dropped]
+        removed = np.asarray(rows)  # sorted; a kept row moves down by the removed rows before it
+        self._metadata = {r - int(np.searchsorted(removed, r)): m
+                          for r, m in self._metadata.items() if keep[r]}
         self._n = n
         self._rows = None
 
@@ -535,11 +572,9 @@ class HammingIndex:
                 order = order[:k]
             rows = candidates[order]
             dists = dist[rows]
-        ids = self._ids[rows].tolist()
+        ids = (rows if self._ids is None else self._ids[rows]).tolist()
         words = self._words[:, rows].T
-        return [Match(i, d, None if self._metadata[r] is None
-                      else json.loads(json.dumps(self._metadata[r])),
-                      w, self._nbits, self._version)
+        return [Match(i, d, self._meta(r), w, self._nbits, self._version)
                 for i, d, r, w in zip(ids, dists.tolist(), rows.tolist(), words)]
 
     def _faiss_search(self, q: np.ndarray, k: int | None, limit: int):
@@ -569,10 +604,10 @@ class HammingIndex:
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "nbits": self._nbits,
                   "code_version": self._version, "count": self._n, "id_kind": self._id_kind,
                   "next_auto_id": self._next_auto_id}
-        ids = self._ids[:self._n]
+        ids = self._id_array()
         if self._id_kind == "str":
             ids = np.array(ids.tolist() or [""], dtype=str)[:self._n]
-        metadata = [[r, m] for r, m in enumerate(self._metadata) if m is not None]
+        metadata = [[r, self._metadata[r]] for r in sorted(self._metadata)]
         arrays = {"header": np.array(json.dumps(header)),
                   "words": self._words[:, :self._n].astype("<u8"),
                   "ids": ids.astype("<i8") if self._id_kind != "str" else ids,
@@ -662,14 +697,16 @@ class HammingIndex:
             index._append_words(words.astype(np.uint64, copy=False))
         index._n = n
         index._id_kind = id_kind
-        index._ids = (ids.astype(np.int64) if id_kind == "int"
-                      else np.array(ids.tolist(), dtype=object))
-        index._metadata = [None] * n
-        for row, meta in metadata:
-            index._metadata[row] = meta
+        if id_kind == "int":
+            index._ids = ids.astype(np.int64)
+            if (index._ids == np.arange(n)).all():
+                index._ids = None  # auto ids: the rows
+        else:
+            index._ids = np.array(ids.tolist(), dtype=object)
+        index._metadata = {row: meta for row, meta in metadata}
         index._next_auto_id = int(header.get("next_auto_id", 0))
         index._rows = None
-        if (_first_duplicate(index._ids) is not None if id_kind == "int"
-                else len(set(index._ids.tolist())) != n):
+        if index._ids is not None and (_first_duplicate(index._ids) is not None if id_kind == "int"
+                                       else len(set(index._ids.tolist())) != n):
             raise CorruptFileError(f"{path}: damaged hnn-jax index file (duplicate ids)")
         return index

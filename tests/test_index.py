@@ -111,6 +111,28 @@ def test_auto_ids_add_remove_contains():
     assert isinstance(UnknownIdError("x"), KeyError)
 
 
+def test_auto_ids_cost_nothing_beyond_the_packed_codes(tmp_path):
+    """A hub-sized index of auto ids holds its packed codes and no per-entry id or metadata; ids
+    are stored once they leave the row sequence (a removal, a given id), and results stay exact."""
+    codes = random_codes(3000, 64, seed=5, clustered=True)
+    index = HammingIndex()
+    index.add_many(codes[:1000])
+    index.add_many(codes[1000:2000], range(1000, 2000))  # given ids that continue the rows
+    index.add(codes[2000], metadata={"name": "one"})  # one entry with metadata
+    packed = 2001 * 8
+    assert packed <= index.nbytes <= 1.05 * packed + 512
+    loaded = HammingIndex.load(index.save(tmp_path / "a.hnnidx"))
+    assert loaded.nbytes == index.nbytes and loaded.get(2000)[1] == {"name": "one"}
+    index.remove_many([5, 1500])
+    assert index.nbytes >= packed + 1999 * 8  # ids stored now
+    ids = [i for i in range(2001) if i not in (5, 1500)]
+    kept = [codes[i] for i in ids]
+    assert index.ids == ids and index.get(2000)[1] == {"name": "one"} and 5 not in index
+    for q in codes[:4]:
+        assert [(m.id, m.distance) for m in index.search(q, k=30)] == brute_force(kept, ids, q, k=30)
+    assert index.add(codes[5]) == 2001  # auto ids continue after the largest
+
+
 @pytest.mark.parametrize("kind", ["int", "str"])
 def test_bulk_remove_then_search_equals_brute_force(kind):
     codes = random_codes(400, 64, seed=11, clustered=True)
