@@ -49,7 +49,9 @@ examples:
   hnn-jax search models.hnnidx query.onnx -k 5  the 5 indexed models nearest to query.onnx
   hnn-jax search models.hnnidx query.onnx --radius 4 || echo "no near copy"
 
-A model is a path to a .onnx, .keras or torch.export .pt2 file, or a TensorFlow SavedModel folder.
+A model is a path to a .onnx, .keras or torch.export .pt2 file, or a TensorFlow SavedModel folder;
+files and folders can be fsspec URLs too (s3://bucket/models/, gs://..., http://host/dir/, file:///abs),
+given the protocol's fsspec package (s3fs, gcsfs, aiohttp for http).
 Wherever a single model is expected, a code printed by `hnn-jax hash` (hnn1:...) works too.
 Pickled PyTorch files (.pt/.pth) are refused: export with torch.onnx.export or torch.export.
 
@@ -197,13 +199,13 @@ def _cmd_compare(args) -> int:
 
 def _entries(args, length: int | None = None):
     """(ids, codes, metadata) for the models in args.paths, codes of `length` bits."""
+    from hnn_jax.files import model_metadata
     ids, codes, metas = [], [], []
     for path, code, probe in hash_models(args.paths, progress=not args.quiet, debug=args.debug,
                                          skip_errors=args.skip_errors, length=length):
         ids.append(str(path))
         codes.append(code)
-        fmt = path.suffix.lower().lstrip(".") if path.is_file() else "savedmodel"
-        metas.append({"path": str(path.resolve()), "format": fmt, "probe": probe})
+        metas.append(model_metadata(path, probe))
     if not codes:
         raise _CLIError("no model could be hashed")
     return ids, codes, metas
@@ -293,6 +295,10 @@ def _cmd_search(args) -> int:
 
 
 # ------------------------------------------------------------------------------- parser
+PATHS_HELP = ("model files or folders: local paths or fsspec URLs (s3://bucket/models/ needs s3fs, "
+              "gs://... gcsfs, http://host/dir/ aiohttp; file:///abs/path)")
+
+
 def _add_hash_inputs(p, *, paths_help: str) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -321,7 +327,7 @@ def _add_builtin_commands(sub) -> None:
         epilog="examples:\n  hnn-jax hash model.onnx\n  hnn-jax hash models/ --json > codes.json"
                "\n  hnn-jax hash a.onnx b.pt2 --bits        # 0/1 bits instead of hex"
                "\n  hnn-jax hash model.onnx --length 256     # a lineage code\n")
-    _add_hash_inputs(p, paths_help="model files or folders")
+    _add_hash_inputs(p, paths_help=PATHS_HELP)
     _add_length(p)
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of {path, code, nbits, version, probe}")
@@ -354,13 +360,14 @@ def _add_builtin_commands(sub) -> None:
                         "found from the arguments; its metadata holds the absolute path, the "
                         "format and the probe status.",
                         epilog="example:\n  hnn-jax index build models/ extra.onnx -o models.hnnidx\n")
-    _add_hash_inputs(q, paths_help="model files or folders")
+    _add_hash_inputs(q, paths_help=PATHS_HELP)
     q.add_argument("-o", "--output", required=True, metavar="FILE", help="index file to write")
     _add_length(q)
     w = q.add_argument_group(
         "workers", "Convert and hash on a Ray cluster or in local processes: the same index, a model "
         "that fails is recorded and skipped (as --skip-errors), and a killed job rerun with the same "
-        "-o resumes from FILE.journal. Model paths must be readable at the same path on every node.")
+        "-o resumes from FILE.journal. Model paths must be readable at the same path on every node, or "
+        "be URLs every node can reach (s3://bucket/models/, with s3fs installed on each).")
     w.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto (the running cluster), "
                    "HOST:PORT, ray://HOST:PORT, or local (start one on this machine, loopback only); "
                    "needs pip install 'hnn-jax[ray]'")
@@ -375,7 +382,7 @@ def _add_builtin_commands(sub) -> None:
                         "`index build`. The codes must come from the same hasher as the index.",
                         epilog="example:\n  hnn-jax index add models.hnnidx new_model.onnx\n")
     q.add_argument("index", metavar="FILE", help="index file")
-    _add_hash_inputs(q, paths_help="model files or folders to add")
+    _add_hash_inputs(q, paths_help=PATHS_HELP.replace("folders", "folders to add", 1))
     q.add_argument("--replace", action="store_true",
                    help="re-hash models already in the index instead of refusing")
     q.set_defaults(func=_cmd_index_add)

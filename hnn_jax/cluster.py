@@ -14,8 +14,10 @@ A model that fails is recorded with its error and the job goes on. A batch whose
 (killed, out of memory, a crash in native code) is sent again, up to `attempts` times, then split
 into single models, so one model that crashes its worker is recorded as an error, not the job.
 
-Ray is an optional extra (`pip install 'hnn-jax[ray]'`); the model paths must be readable at the
-same path on every Ray node (a shared filesystem). Cost model: README, "Building on a cluster".
+Ray is an optional extra (`pip install 'hnn-jax[ray]'`); the models must be readable at the same
+path on every Ray node (a shared filesystem), or be given as a URL every node can reach
+(`s3://bucket/models/`, any fsspec URL: files.find_models; each node needs the protocol's fsspec
+package, s3fs for s3://). Cost model: README, "Building on a cluster".
 """
 
 from __future__ import annotations
@@ -71,12 +73,12 @@ def hash_batch(paths: list[str], bits: int | None = None) -> list[dict]:
     {"code": str, "probe": str, "warnings": [...]} or {"error": str, "warnings": [...]}.
     Never raises for a bad model: its error text is returned (files.named_error)."""
     import hnn_jax
-    from hnn_jax.files import convert_file, named_error
+    from hnn_jax.files import convert_file, model_path, named_error
 
     out: list[dict] = []
     graphs, rows = [], []
     for text in paths:
-        path = Path(text)
+        path = model_path(text)
         graph, probe, messages, exc = convert_file(path)
         if exc is not None:
             out.append({"error": str(named_error(path, exc)), "warnings": messages})
@@ -94,7 +96,7 @@ def hash_batch(paths: list[str], bits: int | None = None) -> list[dict]:
             try:
                 codes.append(hnn_jax.hash(graph, bits=bits))
             except Exception as e:  # noqa: BLE001
-                out[row] = {"error": str(named_error(Path(paths[row]), e)), "warnings": out[row]["warnings"]}
+                out[row] = {"error": str(named_error(paths[row], e)), "warnings": out[row]["warnings"]}
                 codes.append(None)
     for row, code in zip(rows, codes):
         if code is not None:
@@ -146,7 +148,14 @@ class _RayPool:
                 ray.init(address="local", include_dashboard=False, log_to_driver=False,
                          num_cpus=workers or None, logging_level=logging.ERROR)
             else:
-                ray.init(address=address, log_to_driver=False)
+                try:
+                    ray.init(address=address, log_to_driver=False)
+                except ConnectionError as e:
+                    raise HNNError(
+                        f"cannot reach the Ray cluster at {address} ({e}). Is it running and "
+                        "reachable? A cluster with token authentication (the default of `ray start` "
+                        "in recent Ray) needs its token here too: RAY_AUTH_TOKEN or "
+                        "RAY_AUTH_TOKEN_PATH") from None
             self.started = True
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -259,9 +268,25 @@ def journal_path(output) -> Path:
     return output.with_name(output.name + JOURNAL_SUFFIX)
 
 
-def _fingerprint(path: Path) -> list[int]:
+def _fingerprint(path) -> list[int] | dict:
+    """What tells whether a model changed since it was journaled: size and mtime of a local path,
+    what fs.info says of a URL (files.url_fingerprint)."""
+    if isinstance(path, str):
+        from hnn_jax.files import url_fingerprint
+        return url_fingerprint(path)
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
+
+
+def _fingerprints(models) -> dict:
+    """id -> _fingerprint for each model; URLs asked in parallel (one request or more each)."""
+    urls = [p for p in models if isinstance(p, str)]
+    remote = {}
+    if urls:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(min(32, len(urls))) as pool:
+            remote = dict(zip(urls, pool.map(_fingerprint, urls)))
+    return {str(p): remote[p] if isinstance(p, str) else _fingerprint(p) for p in models}
 
 
 def _read_journal(path: Path, bits: int | None) -> dict[str, dict]:
@@ -320,7 +345,7 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
     job that did not finish. `on_batch(summary)` is called after each batch is journaled."""
     from tqdm import tqdm
 
-    from hnn_jax.files import find_models
+    from hnn_jax.files import find_models, model_metadata
     from hnn_jax.hashcode import HashCode
     from hnn_jax.index import HammingIndex
 
@@ -334,7 +359,7 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
     summary = BuildSummary(output=output, models=len(models))
     jpath = journal_path(output)
     done = _read_journal(jpath, bits) if resume else {}
-    prints = {str(p): _fingerprint(p) for p in models}
+    prints = _fingerprints(models)
     done = {k: r for k, r in done.items() if prints.get(k) == r.get("fp")}  # changed files: redo
     todo = list(dict.fromkeys(str(p) for p in models if str(p) not in done))
     summary.resumed = len(set(prints) - set(todo))
@@ -422,8 +447,7 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
             log(f"warning: {path}: execution probe {record['probe']}; code from static features only")
         ids.append(str(path))
         codes.append(HashCode.from_str(record["code"]))
-        fmt = path.suffix.lower().lstrip(".") if path.is_file() else "savedmodel"
-        metas.append({"path": str(path.resolve()), "format": fmt, "probe": record["probe"]})
+        metas.append(model_metadata(path, record["probe"]))
     for _, error in summary.errors:
         log(f"warning: could not hash {error} (skipped)")
     if not codes:
