@@ -35,7 +35,7 @@ from hnn_jax.errors import HNNError
 
 JOURNAL_SUFFIX = ".journal"
 JOURNAL_FORMAT = "hnn-jax index build journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: records hold the model's format
 DEFAULT_BATCH = 32
 ATTEMPTS = 3          # tries of one batch before it is split into single models
 IN_FLIGHT = 2         # batches queued per worker, so a worker never waits for the driver
@@ -70,10 +70,11 @@ def _limit_threads() -> None:
 
 def hash_batch(paths: list[str], bits: int | None = None) -> list[dict]:
     """Convert and hash the models at `paths` in one hnn_jax.hash call. One dict per path:
-    {"code": str, "probe": str, "warnings": [...]} or {"error": str, "warnings": [...]}.
+    {"code": str, "probe": str, "format": str, "warnings": [...]} or {"error": str, "warnings":
+    [...]}: the format (files.model_format) is found here, as a URL folder's costs a request.
     Never raises for a bad model: its error text is returned (files.named_error)."""
     import hnn_jax
-    from hnn_jax.files import convert_file, model_path, named_error
+    from hnn_jax.files import convert_file, model_format, model_path, named_error
 
     out: list[dict] = []
     graphs, rows = [], []
@@ -83,7 +84,7 @@ def hash_batch(paths: list[str], bits: int | None = None) -> list[dict]:
         if exc is not None:
             out.append({"error": str(named_error(path, exc)), "warnings": messages})
             continue
-        out.append({"probe": probe, "warnings": messages})
+        out.append({"probe": probe, "format": model_format(path), "warnings": messages})
         graphs.append(graph)
         rows.append(len(out) - 1)
     if not graphs:
@@ -418,7 +419,7 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
                             log(f"warning: {name}: {message}")
                     record = {"id": name, "fp": prints[name]}
                     if "code" in r:
-                        record.update(code=r["code"], probe=r["probe"])
+                        record.update(code=r["code"], probe=r["probe"], format=r["format"])
                     else:
                         record["error"] = r["error"]
                         errors += 1
@@ -447,7 +448,7 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
             log(f"warning: {path}: execution probe {record['probe']}; code from static features only")
         ids.append(str(path))
         codes.append(HashCode.from_str(record["code"]))
-        metas.append(model_metadata(path, record["probe"]))
+        metas.append(model_metadata(path, record["probe"], record["format"]))
     for _, error in summary.errors:
         log(f"warning: could not hash {error} (skipped)")
     if not codes:

@@ -240,24 +240,27 @@ def _renamed(error: Exception, local: str, url: str) -> Exception:
 
 
 # ----------------------------------------------------------------------------- models
-def model_metadata(path, probe: str) -> dict:
-    """An index entry's metadata for the model at `path` (a find_models result): its absolute
-    path (a URL as it is), its format (the file suffix; for a folder "savedmodel", or "snapshot"
-    for a Hugging Face snapshot) and probe."""
-    if isinstance(path, str) and is_url(path):
+def model_format(path) -> str:
+    """What the model at `path` (a find_models result) is: its file suffix ("onnx", "keras",
+    "pt2"), or for a folder "savedmodel" or "snapshot" (a Hugging Face snapshot). A URL folder
+    costs a request: the cluster build asks on its workers, next to the conversion."""
+    if is_url(path):
         suffix = PurePosixPath(path.split("::", 1)[0].rstrip("/")).suffix.lower()
         if suffix in MODEL_SUFFIXES:
-            fmt = suffix.lstrip(".")
-        else:  # a folder
-            fs, root = url_fs(path)
-            fmt = "savedmodel" if fs.isfile(_join(root, "saved_model.pb")) else "snapshot"
-        return {"path": path, "format": fmt, "probe": probe}
+            return suffix.lstrip(".")
+        fs, root = url_fs(path)
+        return "savedmodel" if fs.isfile(_join(root, "saved_model.pb")) else "snapshot"
     path = Path(path)
     if path.is_file():
-        fmt = path.suffix.lower().lstrip(".")
-    else:
-        fmt = "savedmodel" if (path / "saved_model.pb").is_file() else "snapshot"
-    return {"path": str(path.resolve()), "format": fmt, "probe": probe}
+        return path.suffix.lower().lstrip(".")
+    return "savedmodel" if (path / "saved_model.pb").is_file() else "snapshot"
+
+
+def model_metadata(path, probe: str, fmt: str | None = None) -> dict:
+    """An index entry's metadata for the model at `path` (a find_models result): its absolute
+    path (a URL as it is), its format (model_format, unless given) and its probe status."""
+    where = path if is_url(path) else str(Path(path).resolve())
+    return {"path": where, "format": fmt or model_format(path), "probe": probe}
 
 
 def find_models(paths) -> list[Path | str]:
