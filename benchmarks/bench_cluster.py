@@ -2,7 +2,7 @@
 local processes against the single-process build, on a folder of generated ONNX models.
 
     python benchmarks/bench_cluster.py [--models 200] [--depth 12] [--width 64] [--batch 10]
-                                       [--workers 1 2] [--no-processes]
+                                       [--workers 1 2] [--no-processes] [--cache warm|cold]
 
 Each run builds the same index (checked against the single-process one, array for array).
 "models/s" is the whole build from the call to the saved index (worker start, hasher load and
@@ -10,7 +10,10 @@ first jit compile included); "steady" is the rate between the first and the last
 (the workers warm), which is what a long job runs at. The Ray cluster is started here on
 loopback only, with as many CPUs as --workers asks at most. "conversion ms" is the
 single-process build's time per model (converters.from_file plus its share of the hash call),
-the figure the cost model in README ("Building on a cluster") scales.
+the figure the cost model in README ("Building on a cluster") scales. --cache: the workers'
+on-disk compilation cache (hnn_jax.config.use_compilation_cache) "cold" (off: every worker
+compiles each padding bucket, as on a machine's first job) or "warm" (a folder of this run's,
+filled by one untimed build first, as on later jobs).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-processes", action="store_true", help="Ray only")
+    parser.add_argument("--cache", choices=["warm", "cold"], default="warm",
+                        help="workers' compilation cache: filled first, or off")
     args = parser.parse_args()
 
     import numpy as np
@@ -47,6 +52,7 @@ def main() -> None:
     from hnn_jax.index import HammingIndex
 
     root = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
+    os.environ["HNN_JAX_CACHE"] = str(root / "jax-cache") if args.cache == "warm" else "off"  # workers inherit it
     t = time.perf_counter()
     write_models(root / "models", args.models, depth=args.depth, width=args.width, uniform=True)
     print(f"{args.models} models written in {time.perf_counter() - t:.1f} s ({root / 'models'})")
@@ -63,6 +69,8 @@ def main() -> None:
     index.save(reference)
     rows = [("single process (warm)", 1, args.models / single, args.models / single,
              1000 * single_cpu / args.models, 0.0)]
+    if args.cache == "warm":  # one untimed build compiles every bucket into the cache
+        build_index([root / "models"], root / "warmup.hnnidx", workers=1, batch=args.batch, progress=False)
 
     def worker_cpu() -> float:
         """CPU seconds of this process's hnn-jax workers (Ray actors or spawned processes)."""
@@ -106,8 +114,8 @@ def main() -> None:
             run("local processes", n)
 
     base = {label: steady for label, n, _, steady, *_ in rows if n == 1}
-    print(f"\n{args.models} models, batch {args.batch}, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}; conversion {1000 * single / args.models:.1f} ms/model "
+    print(f"\n{args.models} models, batch {args.batch}, {args.cache} compilation cache, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}; conversion {1000 * single / args.models:.1f} ms/model "
           f"({1000 * single_cpu / args.models:.1f} CPU ms) single-process\n")
     print("| build | workers | models/s (whole build) | models/s (steady) | steady vs 1 worker "
           "| worker CPU ms/model | driver CPU ms/model |")

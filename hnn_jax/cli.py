@@ -501,5 +501,13 @@ def main(argv=None) -> int:
     return EXIT_OK if status is None else int(status)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script: main() in a process of its own, which keeps compiled hashers on disk
+    between runs (config.use_compilation_cache; HNN_JAX_CACHE=off turns it off)."""
+    from hnn_jax.config import use_compilation_cache
+    use_compilation_cache()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

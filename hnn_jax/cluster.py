@@ -59,9 +59,12 @@ class BuildSummary:
 
 
 # ----------------------------------------------------------------------------- worker side
-def _limit_threads() -> None:
-    """One core per worker: several workers share a machine, so no worker spreads over all its
-    cores (set before jax is first imported in the worker process)."""
+def _worker_setup() -> None:
+    """Before jax is first imported in a worker process: one core per worker (several workers
+    share a machine, so none spreads over all its cores), and the on-disk compilation cache, so a
+    worker loads the programs another has compiled (config.use_compilation_cache)."""
+    from hnn_jax.config import use_compilation_cache
+    use_compilation_cache()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if "jax" not in sys.modules and "intra_op_parallelism_threads" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
@@ -109,7 +112,7 @@ class _Worker:
     """The Ray actor: one per worker slot, holding its process's jit cache between batches."""
 
     def __init__(self):
-        _limit_threads()
+        _worker_setup()
         from hnn_jax.hasher import default_hasher
         default_hasher()  # import and load the hasher once, before the first batch
 
@@ -121,7 +124,7 @@ class _Worker:
 
 
 def _process_init() -> None:
-    _limit_threads()
+    _worker_setup()
     warnings.simplefilter("ignore")
 
 

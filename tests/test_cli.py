@@ -4,6 +4,7 @@ the process boundary matters: exit codes, stderr, the installed script)."""
 import json
 import re
 import shutil
+import os
 import subprocess
 import sys
 import textwrap
@@ -54,6 +55,26 @@ def hashed(models):
     proc = run_cli("hash", models, "--json", "--bits")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def test_the_console_script_keeps_compiled_hashers_on_disk(tmp_path):
+    """A second run loads the compiled hasher from the cache folder and prints the same code;
+    HNN_JAX_CACHE=off writes no cache."""
+    script = Path(sys.executable).with_name("hnn-jax")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    outputs = []
+    for _ in range(2):
+        proc = subprocess.run([script, "hash", EXAMPLES / "cnn_a.onnx", "-q"], capture_output=True,
+                              text=True, timeout=120, env={**env, "HNN_JAX_CACHE": str(tmp_path / "c")})
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+        assert any((tmp_path / "c").iterdir())
+    assert outputs[0] == outputs[1] and outputs[0].startswith("hnn1:")
+    proc = subprocess.run([script, "hash", EXAMPLES / "cnn_a.onnx", "-q"], capture_output=True, text=True,
+                          timeout=120, env={**env, "HNN_JAX_CACHE": "off", "XDG_CACHE_HOME": str(tmp_path / "x"),
+                                            "HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0 and proc.stdout == outputs[0], proc.stderr
+    assert not list(tmp_path.glob("x/**/hnn-jax")) and not list(tmp_path.glob("home/**/hnn-jax"))
 
 
 def test_installed_script_and_help_teach_with_examples():
