@@ -2,6 +2,7 @@
 itself: kept free of JAX imports so `import hnn_jax` stays light."""
 
 import dataclasses
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -93,5 +94,6 @@ def use_compilation_cache() -> str | None:
         folder = os.path.join(root, "hnn-jax", "jax")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # each bucket: ~1 s
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(CACHE_MAX_BYTES))  # oldest go first
+    if importlib.util.find_spec("filelock"):  # jax's size bound locks the folder with it
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(CACHE_MAX_BYTES))  # oldest go first
     return folder

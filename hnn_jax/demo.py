@@ -71,4 +71,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from hnn_jax.config import use_compilation_cache
+    use_compilation_cache()  # a process of its own, as the console script's (README, "Compilation cache")
     sys.exit(main())
