@@ -39,6 +39,7 @@ JOURNAL_VERSION = 2  # 2: records hold the model's format
 DEFAULT_BATCH = 32
 ATTEMPTS = 3          # tries of one batch before it is split into single models
 IN_FLIGHT = 2         # batches queued per worker, so a worker never waits for the driver
+RAY_CONNECT_ATTEMPTS = 4  # tries of a ray:// connection whose client server failed to start
 RAY_HINT = "pip install 'hnn-jax[ray]'"
 
 
@@ -153,7 +154,7 @@ class _RayPool:
                          num_cpus=workers or None, logging_level=logging.ERROR)
             else:
                 try:
-                    ray.init(address=address, log_to_driver=False)
+                    self._connect(address)
                 except ConnectionError as e:
                     raise HNNError(
                         f"cannot reach the Ray cluster at {address} ({e}). Is it running and "
@@ -175,6 +176,20 @@ class _RayPool:
         self.load = [0] * workers
         self.refs: dict = {}  # ObjectRef -> (key, actor slot)
         self.workers = workers
+
+    def _connect(self, address: str) -> None:
+        """ray.init(address), asked again when the head's client server fails to start this
+        client's own server (ConnectionAbortedError: Ray's proxy forks it while gRPC threads run, and
+        the child can die at once; seen on about one first connection in three here, each costing
+        the client about 30 s). Other connection errors (a cluster out of reach) are not retried."""
+        for attempt in range(RAY_CONNECT_ATTEMPTS):
+            try:
+                self.ray.init(address=address, log_to_driver=False)
+                return
+            except ConnectionAbortedError:
+                if attempt + 1 == RAY_CONNECT_ATTEMPTS:
+                    raise
+                time.sleep(2)
 
     def free(self) -> bool:
         return min(self.load) < IN_FLIGHT

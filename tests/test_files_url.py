@@ -273,7 +273,9 @@ def _session_pids(sid: int) -> set[int]:
 def ray_head(monkeypatch):
     """`ray start --head` of 2 CPUs on loopback, in a session of its own with its own temp dir (so
     no other Ray on this machine is touched or pointed at it), killed by session at the end. Token
-    authentication (on by default since Ray 2.5x) is disabled for it and its client."""
+    authentication (on by default since Ray 2.5x) is disabled for it and its client. Its first
+    client's server can fail to start (Ray's proxy forks it among gRPC threads): the build then
+    connects again (hnn_jax.cluster._RayPool._connect), about 30 s later."""
     pytest.importorskip("ray")
     psutil = pytest.importorskip("psutil")
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray port on loopback
