@@ -219,7 +219,8 @@ def _cmd_index_build(args) -> int:
             raise _CLIError("--batch and --workers must be at least 1")
         summary = build_index(args.paths, args.output, ray_address=args.ray, workers=args.workers,
                               batch=args.batch, bits=args.length, resume=not args.no_resume,
-                              progress=not args.quiet, debug=args.debug)
+                              progress=not args.quiet, debug=args.debug,
+                              refresh=60 * args.refresh if args.refresh > 0 else None)
         failed = f", {len(summary.errors)} failed" if summary.errors else ""
         resumed = f", {summary.resumed} from the journal of an earlier run" if summary.resumed else ""
         _stderr(f"indexed {summary.indexed} models{failed}{resumed} in {args.output} "
@@ -376,6 +377,9 @@ def _add_builtin_commands(sub) -> None:
     w.add_argument("--batch", type=int, default=32, metavar="N",
                    help="models per task, hashed in one call (default 32)")
     w.add_argument("--no-resume", action="store_true", help="ignore the journal of an earlier run")
+    w.add_argument("--refresh", type=float, default=10, metavar="MIN",
+                   help="rewrite FILE with the models done so far every MIN minutes while the job "
+                        "runs, so it can be searched before the end (default 10; 0: only at the end)")
     q.set_defaults(func=_cmd_index_build)
     q = isub.add_parser("add", help="add models to an existing index file",
                         description="Hash models and add them to an index file made by "

@@ -5,9 +5,10 @@ The models (files.find_models order) are cut into batches of `batch` files. Each
 actor, or a process of a local pool) converts its batch (converters.from_file) and hashes it in
 one hnn_jax.hash call, so the jit cache of each worker is reused batch after batch. Finished
 batches stream, as they come in, into a journal next to the output (`OUTPUT.journal`, one JSON
-line per model, flushed and fsync'd per batch). When every model is done the index is assembled
-in find_models order from the journal, saved, and the journal removed: the result is the index
-the single-process build writes, entry for entry. A killed job rerun with the same output reads
+line per model, flushed and fsync'd per batch), and every `refresh` seconds the index file is
+rewritten with the models done so far (searchable while the job runs). When every model is done
+the index is assembled in find_models order from the journal, saved, and the journal removed:
+the result is the index the single-process build writes, entry for entry. A killed job rerun with the same output reads
 the journal and converts only what is missing (a model whose file changed since is redone).
 
 A model that fails is recorded with its error and the job goes on. A batch whose worker dies
@@ -39,6 +40,7 @@ JOURNAL_VERSION = 2  # 2: records hold the model's format
 DEFAULT_BATCH = 32
 ATTEMPTS = 3          # tries of one batch before it is split into single models
 IN_FLIGHT = 2         # batches queued per worker, so a worker never waits for the driver
+DEFAULT_REFRESH = 600.0  # seconds between rewrites of the index file while a job runs
 RAY_CONNECT_ATTEMPTS = 4  # tries of a ray:// connection whose client server failed to start
 RAY_HINT = "pip install 'hnn-jax[ray]'"
 
@@ -355,18 +357,19 @@ class _Journal:
 def build_index(paths, output, *, ray_address: str | None = None, workers: int | None = None,
                 batch: int = DEFAULT_BATCH, bits: int | None = None, resume: bool = True,
                 progress: bool = True, debug: bool = False, attempts: int = ATTEMPTS,
-                on_batch=None) -> BuildSummary:
+                refresh: float | None = DEFAULT_REFRESH, on_batch=None) -> BuildSummary:
     """Hash every model under `paths` into a new index file `output`, on Ray (`ray_address`:
     "auto", "local", "HOST:PORT" or "ray://HOST:PORT"; an already initialised Ray is used as it
     is) or else in `workers` local processes (default: one per CPU). Entries, their order and
     their metadata are those of the single-process `hnn-jax index build`. Failed models are
     recorded and skipped; every model failing is an error. `resume`: reuse OUTPUT.journal of a
-    job that did not finish. `on_batch(summary)` is called after each batch is journaled."""
+    job that did not finish. `refresh`: while the job runs, `output` is rewritten every that many
+    seconds with the models done so far (in the same order), so a long job can be searched
+    before it ends; None: only at the end. `on_batch(summary)` is called after each batch is
+    journaled (and the index refreshed, when due)."""
     from tqdm import tqdm
 
-    from hnn_jax.files import find_models, model_metadata
-    from hnn_jax.hashcode import HashCode
-    from hnn_jax.index import HammingIndex
+    from hnn_jax.files import find_models
 
     if batch < 1:
         raise HNNError(f"batch must be at least 1, got {batch}")
@@ -419,6 +422,7 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
     bar = tqdm(total=len(prints), initial=summary.resumed, desc="hashing", unit="model",
                disable=None if progress else True, leave=False, smoothing=0.1)
     bar.set_postfix(errors=errors)
+    refreshed = time.perf_counter()
     try:
         while queue or (pool is not None and pool.pending()):
             while queue and pool.free():
@@ -448,6 +452,11 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
                 summary.converted += len(records)
                 bar.update(len(records))
                 bar.set_postfix(errors=errors)
+                if refresh is not None and time.perf_counter() - refreshed >= refresh:
+                    partial = _journal_entries(models, done)
+                    if partial[0]:
+                        _save_index(*partial[:3], output)
+                    refreshed = time.perf_counter()
                 if on_batch is not None:
                     on_batch(summary)
     finally:
@@ -456,27 +465,48 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
         if pool is not None:
             pool.close()
 
-    ids, codes, metas = [], [], []
-    for path in models:  # find_models order, whatever order the batches finished in
-        record = done[str(path)]
-        if "error" in record:
-            summary.errors.append((str(path), record["error"]))
-            continue
-        if record["probe"] != "ok":
-            log(f"warning: {path}: execution probe {record['probe']}; code from static features only")
-        ids.append(str(path))
-        codes.append(HashCode.from_str(record["code"]))
-        metas.append(model_metadata(path, record["probe"], record["format"]))
+    ids, codes, metas, summary.errors = _journal_entries(models, done)
+    for name, meta in zip(ids, metas):
+        if meta["probe"] != "ok":
+            log(f"warning: {name}: execution probe {meta['probe']}; code from static features only")
     for _, error in summary.errors:
         log(f"warning: could not hash {error} (skipped)")
     if not codes:
         jpath.unlink(missing_ok=True)
         n = len(models)
         raise HNNError(f"none of the {n} model{'s' if n != 1 else ''} could be hashed (each skipped above)")
+    summary.indexed = _save_index(ids, codes, metas, output)
+    jpath.unlink(missing_ok=True)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _journal_entries(models, done: dict):
+    """(ids, codes, metadata, [(id, error)]) of the models in `done` (journal records), in
+    find_models order whatever order the batches finished in."""
+    from hnn_jax.files import model_metadata
+    from hnn_jax.hashcode import HashCode
+
+    ids, codes, metas, errors = [], [], [], []
+    for path in models:
+        record = done.get(str(path))
+        if record is None:
+            continue
+        if "error" in record:
+            errors.append((str(path), record["error"]))
+            continue
+        ids.append(str(path))
+        codes.append(HashCode.from_str(record["code"]))
+        metas.append(model_metadata(path, record["probe"], record["format"]))
+    return ids, codes, metas, errors
+
+
+def _save_index(ids, codes, metas, output: Path) -> int:
+    """Write the index of these entries to `output` (atomically: a search never reads half a
+    file); its size."""
+    from hnn_jax.index import HammingIndex
+
     index = HammingIndex()
     index.add_many(codes, ids, metas)
     index.save(output)
-    jpath.unlink(missing_ok=True)
-    summary.indexed = len(index)
-    summary.seconds = time.perf_counter() - start
-    return summary
+    return len(index)

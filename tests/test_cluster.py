@@ -16,6 +16,7 @@ from onnx import helper
 
 from hnn_jax import HNNError, cli
 from hnn_jax.cluster import build_index, journal_path
+from hnn_jax.index import HammingIndex
 
 from models import float_input, onnx_model
 
@@ -168,11 +169,26 @@ def test_a_killed_job_resumes_from_its_journal(cluster, models, reference, tmp_p
     assert not journal_path(out).exists()
 
 
-def test_local_processes_build_the_same_index(models, reference, tmp_path):
+def test_local_processes_build_the_same_index_searchable_while_it_runs(models, reference, tmp_path):
+    """refresh=0: the index file is rewritten after every batch with the models done so far, in
+    the final order; the last write is the single-process index."""
     out = tmp_path / "procs.hnnidx"
-    summary = build_index([models], out, workers=2, batch=3, progress=False)
+    want = HammingIndex.load(reference)
+    seen = []
+
+    def check_partial(summary):
+        if out.exists():
+            partial = HammingIndex.load(out)
+            ids = partial.ids
+            assert ids == [i for i in want.ids if i in set(ids)]  # a subset, in the final order
+            assert all(partial.get(i) == want.get(i) for i in ids)  # codes and metadata
+            seen.append(len(ids))
+
+    summary = build_index([models], out, workers=2, batch=3, progress=False, refresh=0,
+                          on_batch=check_partial)
     assert summary.backend == "local processes" and summary.workers == 2
     assert summary.converted == N_MODELS + 1 and summary.resumed == 0
+    assert seen and seen == sorted(seen) and 0 < seen[0] < N_MODELS  # it grew batch by batch
     assert_same_index(out, reference)
 
 
