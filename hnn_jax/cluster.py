@@ -365,8 +365,10 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
     recorded and skipped; every model failing is an error. `resume`: reuse OUTPUT.journal of a
     job that did not finish. `refresh`: while the job runs, `output` is rewritten every that many
     seconds with the models done so far (in the same order), so a long job can be searched
-    before it ends; None: only at the end. `on_batch(summary)` is called after each batch is
-    journaled (and the index refreshed, when due)."""
+    before it ends, and at least 10x as long apart as a rewrite takes (about 6 s per 100,000
+    models), so refreshes cost at most a tenth of the driver's time; None: only at the end.
+    `on_batch(summary)` is called after each batch is journaled (and the index refreshed, when
+    due)."""
     from tqdm import tqdm
 
     from hnn_jax.files import find_models
@@ -422,7 +424,7 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
     bar = tqdm(total=len(prints), initial=summary.resumed, desc="hashing", unit="model",
                disable=None if progress else True, leave=False, smoothing=0.1)
     bar.set_postfix(errors=errors)
-    refreshed = time.perf_counter()
+    refreshed, refresh_cost = time.perf_counter(), 0.0
     try:
         while queue or (pool is not None and pool.pending()):
             while queue and pool.free():
@@ -452,11 +454,14 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
                 summary.converted += len(records)
                 bar.update(len(records))
                 bar.set_postfix(errors=errors)
-                if refresh is not None and time.perf_counter() - refreshed >= refresh:
+                due = refresh is not None and time.perf_counter() - refreshed >= max(refresh, 10 * refresh_cost)
+                if due:
+                    began = time.perf_counter()
                     partial = _journal_entries(models, done)
                     if partial[0]:
                         _save_index(*partial[:3], output)
                     refreshed = time.perf_counter()
+                    refresh_cost = refreshed - began  # the driver hands out no batch meanwhile
                 if on_batch is not None:
                     on_batch(summary)
     finally:
