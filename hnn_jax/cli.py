@@ -223,8 +223,11 @@ def _cmd_index_build(args) -> int:
                               refresh=60 * args.refresh if args.refresh > 0 else None)
         failed = f", {len(summary.errors)} failed" if summary.errors else ""
         resumed = f", {summary.resumed} from the journal of an earlier run" if summary.resumed else ""
+        backend = summary.backend or "workers"
+        if summary.workers == 1:
+            backend = {"Ray workers": "Ray worker", "local processes": "local process"}.get(backend, backend)
         _stderr(f"indexed {summary.indexed} models{failed}{resumed} in {args.output} "
-                f"({summary.workers} {summary.backend or 'workers'}, {summary.seconds:.1f} s)")
+                f"({summary.workers} {backend}, {summary.seconds:.1f} s)")
         return EXIT_OK
     ids, codes, metas = _entries(args, args.length)
     index = HammingIndex()
