@@ -110,6 +110,21 @@ def float_input(name, shape):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
+def onnx_mlp(seed: int, layers: int, width: int, *, activation: int = 0, d_in: int = 12) -> onnx.ModelProto:
+    """A small ONNX MLP: per layer MatMul, Add and an activation (Relu, Tanh, Sigmoid in turn,
+    starting at `activation`), `width` wide, weights drawn from `seed`; milliseconds to build."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x, d = [], [], "x", d_in
+    for k in range(layers):
+        inits += [(f"w{k}", (rng.standard_normal((d, width)) / np.sqrt(d)).astype(np.float32)),
+                  (f"b{k}", (0.1 * rng.standard_normal(width)).astype(np.float32))]
+        nodes += [helper.make_node("MatMul", [x, f"w{k}"], [f"m{k}"]),
+                  helper.make_node("Add", [f"m{k}", f"b{k}"], [f"a{k}"]),
+                  helper.make_node(("Relu", "Tanh", "Sigmoid")[(activation + k) % 3], [f"a{k}"], [f"h{k}"])]
+        x, d = f"h{k}", width
+    return onnx_model(nodes, [float_input("x", [1, d_in])], [float_input(x, [1, width])], inits)
+
+
 def torch_twin_of_keras_cnn(seed: int = 0):
     """The architecture of keras_cnn_sequential, written in PyTorch."""
     import torch

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 from hnn_jax import HNNError, cli
 from hnn_jax.cluster import build_index, journal_path
 from hnn_jax.index import HammingIndex
 
-from models import float_input, onnx_model
+from models import onnx_mlp
 
 # Ray reads this when first imported: with it, the node address is 127.0.0.1 (not the machine's
 # network address) and every Ray process listens on loopback only
@@ -38,18 +37,9 @@ def write_models(folder, n: int, *, depth: int = 3, width: int = 24, seed: int =
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
-        rng = np.random.default_rng(seed * 100_003 + i)
         layers, w = depth if uniform else 1 + i % depth, max(4, width - 8 * ((i // depth) % 3))
-        nodes, inits, x, d = [], [], "x", 12
-        for k in range(layers):
-            inits += [(f"w{k}", (rng.standard_normal((d, w)) / np.sqrt(d)).astype(np.float32)),
-                      (f"b{k}", (0.1 * rng.standard_normal(w)).astype(np.float32))]
-            nodes += [helper.make_node("MatMul", [x, f"w{k}"], [f"m{k}"]),
-                      helper.make_node("Add", [f"m{k}", f"b{k}"], [f"a{k}"]),
-                      helper.make_node(("Relu", "Tanh", "Sigmoid")[(i + k) % 3], [f"a{k}"], [f"h{k}"])]
-            x, d = f"h{k}", w
         path = folder / f"m{i:04d}.onnx"
-        onnx.save(onnx_model(nodes, [float_input("x", [1, 12])], [float_input(x, [1, w])], inits), path)
+        onnx.save(onnx_mlp(seed * 100_003 + i, layers, w, activation=i), path)
         paths.append(path)
     return paths
 

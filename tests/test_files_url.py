@@ -19,10 +19,8 @@ import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 from hnn_jax import HNNError, cli
 from hnn_jax.cluster import build_index, journal_path
@@ -30,7 +28,7 @@ from hnn_jax.errors import CorruptFileError, UnsupportedModelError
 from hnn_jax.files import convert_file, find_models, hash_files, is_url, model_metadata, url_fingerprint
 from hnn_jax.index import HammingIndex
 
-from models import external_data_mlp, float_input, onnx_model
+from models import external_data_mlp, onnx_mlp
 
 pytest.importorskip("aiohttp")  # fsspec's http:// filesystem (the dev extra installs it)
 
@@ -38,19 +36,8 @@ MODELS = ["a/m0.onnx", "a/m1.onnx", "b/deep/m3.onnx", "b/m2.onnx"]
 
 
 def write_mlp(path: Path, seed: int, layers: int) -> None:
-    """A small ONNX MLP (MatMul, Add, an activation per layer), weights from `seed`."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, x, d = [], [], "x", 8
-    for k in range(layers):
-        w = 6 + 2 * k
-        inits += [(f"w{k}", rng.standard_normal((d, w)).astype(np.float32)),
-                  (f"b{k}", rng.standard_normal(w).astype(np.float32))]
-        nodes += [helper.make_node("MatMul", [x, f"w{k}"], [f"m{k}"]),
-                  helper.make_node("Add", [f"m{k}", f"b{k}"], [f"a{k}"]),
-                  helper.make_node(("Relu", "Tanh", "Sigmoid")[(seed + k) % 3], [f"a{k}"], [f"h{k}"])]
-        x, d = f"h{k}", w
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(onnx_model(nodes, [float_input("x", [1, 8])], [float_input(x, [1, d])], inits), path)
+    onnx.save(onnx_mlp(seed, layers, 16, activation=seed), path)
 
 
 @pytest.fixture(scope="module")
