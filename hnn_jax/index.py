@@ -435,8 +435,7 @@ class HammingIndex:
         if self._id_kind is None:
             self._id_kind = kind
             self._ids = None if kind == "int" else np.zeros(0, object)
-        if self._ids is None and not (new_ids[0] == self._n and new_ids[-1] == self._n + m - 1
-                                      and (np.diff(new_ids) == 1).all()):
+        if self._ids is None and not np.array_equal(new_ids, np.arange(self._n, self._n + m)):
             self._materialise_ids(self._n + m)  # the ids leave the row sequence: store them
         self._reserve(m)
         self._append_words(_pack_bits(bits, self._words.shape[0]))
@@ -699,7 +698,7 @@ class HammingIndex:
         index._id_kind = id_kind
         if id_kind == "int":
             index._ids = ids.astype(np.int64)
-            if (index._ids == np.arange(n)).all():
+            if np.array_equal(index._ids, np.arange(n)):
                 index._ids = None  # auto ids: the rows
         else:
             index._ids = np.array(ids.tolist(), dtype=object)
