@@ -82,6 +82,16 @@ def url_fs(url: str):
         raise HNNError(f"{url}: not a valid URL ({e})") from None
 
 
+def _is_model_file(name: str) -> bool:
+    """Whether a file met walking a folder is a model: a model suffix, not hidden."""
+    return PurePosixPath(name).suffix.lower() in MODEL_SUFFIXES and not name.startswith(".")
+
+
+def _no_models(arg) -> Exception:
+    from hnn_jax.errors import UnsupportedModelError
+    return UnsupportedModelError(f"no model files ({', '.join(MODEL_SUFFIXES)} or SavedModel folders) in {arg}")
+
+
 def _join(root: str, name: str) -> str:
     root = root.rstrip("/")
     return f"{root}/{name}" if root else name
@@ -116,8 +126,6 @@ def _url_error(url: str, error: Exception) -> Exception:
 def _find_url_models(arg: str) -> list[str]:
     """find_models for one URL: the same walk as a local folder's, on fsspec, one listing (find)
     per folder argument; full URLs, sorted by path."""
-    from hnn_jax.errors import UnsupportedModelError
-
     fs, root = url_fs(arg)
     chain = "::" + arg.split("::", 1)[1] if "::" in arg else ""
     try:
@@ -142,12 +150,10 @@ def _find_url_models(arg: str) -> list[str]:
         if holder is not None:
             models.add(holder)
             continue
-        name = rel.rsplit("/", 1)[-1]
-        if PurePosixPath(name).suffix.lower() in MODEL_SUFFIXES and not name.startswith("."):
+        if _is_model_file(rel.rsplit("/", 1)[-1]):
             models.add(rel)
     if not models:
-        raise UnsupportedModelError(
-            f"no model files ({', '.join(MODEL_SUFFIXES)} or SavedModel folders) in {arg}")
+        raise _no_models(arg)
     return [fs.unstrip_protocol(prefix + rel) + chain for rel in sorted(models, key=lambda r: r.split("/"))]
 
 
@@ -268,7 +274,7 @@ def find_models(paths) -> list[Path | str]:
     recursively (sorted by path; SavedModel folders are not searched inside). A path that does
     not exist, or a folder holding no model, is an error. Local paths come back as Path, URLs
     (module docstring) as full URL strings."""
-    from hnn_jax.errors import CorruptFileError, UnsupportedModelError
+    from hnn_jax.errors import CorruptFileError
 
     found: list[Path | str] = []
     for arg in paths:
@@ -289,12 +295,10 @@ def find_models(paths) -> list[Path | str]:
                 if (root / d / "saved_model.pb").is_file():
                     found.append(root / d)
                     dirs.remove(d)
-            found.extend(root / f for f in sorted(files)
-                         if Path(f).suffix.lower() in MODEL_SUFFIXES and not f.startswith("."))
+            found.extend(root / f for f in sorted(files) if _is_model_file(f))
         found[before:] = sorted(found[before:], key=lambda p: p.parts)
         if len(found) == before:
-            raise UnsupportedModelError(
-                f"no model files ({', '.join(MODEL_SUFFIXES)} or SavedModel folders) in {arg}")
+            raise _no_models(arg)
     return found
 
 
