@@ -4,10 +4,12 @@ on demand)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
 import os
 import pickletools
+import sys
 import warnings
 import zipfile
 import zlib
@@ -40,6 +42,29 @@ def quiet_logger(name: str = "torch.onnx"):
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def quiet_stdout():
+    """Discard what the block writes to standard output, at the file-descriptor level: a failed
+    TorchScript trace prints its whole IR graph from C++ ("Torch IR graph at exception"), which
+    contextlib.redirect_stdout does not catch and which would land in `hnn-jax hash --json`."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no standard output to guard
+        saved = None
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(io.StringIO()):
+            if saved is not None:
+                os.dup2(sink.fileno(), 1)
+            yield
+    finally:
+        if saved is not None:
+            with contextlib.suppress(OSError, TypeError, AttributeError):  # no C library to flush
+                ctypes.CDLL(None).fflush(None)  # C stdio's buffer goes to the sink, not the caller
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def torch_to_onnx(module, example_inputs=(), *, dynamo: bool = False, opset: int | None = None,
                   kwargs: dict | None = None) -> onnx.ModelProto:
     """torch.onnx.export of module(*example_inputs, **kwargs). The TorchScript exporter
@@ -63,7 +88,9 @@ def torch_to_onnx(module, example_inputs=(), *, dynamo: bool = False, opset: int
                     program = torch.onnx.export(module, example_inputs, kwargs=kwargs, dynamo=True,
                                                 opset_version=opset, verbose=False, optimize=True)
                 return program.model_proto
-            torch.onnx.export(module, example_inputs, buffer, kwargs=kwargs, dynamo=False, opset_version=opset)
+            with quiet_stdout():  # a failed trace prints its whole IR graph
+                torch.onnx.export(module, example_inputs, buffer, kwargs=kwargs, dynamo=False,
+                                  opset_version=opset)
     except HNNError:
         raise
     except Exception as e:  # exporters raise many types
@@ -122,8 +149,7 @@ def transformers_to_onnx(model) -> onnx.ModelProto:
 
     kwargs = example_inputs(model, device="cpu")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # a failed trace prints its whole IR graph
-            return torch_to_onnx(model, kwargs=kwargs)
+        return torch_to_onnx(model, kwargs=kwargs)
     except UnsupportedModelError:
         return torch_to_onnx(model, kwargs=kwargs, dynamo=True)
 

@@ -39,6 +39,17 @@ def test_a_built_model_and_its_snapshot_folder_give_one_learned_code(tmp_path):
     assert np.array_equal(built.bits[:learned], saved.bits[:learned])
 
 
+def test_a_failed_trace_prints_nothing_to_standard_output(capfd):
+    """FNet's FFT fails the TorchScript exporter, which then prints its whole IR graph from C++
+    before dynamo takes over; none of it may reach standard output (`hnn-jax hash --json` reads it)."""
+    model, _ = zoo.transformers_model("fnet", zoo.TRANSFORMERS_SIZES[0], seed=0)
+    print("before")
+    graph = converters.from_transformers(model)
+    print("after")
+    assert graph.globals[0, schema.GLOBAL_PROBE] == schema.PROBE_OK
+    assert capfd.readouterr().out == "before\nafter\n"
+
+
 def test_not_a_model_is_refused():
     with pytest.raises(UnsupportedModelError, match="PreTrainedModel"):
         converters.from_transformers(object())
