@@ -41,6 +41,10 @@ class TrainConfig:
     hasher: HasherConfig = HasherConfig(bits=64, instance_bits=16, size_blind=True)
     steps: int = 1200
     families_per_batch: int = 8
+    # Of each batch's families, how many are drawn as one of the NEIGHBOURS structurally nearest
+    # families (WL-subtree SimHash) of a family already in it, so that close relatives (Llama and
+    # its derivatives) meet in batches and the margin loss separates them; 0: all at random.
+    neighbour_families: int = 0
     archs_per_family: int = 2
     parents_per_arch: int = 2
     variants_per_parent: int = 2
@@ -59,6 +63,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 25
     seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.neighbour_families < self.families_per_batch:
+            raise ValueError(f"neighbour_families must be in [0, families_per_batch), got {self.neighbour_families}")
 
     @property
     def batch_size(self) -> int:
@@ -93,6 +101,7 @@ def tiny_cpu() -> TrainConfig:
 
 # ----------------------------------------------------------------------------- data
 
+NEIGHBOURS = 4  # candidates per family for TrainConfig.neighbour_families
 LABEL_TAXONOMY = {"twins": "keras"}  # zoo sources whose family labels come from another's taxonomy
 
 
@@ -130,12 +139,37 @@ class Dataset:
             options = sorted(options)
             return [options[i] for i in rng.choice(len(options), k, replace=len(options) < k)]
 
+        families = take(self.tree, config.families_per_batch - config.neighbour_families)
+        for _ in range(config.neighbour_families):
+            anchor = families[rng.integers(len(families))]
+            families += take(self.neighbours[anchor], 1)
         picked = []
-        for family in take(self.tree, config.families_per_batch):
+        for family in families:
             for arch in take(self.tree[family], config.archs_per_family):
                 for parent in take(self.tree[family][arch], config.parents_per_arch):
                     picked += take(self.tree[family][arch][parent], config.variants_per_parent)
         return np.array(picked)
+
+    @functools.cached_property
+    def neighbours(self) -> dict[str, list[str]]:
+        """Every family's NEIGHBOURS nearest other families: least Hamming distance between
+        WL-subtree SimHashes of their architectures (ties by name). Weights do not enter WL, so
+        one graph per architecture stands for its parents and derivatives."""
+        from hnn_jax.baselines import wl_subtree_hash
+
+        first = {}
+        for i, r in enumerate(self.rows):
+            first.setdefault(r["arch"], i)
+        arch_family = np.array([self.rows[i]["family"] for i in first.values()])
+        codes = np.stack([wl_subtree_hash(self.graphs[i]) for i in first.values()]).astype(np.int32)
+        distance = np.abs(codes[:, None, :] - codes[None, :, :]).sum(-1)
+        nearest = {}
+        for family in self.families:
+            mine = arch_family == family
+            closest = distance[mine].min(0)
+            others = sorted((int(closest[j]), str(arch_family[j])) for j in np.flatnonzero(~mine))
+            nearest[family] = list(dict.fromkeys(f for _, f in others))[:NEIGHBOURS]
+        return nearest
 
     def levels(self, idx: np.ndarray, cross_taxonomy_negatives: bool = True) -> np.ndarray:
         """Relation level of every pair: 0 same parent, 1 same arch, 2 same family, 3 other; -1

@@ -56,6 +56,35 @@ def test_sampler_covers_every_relation_level(tiny_zoo):
     assert set(np.unique(data.levels(idx))) == {0, 1, 2, 3}
 
 
+def test_neighbour_families_put_close_relatives_in_one_batch():
+    """With neighbour_families, part of each batch is drawn among the structurally nearest
+    families of the others: a family that differs from another by one node's op is the other's
+    nearest, and every batch holds, for each neighbour-drawn family, a family it neighbours."""
+    from synthetic import random_graph
+
+    base = random_graph(0, 60)
+    near = base._replace(nodes=base.nodes.copy())
+    near.nodes[30, 0] = (near.nodes[30, 0] + 1) % 20
+    graphs = [base, near] + [random_graph(seed, 60) for seed in range(1, 9)]
+    rows = [dict(id=f"g{i}", family=f"f{i}", arch=f"a{i}", parent=f"p{i}", transform="original") for i in range(10)]
+    data = train.Dataset(graphs, rows)
+    assert data.neighbours["f0"][0] == "f1" and data.neighbours["f1"][0] == "f0"
+    assert all(len(n) == train.NEIGHBOURS and f not in n for f, n in data.neighbours.items())
+
+    cfg = config(families_per_batch=3, neighbour_families=1, archs_per_family=1, parents_per_arch=1,
+                 variants_per_parent=1)
+    for step in range(40):
+        families = [data.rows[i]["family"] for i in data.sample(cfg, step)]
+        assert len(families) == cfg.batch_size == 3
+        assert families[2] in data.neighbours[families[0]] + data.neighbours[families[1]]
+    # the families drawn at random are those a batch without neighbours draws, so neighbour_families=0
+    # keeps the batches the shipped weights were trained on
+    plain = dataclasses.replace(cfg, families_per_batch=2, neighbour_families=0)
+    assert np.array_equal(data.sample(cfg, 5)[:2], data.sample(plain, 5))
+    with pytest.raises(ValueError, match="neighbour_families"):
+        config(families_per_batch=3, neighbour_families=3)
+
+
 def test_training_on_4_devices_lowers_the_loss_and_orders_relations(tiny_zoo, tmp_path):
     assert jax.device_count() == 4
     data = train.Dataset(*zoo.load(tiny_zoo))
