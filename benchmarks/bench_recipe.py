@@ -41,6 +41,8 @@ RECIPES = {  # TrainConfig changes from train.default(); "hasher" changes go to 
     "neighbours": {"neighbour_families": 4},
     "32 families, 16 neighbours": {"families_per_batch": 32, "neighbour_families": 16, "parents_per_arch": 1,
                                    "variants_per_parent": 1},
+    "distinct picks": {"distinct_picks": True},
+    "distinct picks, neighbours": {"distinct_picks": True, "neighbour_families": 4},
 }
 
 

@@ -45,6 +45,10 @@ class TrainConfig:
     # families (WL-subtree SimHash) of a family already in it, so that close relatives (Llama and
     # its derivatives) meet in batches and the margin loss separates them; 0: all at random.
     neighbour_families: int = 0
+    # Each level picks only distinct architectures, parents and derivatives (a transformers, timm
+    # or keras architecture has one parent and no derivatives: by default 3 of its 4 slots are
+    # repeats of one graph) and the slots left over go to more families; False: the shipped recipe.
+    distinct_picks: bool = False
     archs_per_family: int = 2
     parents_per_arch: int = 2
     variants_per_parent: int = 2
@@ -137,18 +141,30 @@ class Dataset:
 
         def take(options, k):
             options = sorted(options)
+            if config.distinct_picks:
+                k = min(k, len(options))
             return [options[i] for i in rng.choice(len(options), k, replace=len(options) < k)]
+
+        def picks(family):
+            out = []
+            for arch in take(self.tree[family], config.archs_per_family):
+                for parent in take(self.tree[family][arch], config.parents_per_arch):
+                    out += take(self.tree[family][arch][parent], config.variants_per_parent)
+            return out
 
         families = take(self.tree, config.families_per_batch - config.neighbour_families)
         for _ in range(config.neighbour_families):
             anchor = families[rng.integers(len(families))]
-            families += take(self.neighbours[anchor], 1)
-        picked = []
-        for family in families:
-            for arch in take(self.tree[family], config.archs_per_family):
-                for parent in take(self.tree[family][arch], config.parents_per_arch):
-                    picked += take(self.tree[family][arch][parent], config.variants_per_parent)
-        return np.array(picked)
+            fresh = [f for f in self.neighbours[anchor] if f not in families]
+            families += take(fresh or set(self.tree) - set(families) or self.tree, 1)
+        picked = [i for family in families for i in picks(family)]
+        if config.distinct_picks:  # slots no distinct graph filled go to more families
+            others = sorted(set(self.tree) - set(families))
+            while len(picked) < config.batch_size and others:
+                picked += picks(others.pop(rng.integers(len(others))))
+            if len(picked) < config.batch_size:  # a zoo too small to fill a batch without repeats
+                picked += list(rng.choice(picked, config.batch_size - len(picked)))
+        return np.array(picked[:config.batch_size])
 
     @functools.cached_property
     def neighbours(self) -> dict[str, list[str]]:

@@ -85,6 +85,29 @@ def test_neighbour_families_put_close_relatives_in_one_batch():
         config(families_per_batch=3, neighbour_families=3)
 
 
+def test_distinct_picks_fill_a_batch_with_distinct_graphs(tiny_zoo):
+    """One graph per family (as transformers, timm and keras architectures are in the zoos): the
+    default sampler repeats it in 8 slots of a batch; distinct_picks fills them with more families.
+    Where derivatives exist (the generated zoo) every relation level stays in the batch."""
+    from synthetic import random_graph
+
+    single = train.Dataset([random_graph(seed, 30) for seed in range(20)],
+                           [dict(id=f"g{i}", family=f"f{i}", arch=f"a{i}", parent=f"p{i}") for i in range(20)])
+    cfg = config(families_per_batch=2, distinct_picks=True)
+    assert cfg.batch_size == 16
+    for step in range(5):
+        assert len(np.unique(single.sample(dataclasses.replace(cfg, distinct_picks=False), step))) == 2
+        idx = single.sample(cfg, step)
+        assert len(idx) == 16 and len(np.unique(idx)) == 16 and np.array_equal(idx, single.sample(cfg, step))
+    small = config(families_per_batch=8, distinct_picks=True)  # 64 slots, 20 graphs: repeats, but full
+    assert len(single.sample(small, 0)) == 64 and len(np.unique(single.sample(small, 0))) == 20
+
+    data = train.Dataset(*zoo.load(tiny_zoo))
+    idx = data.sample(config(distinct_picks=True), 3)
+    assert len(np.unique(idx)) == len(idx) == 24
+    assert set(np.unique(data.levels(idx))) == {0, 1, 2, 3}
+
+
 def test_training_on_4_devices_lowers_the_loss_and_orders_relations(tiny_zoo, tmp_path):
     assert jax.device_count() == 4
     data = train.Dataset(*zoo.load(tiny_zoo))
