@@ -33,17 +33,18 @@ from pathlib import Path
 
 RECIPES = {  # TrainConfig changes from train.default(); "hasher" changes go to its HasherConfig
     "shipped": {},
-    "4x steps": {"steps_factor": 4},
+    "32 families per batch": {"families_per_batch": 32, "parents_per_arch": 1, "variants_per_parent": 1},
+    "distinct picks": {"distinct_picks": True},
+    "neighbours": {"neighbour_families": 4},
+    "distinct picks + neighbours": {"distinct_picks": True, "neighbour_families": 4},
+    "32 families + 16 neighbours": {"families_per_batch": 32, "neighbour_families": 16, "parents_per_arch": 1,
+                                    "variants_per_parent": 1},
     "112 learned bits": {"hasher": {"bits": 128}},
     "6 layers": {"hasher": {"layers": 6}},
     "reads sizes": {"hasher": {"size_blind": False}},
-    "32 families per batch": {"families_per_batch": 32, "parents_per_arch": 1, "variants_per_parent": 1},
-    "neighbours": {"neighbour_families": 4},
-    "32 families, 16 neighbours": {"families_per_batch": 32, "neighbour_families": 16, "parents_per_arch": 1,
-                                   "variants_per_parent": 1},
-    "distinct picks": {"distinct_picks": True},
-    "distinct picks, neighbours": {"distinct_picks": True, "neighbour_families": 4},
+    "4x steps": {"steps_factor": 4},
 }
+assert not any("," in name for name in RECIPES), "--recipes is comma-separated"
 
 
 def zoos(root: Path) -> dict[str, Path]:
@@ -80,7 +81,10 @@ def figures(codes_of, paths: dict[str, Path], learned: int | None) -> dict[str, 
     for name, path in paths.items():
         graphs, rows = zoo.load(path)
         bits = codes_of(graphs)
-        out[f"{name} full"] = evaluate.evaluate_codes(bits, rows)["family_map"]
+        full = evaluate.evaluate_codes(bits, rows)
+        out[f"{name} full"] = full["family_map"]
+        if any(r["transform"] != "original" for r in rows):
+            out[f"{name} copy"] = full["copy_map"]
         if learned:
             out[f"{name} learned"] = evaluate.evaluate_codes(bits[:, :learned], rows)["family_map"]
         if name == "sizes":
@@ -110,6 +114,10 @@ def main() -> None:
     parser.add_argument("--zoo-dir", default="zoo/recipes", help="where the three zoos are built")
     parser.add_argument("--workdir", default="runs/recipes", help="checkpoints and hashers, one folder per run")
     parser.add_argument("--cpu-devices", type=int, default=4)
+    parser.add_argument("--also-train", action="append", default=[], metavar="ZOO",
+                        help="another zoo to train on (e.g. the generated zoo, to see a recipe in the mix)")
+    parser.add_argument("--also-eval", metavar="ZOO", help="another zoo to report family and copy mAP on "
+                        "(e.g. a generated zoo built with another --seed: architectures training never saw)")
     args = parser.parse_args()
     unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
     if unknown:
@@ -122,6 +130,8 @@ def main() -> None:
     from hnn_jax.hasher import Hasher, default_hasher
 
     paths = zoos(Path(args.zoo_dir))
+    if args.also_eval:
+        paths["extra"] = Path(args.also_eval)
     rows = []
     shipped = default_hasher()
     rows.append(("shipped weights (trained on these graphs)", "", figures(
@@ -131,10 +141,11 @@ def main() -> None:
     for recipe in args.recipes.split(","):
         for seed in map(int, args.seeds.split(",")):
             config = recipe_config(recipe, args.steps, seed)
-            run = Path(args.workdir) / f"{recipe.replace(' ', '-')}-{config.steps}-s{seed}"
+            mix = "".join(f"+{Path(z).name}" for z in args.also_train)
+            run = Path(args.workdir) / f"{recipe.replace(' ', '-')}-{config.steps}-s{seed}{mix}"
             start = time.perf_counter()
             if not (run / "hasher" / "hasher.json").exists():
-                train.train([paths["train"]], run, config, progress=False)
+                train.train([paths["train"], *args.also_train], run, config, progress=False)
             hasher = Hasher.load(run / "hasher")
             log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             res = figures(lambda g, h=hasher: evaluate.codes_of(g, h), paths, hasher.config.learned_bits)
@@ -144,6 +155,8 @@ def main() -> None:
 
     columns = ["train learned", "sizes full", "sizes learned", "other types within 1 bit", "types full",
                "types learned", "classification loss"]
+    if args.also_eval:
+        columns[-1:-1] = ["extra full", "extra learned", "extra copy"]
     print("\n| recipe | steps / min | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 2) + "|")
     for name, steps, res in rows:
