@@ -425,6 +425,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size-blind", action=argparse.BooleanOptionalAction, default=None,
                         help="whether the learned bits read no absolute sizes (HasherConfig.size_blind; "
                         "default config: yes)")
+    parser.add_argument("--distinct-picks", action=argparse.BooleanOptionalAction, default=None,
+                        help="fill each batch with distinct graphs, the slots a family cannot fill going to "
+                        "more families (TrainConfig.distinct_picks; default config: no, as the shipped weights)")
+    parser.add_argument("--neighbour-families", type=int, help="of each batch's families, how many are drawn "
+                        "among the structurally nearest of the others (TrainConfig.neighbour_families; default 0)")
     parser.add_argument("--members", type=int, help="override how many separately trained networks "
                         "the learned bits are spliced from (1: one network)")
     parser.add_argument("--cpu-devices", type=int, help="split the CPU into N virtual devices (on a "
@@ -440,15 +445,16 @@ def _cli_train(args) -> int:
     if args.cpu_devices:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any device is touched
     config = default() if args.config == "default" else tiny_cpu()
-    overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed).items() if v is not None}
+    overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed, distinct_picks=args.distinct_picks,
+                                       neighbour_families=args.neighbour_families).items() if v is not None}
     shape = {k: v for k, v in dict(bits=args.bits, instance_bits=args.instance_bits,
                                    members=args.members, size_blind=args.size_blind).items() if v is not None}
-    if shape:
-        try:
+    try:
+        if shape:
             overrides["hasher"] = dataclasses.replace(config.hasher, **shape)
-        except ValueError as e:
-            raise HNNError(str(e)) from None
-    config = dataclasses.replace(config, **overrides)
+        config = dataclasses.replace(config, **overrides)
+    except ValueError as e:
+        raise HNNError(str(e)) from None
     missing = [z for z in args.zoo if not (Path(z) / "manifest.jsonl").exists()]
     if missing:
         raise HNNError(f"not a zoo (no manifest.jsonl): {missing[0]}")

@@ -324,6 +324,10 @@ def test_zoo_train_eval_from_the_command_line(tmp_path):
     assert "24 graphs, 12 parents" in cli("zoo", "info", zoo_dir)
     assert "trained 12 steps" in cli("train", zoo_dir, "-o", run_dir, "--config", "tiny")
     assert (run_dir / "hasher" / "hasher.json").exists()
+    cli("train", zoo_dir, "-o", tmp_path / "run2", "--config", "tiny", "--steps", 2, "--distinct-picks",
+        "--neighbour-families", 1)
+    sampler = json.loads((tmp_path / "run2" / "config.json").read_text())["train"]
+    assert sampler["distinct_picks"] is True and sampler["neighbour_families"] == 1
     table = cli("eval", zoo_dir, "-o", results, "--hasher", run_dir / "hasher", "--no-plots")
     assert "WL-subtree SimHash" in table
     summary = json.loads((results / "results.json").read_text())
@@ -334,3 +338,6 @@ def test_zoo_train_eval_from_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "hnn_jax.cli", "train", tmp_path / "nothing", "-o", run_dir],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not a zoo" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "hnn_jax.cli", "train", zoo_dir, "-o", run_dir, "--config", "tiny",
+                          "--neighbour-families", "2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "neighbour_families" in bad.stderr and "Traceback" not in bad.stderr
