@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-RECIPES = {  # TrainConfig changes from train.default(); "hasher" changes go to its HasherConfig
+RECIPES = {  # TrainConfig changes from train.shipped(); "hasher" changes go to its HasherConfig
     "shipped": {},
     "32 families per batch": {"families_per_batch": 32, "parents_per_arch": 1, "variants_per_parent": 1},
     "distinct picks": {"distinct_picks": True},
@@ -101,7 +101,7 @@ def recipe_config(name: str, steps: int, seed: int):
 
     change = dict(RECIPES[name])
     factor = change.pop("steps_factor", 1)
-    config = train.default()
+    config = train.shipped()
     hasher = dataclasses.replace(config.hasher, **change.pop("hasher", {}))
     return dataclasses.replace(config, hasher=hasher, steps=steps * factor, seed=seed, **change)
 

@@ -37,13 +37,14 @@ from hnn_jax.padding import bucket_size, pad_batch
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs besides the zoo. Config as code: see default() and tiny_cpu()."""
+    """Everything a run needs besides the zoo. Config as code: see default(), shipped() and
+    tiny_cpu()."""
     hasher: HasherConfig = HasherConfig(bits=64, instance_bits=16, size_blind=True)
     steps: int = 1200
     families_per_batch: int = 8
     # Of each batch's families, how many are drawn as one of the NEIGHBOURS structurally nearest
-    # families (WL-subtree SimHash) of a family already in it, so that close relatives (Llama and
-    # its derivatives) meet in batches and the margin loss separates them; 0: all at random.
+    # families (WL-subtree SimHash) of a family already in it, so that close relatives (Llama and the
+    # decoders built like it) meet in batches and the margin loss separates them; 0: all at random.
     neighbour_families: int = 0
     # Each level picks only distinct architectures, parents and derivatives (a transformers, timm
     # or keras architecture has one parent and no derivatives: by default 3 of its 4 slots are
@@ -88,12 +89,19 @@ class TrainConfig:
         return cls(**d)
 
 
-def default() -> TrainConfig:
-    """The shipped 64-bit default: one network (48 learned + 16 instance bits), 1,200 steps at
-    batch 64. One network, not a splice of several (HasherConfig.members): it hashes 2.4-3x
-    faster than three members (README, Results: "Hashing speed"); its learned bits are
-    size_blind, chosen on the validation split (README, Results)."""
+def shipped() -> TrainConfig:
+    """The recipe of the shipped weights (benchmarks/results/train_config.json): one network (48
+    learned + 16 instance bits), 1,200 steps at batch 64. One network, not a splice of several
+    (HasherConfig.members): it hashes 2.4-3x faster than three members (README, Results: "Hashing
+    speed"); its learned bits are size_blind, chosen on the validation split (README, Results)."""
     return TrainConfig()
+
+
+def default() -> TrainConfig:
+    """The recipe to train with: shipped() with distinct_picks, which on validation data tells
+    close relatives apart far better (README, Training: "Why unseen sizes fall short"). The
+    shipped weights predate it; their network shape is the same."""
+    return dataclasses.replace(shipped(), distinct_picks=True)
 
 
 def tiny_cpu() -> TrainConfig:
@@ -172,13 +180,14 @@ class Dataset:
         WL-subtree SimHashes of their architectures (ties by name). Weights do not enter WL, so
         one graph per architecture stands for its parents and derivatives."""
         from hnn_jax.baselines import wl_subtree_hash
+        from hnn_jax.evaluate import hamming
 
         first = {}
         for i, r in enumerate(self.rows):
             first.setdefault(r["arch"], i)
         arch_family = np.array([self.rows[i]["family"] for i in first.values()])
-        codes = np.stack([wl_subtree_hash(self.graphs[i]) for i in first.values()]).astype(np.int32)
-        distance = np.abs(codes[:, None, :] - codes[None, :, :]).sum(-1)
+        codes = np.stack([wl_subtree_hash(self.graphs[i]) for i in first.values()])
+        distance = hamming(codes, codes)
         nearest = {}
         for family in self.families:
             mine = arch_family == family
@@ -415,8 +424,9 @@ def add_arguments(parser) -> None:
                           "hnn-jax train zoo/gen zoo/timm -o runs/default")
     parser.add_argument("zoo", nargs="+", help="zoo folders (hnn-jax zoo build)")
     parser.add_argument("-o", "--workdir", required=True, help="checkpoints, metrics.jsonl, hasher/")
-    parser.add_argument("--config", choices=("default", "tiny"), default="default",
-                        help="default: the shipped 64-bit setting; tiny: seconds on a CPU")
+    parser.add_argument("--config", choices=("default", "shipped", "tiny"), default="default",
+                        help="default: the 64-bit recipe to train with; shipped: the recipe of the shipped "
+                        "weights (without distinct picks); tiny: seconds on a CPU")
     parser.add_argument("--steps", type=int, help="override the number of steps")
     parser.add_argument("--bits", type=int, help="override the code length (16..256)")
     parser.add_argument("--instance-bits", type=int,
@@ -427,7 +437,7 @@ def add_arguments(parser) -> None:
                         "default config: yes)")
     parser.add_argument("--distinct-picks", action=argparse.BooleanOptionalAction, default=None,
                         help="fill each batch with distinct graphs, the slots a family cannot fill going to "
-                        "more families (TrainConfig.distinct_picks; default config: no, as the shipped weights)")
+                        "more families (TrainConfig.distinct_picks; default config: yes; shipped: no)")
     parser.add_argument("--neighbour-families", type=int, help="of each batch's families, how many are drawn "
                         "among the structurally nearest of the others (TrainConfig.neighbour_families; default 0)")
     parser.add_argument("--members", type=int, help="override how many separately trained networks "
@@ -444,7 +454,7 @@ def _cli_train(args) -> int:
 
     if args.cpu_devices:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any device is touched
-    config = default() if args.config == "default" else tiny_cpu()
+    config = {"default": default, "shipped": shipped, "tiny": tiny_cpu}[args.config]()
     overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed, distinct_picks=args.distinct_picks,
                                        neighbour_families=args.neighbour_families).items() if v is not None}
     shape = {k: v for k, v in dict(bits=args.bits, instance_bits=args.instance_bits,

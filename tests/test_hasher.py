@@ -36,9 +36,18 @@ def test_default_hash_is_64_bits_and_built_once():
 
 
 def test_shipped_weights_are_the_network_train_default_makes():
+    """train.shipped() is the recorded recipe of the shipped weights; train.default() trains the
+    same network and differs from it only in how batches are drawn."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
     from hnn_jax import train
 
-    assert default_hasher().config == train.default().hasher
+    assert default_hasher().config == train.default().hasher == train.shipped().hasher
+    recorded = json.loads((Path(__file__).parents[1] / "benchmarks/results/train_config.json").read_text())
+    assert train.TrainConfig.from_dict(recorded["train"]) == train.shipped()
+    assert dataclasses.replace(train.default(), distinct_picks=False) == train.shipped()
 
 
 def test_same_graph_same_bits_alone_in_batches_and_repeated():
