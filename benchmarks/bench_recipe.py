@@ -73,8 +73,6 @@ def _failed(path: Path) -> int:
 
 def figures(codes_of, paths: dict[str, Path], learned: int | None) -> dict[str, float]:
     """Family mAP (full code, learned bits) on each zoo, and close pairs of other types on `sizes`."""
-    import numpy as np
-
     from hnn_jax import evaluate, zoo
 
     out = {}
@@ -89,10 +87,7 @@ def figures(codes_of, paths: dict[str, Path], learned: int | None) -> dict[str, 
             out[f"{name} learned"] = evaluate.evaluate_codes(bits[:, :learned], rows)["family_map"]
         if name == "sizes":
             part = bits[:, :learned] if learned else bits
-            family = np.array([r["family"] for r in rows])
-            upper = np.triu(np.ones((len(rows), len(rows)), bool), 1)
-            out["other types within 1 bit"] = int(((evaluate.hamming(part, part) <= 1) & upper
-                                                   & (family[:, None] != family[None, :])).sum())
+            out["other types within 1 bit"] = int((evaluate.relation_distances(part, rows)["other family"] <= 1).sum())
     return out
 
 

@@ -46,7 +46,7 @@ def quiet_logger(name: str = "torch.onnx"):
 def quiet_stdout():
     """Discard what the block writes to standard output, at the file-descriptor level: a failed
     TorchScript trace prints its whole IR graph from C++ ("Torch IR graph at exception"), which
-    contextlib.redirect_stdout does not catch and which would land in `hnn-jax hash --json`."""
+    contextlib.redirect_stdout does not catch and which would land on the caller's output."""
     sys.stdout.flush()
     try:
         saved = os.dup(1)
