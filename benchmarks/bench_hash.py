@@ -29,12 +29,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--nodes", type=int, default=300)
-    parser.add_argument("--bits", type=int, default=64)
-    parser.add_argument("--length", type=int, help="code length to hash at (default --bits; 128/256: "
-                        "lineage codes, more instance bits)")
+    parser.add_argument("--bits", type=int, default=256, help="as the shipped hasher")
+    parser.add_argument("--length", type=int, help="code length to hash at (default --bits; longer: a longer "
+                        "weight part)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--instance-bits", type=int, default=16, help="as the shipped hasher")
+    parser.add_argument("--instance-bits", type=int, default=208, help="the weight part, as the shipped hasher")
     parser.add_argument("--members", type=int, default=1, help="as the shipped hasher")
     parser.add_argument("--node-budget", type=int, help="default: the hasher's (4096, 2048 for members)")
     parser.add_argument("--edge-budget", type=int, help="default: the hasher's (8192, 4096 for members)")

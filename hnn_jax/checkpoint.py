@@ -1,8 +1,9 @@
 """Hasher checkpoints: parameters through orbax, config and provenance in a JSON file.
 
 Layout of a checkpoint directory:
-    hasher.json  {"format": "hnn-jax-hasher", "format_version": 1, "schema_version": ...,
-                  "bits": ..., "config": {...}, "version": "<code version>"}
+    hasher.json  {"format": "hnn-jax-hasher", "format_version": 2, "schema_version": ...,
+                  "bits": ..., "config": {...}, "version": "<code version>",
+                  "relations": {"architecture": [3 distances], "weights": {weight bits: band}}}
     params/      orbax StandardCheckpointer tree of the network parameters (nnx pure dict)
 The JSON is written last, so a directory with it holds a complete checkpoint.
 """
@@ -17,10 +18,11 @@ import orbax.checkpoint as ocp
 
 from hnn_jax.config import HasherConfig
 from hnn_jax.errors import CorruptFileError, HNNError, SchemaMismatchError
+from hnn_jax.hashcode import Bands
 from hnn_jax.schema import SCHEMA_VERSION
 
 FORMAT = "hnn-jax-hasher"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: code v2 (weight part of hnn_jax.weightcode, relation bands by part)
 META_FILE = "hasher.json"
 PARAMS_DIR = "params"
 
@@ -36,9 +38,9 @@ def _shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
     return {path_key(p): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for p, leaf in flat}
 
 
-def save(directory, config: HasherConfig, params: dict, version: str, relations: dict | None = None) -> Path:
+def save(directory, config: HasherConfig, params: dict, version: str, relations: Bands | None = None) -> Path:
     """Write params (an nnx pure dict) and metadata under directory, replacing what was there.
-    `relations`: {nbits: relation thresholds} (hashcode.RELATIONS) measured for this hasher."""
+    `relations`: the relation bands (hashcode.Bands) measured for this hasher."""
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / META_FILE).unlink(missing_ok=True)
@@ -48,7 +50,7 @@ def save(directory, config: HasherConfig, params: dict, version: str, relations:
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
             "bits": config.bits, "config": config.to_dict(), "version": version}
     if relations:
-        meta["relations"] = _relations_json(relations)
+        meta["relations"] = relations.to_json()
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return directory
 
@@ -65,9 +67,11 @@ def read_meta(directory) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CorruptFileError(f"{path} is not an hnn-jax hasher checkpoint")
     if meta.get("format_version") != FORMAT_VERSION:
+        why = (" (written before code v2: its weight bits were computed otherwise, so this hnn-jax cannot "
+               "make its codes; use the release that wrote it)" if meta.get("format_version") == 1 else "")
         raise SchemaMismatchError(
             f"checkpoint format version {meta.get('format_version')!r}, this hnn-jax reads "
-            f"{FORMAT_VERSION}")
+            f"{FORMAT_VERSION}{why}")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise SchemaMismatchError(
             f"checkpoint was trained on feature schema version {meta.get('schema_version')!r}, "
@@ -81,28 +85,20 @@ def read_meta(directory) -> dict[str, Any]:
             f"{path}: bits {meta.get('bits')!r} disagrees with config bits {meta['config'].bits}")
     if not isinstance(meta.get("version"), str):
         raise CorruptFileError(f"{path}: missing code version")
-    relations = meta.setdefault("relations", {})
-    if not isinstance(relations, dict) or not all(
-            isinstance(n, str) and n.isdigit() and isinstance(b, list) and len(b) == 3
-            and all(isinstance(x, int) and 0 <= x <= int(n) for x in b) and b == sorted(b)
-            for n, b in relations.items()):
-        raise CorruptFileError(f"{path}: relations must map code lengths to 3 ascending distances")
-    meta["relations"] = {int(n): tuple(b) for n, b in relations.items()}
+    try:
+        meta["relations"] = Bands.from_json(meta["relations"]) if meta.get("relations") else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptFileError(f"{path}: bad relation bands: {exc}") from exc
     return meta
 
 
-def _relations_json(relations: dict) -> dict:
-    """{nbits: thresholds} as hasher.json stores it (read_meta reads it back)."""
-    return {str(n): list(map(int, b)) for n, b in sorted(relations.items())}
-
-
-def write_relations(directory, relations: dict) -> None:
-    """Store measured relation thresholds {nbits: (3 distances)} in a checkpoint's metadata; the
-    weights and the code version do not change."""
+def write_relations(directory, relations: Bands) -> None:
+    """Store measured relation bands in a checkpoint's metadata; the weights and the code version
+    do not change."""
     path = Path(directory).absolute() / META_FILE
     read_meta(directory)  # a checkpoint this hnn-jax reads
     meta = json.loads(path.read_text())
-    meta["relations"] = _relations_json(relations)
+    meta["relations"] = relations.to_json()
     path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 

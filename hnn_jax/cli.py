@@ -52,7 +52,7 @@ examples:
 A model is a path to a .onnx, .keras or torch.export .pt2 file, or a TensorFlow SavedModel folder;
 files and folders can be fsspec URLs too (s3://bucket/models/, gs://..., http://host/dir/, file:///abs),
 given the protocol's fsspec package (s3fs, gcsfs, aiohttp for http).
-Wherever a single model is expected, a code printed by `hnn-jax hash` (hnn1:...) works too.
+Wherever a single model is expected, a code printed by `hnn-jax hash` (hnn2:...) works too.
 Pickled PyTorch files (.pt/.pth) are refused: export with torch.onnx.export or torch.export.
 
 exit status: 0 ok, 1 no match found where one was asked for, 2 bad input.
@@ -124,13 +124,16 @@ def _example_code() -> str:
     so --help does not load JAX)."""
     from hnn_jax.hashcode import SHIPPED_META
     try:
-        return f"hnn1:{json.loads(SHIPPED_META.read_text())['version']}:64:0f0f0f0f0f0f0f0f"
+        meta = json.loads(SHIPPED_META.read_text())
+        version, weights = meta["version"], meta["config"]["instance_bits"]
+        nbits = meta["bits"]
     except (OSError, ValueError, KeyError):
-        return "hnn1:VERSION:64:0f0f0f0f0f0f0f0f"
+        version, nbits, weights = "VERSION", 256, 208
+    return f"hnn2:{version}:{nbits - weights}+{weights}:" + "0f" * (nbits // 8)
 
 
 def _looks_like_code(text: str) -> bool:
-    return text.startswith("hnn1:") and not Path(text).exists()
+    return text.startswith(("hnn1:", "hnn2:")) and not Path(text).exists()
 
 
 def _code_of(model: str, args, length: int | None = None):
@@ -174,26 +177,36 @@ def _cmd_hash(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from hnn_jax.hashcode import RELATIONS, NoThresholdsError, relation_thresholds
+    from hnn_jax.hashcode import RELATIONS, NoThresholdsError, bands, format_chance
     label_a, a = _code_of(args.a, args, args.length)
     label_b, b = _code_of(args.b, args, len(a))
-    distance = a - b
+    distances = a.distances(b)
     try:
-        key, description = a.relation(b)
-        bounds = relation_thresholds(a.version, len(a))
+        found = a.compare(b)
+        key, description, chance = found.relation, found.description, found.chance
+        measured = bands(a.version)
+        weight_band = measured.weights_band(len(a) - a.arch_bits).same_model
     except NoThresholdsError as e:
-        key, description, bounds = None, str(e), None
+        key, description, chance, measured, weight_band = None, str(e), None, None, None
     if args.json:
         json.dump({"a": label_a, "b": label_b, "code_a": str(a), "code_b": str(b),
-                   "distance": distance, "nbits": len(a), "relation": key,
-                   "description": description, "thresholds": bounds}, sys.stdout, indent=2)
+                   "distance": distances.total, "architecture_distance": distances.architecture,
+                   "weights_distance": distances.weights, "nbits": len(a), "arch_bits": a.arch_bits,
+                   "relation": key, "description": description, "chance": chance,
+                   "thresholds": None if measured is None else {
+                       "architecture": list(measured.architecture), "weights_same_model": weight_band}},
+                  sys.stdout, indent=2)
         print()
     else:
-        print(f"distance: {distance} of {len(a)} bits")
+        print(f"distance: {distances.total} of {len(a)} bits (architecture {distances.architecture} of "
+              f"{a.arch_bits}, weights {distances.weights} of {len(a) - a.arch_bits})")
         print(f"relation: {key} ({description})" if key else f"relation: unknown ({description})")
-        if bounds:
-            text = ", ".join(f"<= {b} {k}" for b, (k, _) in zip(bounds, RELATIONS))
-            print(f"thresholds: {text} (measured for this hasher and code length; hasher.json)")
+        if measured is not None:
+            print(f"chance: {format_chance(chance)} that two independent models of one architecture have "
+                  "weight parts this close (measured null, hasher.json)")
+            text = ", ".join(f"<= {b} {k}" for b, (k, _) in zip(measured.architecture, RELATIONS))
+            print(f"bands: architecture {text}; same model also needs weights <= {weight_band} "
+                  "(measured for this hasher; hasher.json)")
     return EXIT_OK
 
 
@@ -255,7 +268,7 @@ def _cmd_index_info(args) -> int:
     from hnn_jax.index import FORMAT_VERSION, HammingIndex
     index = HammingIndex.load(args.index)
     info = {"path": args.index, "count": len(index), "nbits": index.nbits,
-            "code_version": index.version, "format_version": FORMAT_VERSION}
+            "arch_bits": index.arch_bits, "code_version": index.version, "format_version": FORMAT_VERSION}
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
@@ -271,25 +284,30 @@ def _cmd_search(args) -> int:
         raise _CLIError(f"-k must be at least 1, got {args.k}")
     if args.radius is not None and args.radius < 0:
         raise _CLIError(f"--radius must be >= 0, got {args.radius}")
-    from hnn_jax.hashcode import NoThresholdsError, relation
+    from hnn_jax.hashcode import NoThresholdsError, format_chance
     index = HammingIndex.load(args.index)  # a bad index fails before the model is hashed
     label, query = _code_of(args.model, args, index.nbits)  # codes as long as the index's
-    matches = index.search(query, k=args.k, radius=args.radius)
+    matches = index.search(query, k=args.k, radius=args.radius, order=args.order)
     try:
-        relations = [relation(m.distance, len(query), query.version)[0] for m in matches]
+        relations = [(m.relation()[0], m.chance) for m in matches]
     except NoThresholdsError:
-        relations = [None] * len(matches)
+        relations = [(None, None)] * len(matches)
     if args.json:
-        json.dump({"query": label, "code": str(query), "index": args.index,
-                   "results": [{"rank": r, "id": m.id, "distance": m.distance, "relation": rel,
+        json.dump({"query": label, "code": str(query), "index": args.index, "order": args.order,
+                   "results": [{"rank": r, "id": m.id, "distance": m.distance,
+                                "architecture_distance": m.distances.architecture,
+                                "weights_distance": m.distances.weights, "relation": rel, "chance": chance,
                                 "code": str(m.code), "metadata": m.metadata}
-                               for r, (m, rel) in enumerate(zip(matches, relations), 1)]}, sys.stdout, indent=2)
+                               for r, (m, (rel, chance)) in enumerate(zip(matches, relations), 1)]},
+                  sys.stdout, indent=2)
         print()
     else:
         if matches:
-            print(f"{'rank':>4}  {'distance':>8}  {'relation':<17}  id")
-        for r, (m, rel) in enumerate(zip(matches, relations), 1):
-            print(f"{r:>4}  {m.distance:>8}  {rel or 'unknown':<17}  {m.id}")
+            print(f"{'rank':>4}  {'distance':>8}  {'arch':>4}  {'weights':>7}  {'relation':<17}  {'chance':>8}  id")
+        for r, (m, (rel, chance)) in enumerate(zip(matches, relations), 1):
+            shown = "" if chance is None else format_chance(chance)
+            print(f"{r:>4}  {m.distance:>8}  {m.distances.architecture:>4}  {m.distances.weights:>7}  "
+                  f"{rel or 'unknown':<17}  {shown:>8}  {m.id}")
     if not matches:
         where = (f"within {args.radius} bits of {label}" if args.radius is not None
                  else f"for {label} (the index is empty)")
@@ -312,8 +330,8 @@ def _add_hash_inputs(p, *, paths_help: str) -> None:
 
 def _add_length(p) -> None:
     p.add_argument("--length", type=int, choices=(64, 128, 256), metavar="{64,128,256}",
-                   help="code length: the hasher's own (default, 64 for the shipped one), or 128 / 256 "
-                   "for lineage codes with more instance bits (the same learned bits)")
+                   help="code length: the hasher's own (default; 256 for the shipped one, the shortest whose "
+                   "weight part keeps chance matches below 1e-6), or a longer one with a longer weight part")
 
 
 def _add_builtin_commands(sub) -> None:
@@ -325,7 +343,7 @@ def _add_builtin_commands(sub) -> None:
 
     p = sub.add_parser(
         "hash", help="print the code of each model",
-        description="Print one line per model: its code (hnn1:<version>:<bits>:<hex>) and its "
+        description="Print one line per model: its code (hnn2:<version>:<arch>+<weights>:<hex>) and its "
         "path. Folders are searched recursively for .onnx, .keras, .pt2 files and SavedModel "
         "folders. A progress bar goes to stderr when it is a terminal.",
         epilog="examples:\n  hnn-jax hash model.onnx\n  hnn-jax hash models/ --json > codes.json"
@@ -340,9 +358,10 @@ def _add_builtin_commands(sub) -> None:
 
     p = sub.add_parser(
         "compare", help="Hamming distance between two models and what it suggests",
-        description="Hash two models (or take their codes) and print the Hamming distance and "
-        "the relation it suggests, from the thresholds measured for the codes' hasher and length "
-        "(stored in its hasher.json by `hnn-jax eval --save-thresholds`).",
+        description="Hash two models (or take their codes) and print the Hamming distance of the "
+        "whole code and of each part (architecture, weights), the relation it suggests from the bands "
+        "measured for the codes' hasher (its hasher.json), and the measured chance that two "
+        "independent models of one architecture have weight parts this close.",
         epilog="examples:\n  hnn-jax compare resnet.onnx resnet_int8.onnx\n"
                f"  hnn-jax compare model.onnx {_example_code()} --json\n")
     p.add_argument("a", metavar="A", help="model path or code")
@@ -402,16 +421,21 @@ def _add_builtin_commands(sub) -> None:
     p = sub.add_parser(
         "search", help="nearest models in an index",
         description="Print the k indexed models nearest to MODEL by Hamming distance (nearest "
-        "first, ties in insertion order). With --radius, only those within R bits; exit "
-        "status 1 when there are none.",
+        "first, ties in insertion order), each with its architecture and weight distances, the "
+        "relation they suggest and the chance that independent models lie that close. With "
+        "--radius, only those within R bits; exit status 1 when there are none.",
         epilog="examples:\n  hnn-jax search models.hnnidx query.onnx -k 5\n"
                "  hnn-jax search models.hnnidx query.onnx --radius 0   # exact duplicates\n"
+               "  hnn-jax search models.hnnidx query.onnx --order weights   # copies and derivatives first\n"
                f"  hnn-jax search models.hnnidx {_example_code()} --json\n")
     p.add_argument("index", metavar="FILE", help="index file (from `hnn-jax index build`)")
     p.add_argument("model", metavar="MODEL", help="model path or code")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--radius", "-r", type=int, metavar="R",
-                   help="only results within R bits")
+                   help="only results within R bits (of the distance ranked first)")
+    p.add_argument("--order", choices=("total", "architecture", "weights"), default="total",
+                   help="rank by the whole code (default), by the architecture part then the weights "
+                        "(relatives), or by the weights then the architecture (copies)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_search)
 

@@ -21,8 +21,8 @@ class HasherConfig:
     bits: int = 64
     hidden: int = 128
     layers: int = 4
-    # The last `instance_bits` bits are not learned: a fixed random projection of every node's
-    # weight fingerprint in canonical node order (hnn_jax.model.instance_code). They tell
+    # The last `instance_bits` bits are the weight part, not learned: an exact integer SimHash of
+    # every parameter tensor's weight fingerprint (hnn_jax.weightcode). They tell
     # initialisations apart and follow copies; the learned bits then see no fingerprints and code
     # the architecture. 0: every bit is learned and sees everything.
     instance_bits: int = 0

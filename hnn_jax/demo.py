@@ -32,7 +32,7 @@ def example_paths() -> list[Path]:
 def main() -> int:
     import hnn_jax
     from hnn_jax import converters
-    from hnn_jax.hashcode import relation, relation_bands, relation_thresholds
+    from hnn_jax.hashcode import RELATIONS, bands, format_chance
     from hnn_jax.index import HammingIndex
 
     paths = example_paths()
@@ -44,30 +44,39 @@ def main() -> int:
     codes = hnn_jax.hash(graphs)
     names = [p.stem for p in paths]
     width = max(map(len, names))
-    print(f"\n{len(codes[0])}-bit codes ({codes[0].version}):")
+    arch_bits, nbits = codes[0].arch_bits, len(codes[0])
+    print(f"\n{nbits}-bit codes ({codes[0].version}): {arch_bits} architecture bits, then {nbits - arch_bits} "
+          "weight bits")
     for name, code in zip(names, codes):
-        print(f"  {name:<{width}}  {code}  {EXAMPLES.get(name, '')}")
-    print("\nHamming distances:")
-    print(" " * (width + 2) + "".join(f"{i:>4d}" for i in range(len(names))))
+        print(f"  {name:<{width}}  {code.to_bytes().hex()}  {EXAMPLES.get(name, '')}")
+    print("\nHamming distances, architecture part / weight part:")
+    print(" " * (width + 2) + "".join(f"{i:>8d}" for i in range(len(names))))
     for i, (name, a) in enumerate(zip(names, codes)):
-        print(f"  {name:<{width}}" + "".join(f"{a - b:>4d}" for b in codes) + f"   [{i}]")
-    print("\nNearest neighbours:")
+        cells = (a.distances(b) for b in codes)
+        print(f"  {name:<{width}}" + "".join(f"{f'{d.architecture}/{d.weights}':>8}" for d in cells) + f"   [{i}]")
+    print("\nNearest neighbours (index search by architecture, then weights):")
     index = HammingIndex()
     index.add_many(codes, names)
     for name, code in zip(names, codes):
         # ties come back in insertion order (names are sorted); the model itself is among them
-        (d1, n1), (d2, n2) = [(m.distance, m.id) for m in index.search(code, k=3)
-                              if m.id != name][:2]
-        print(f"  {name:<{width}}  -> {n1} ({d1} bits: {relation(d1, len(code), code.version)[0]}), "
-              f"then {n2} ({d2} bits: {relation(d2, len(code), code.version)[0]})")
-    nbits = len(codes[0])
-    bands = [f"{low}-{high} {key}"
-             for key, low, high in relation_bands(relation_thresholds(codes[0].version, nbits), nbits)[:3]]
-    print(f"\nRelations (measured for this hasher at {nbits} bits, its hasher.json): "
-          f"{', '.join(bands)}, more: unrelated. Expect cnn_a's copies in the first band, and cnn_b "
-          "and cnn_wide nearer to it than the MLP and the transformer; another initialisation and another "
-          "width of a family lie about equally far, so which of the middle bands they land in varies.")
+        m1, m2 = [m for m in index.search(code, k=3, order="architecture") if m.id != name][:2]
+        print(f"  {name:<{width}}  -> {_describe(m1, format_chance)}, then {_describe(m2, format_chance)}")
+    measured = bands(codes[0].version)
+    arch = measured.architecture
+    same_model = measured.weights_band(nbits - arch_bits)
+    print(f"\nBands (measured for this hasher; its hasher.json): {RELATIONS[0][0]} when the architecture part "
+          f"differs in <= {arch[0]} bits and the weights in <= {same_model.same_model} of {nbits - arch_bits} "
+          f"(independent models of one architecture land there with chance <= 1e-6, measured on "
+          f"{same_model.pairs:,} pairs); {RELATIONS[1][0]} when the architecture differs in <= {arch[1]} bits; "
+          f"{RELATIONS[2][0]} in <= {arch[2]}; more: unrelated. The architecture part reads no sizes, so "
+          "cnn_wide, another width of cnn_a, reads as the same architecture with other weights.")
     return 0
+
+
+def _describe(match, format_chance) -> str:
+    d = match.distances
+    return (f"{match.id} ({d.architecture}/{d.weights} bits: {match.relation()[0]}, "
+            f"chance {format_chance(match.chance)})")
 
 
 if __name__ == "__main__":

@@ -138,45 +138,53 @@ def relation_distances(bits: np.ndarray, rows: list[dict]) -> dict[str, np.ndarr
 
 
 def measure_thresholds(groups: dict[str, np.ndarray], nbits: int) -> tuple[int, int, int]:
-    """Relation thresholds (hashcode.RELATIONS) from distances grouped as relation_distances
-    gives them (nearest relation first): the bands [0, t1], (t1, t2], (t2, t3], (t3, nbits] that
-    minimise the summed share of each relation's pairs outside its own band. Where several
-    thresholds do equally well, the median one (the middle of a gap; of an overlap that no
-    threshold can split, e.g. two relations the code does not tell apart)."""
+    """The architecture part's relation bands (hashcode.Bands.architecture) from its distances
+    grouped as relation_distances gives them. That part reads no weight value, so a derivative and
+    another initialisation of one architecture are one group to it: the bands [0, t1], (t1, t2],
+    (t2, nbits] for same architecture / same family / other minimise the summed share of each
+    group's pairs outside its own band (ties: the median of the best, i.e. the middle of a gap or
+    of an overlap no threshold splits). Returns (t0, t1, t2), where t0, the architecture distance
+    a same-model verdict allows, is the larger of t1 and the distance that 99% of the derivative
+    pairs lie within: a tool that rewrites a few ops keeps the weights, and the weight part's band
+    is what makes that verdict (chance matches <= 1e-6)."""
     from hnn_jax.errors import HNNError
 
     empty = [name for name, d in groups.items() if not len(d)]
     if empty:
         raise HNNError(f"cannot measure relation thresholds: the zoo has no pairs of {', '.join(empty)}")
+    values = list(groups.values())
+    same_arch = np.concatenate(values[:2])
     t = np.arange(nbits + 1)
-    cdf = [(np.asarray(d)[None, :] <= t[:, None]).mean(1) for d in groups.values()]
-    # share outside the bands = 3 + a[t1] + b[t2] + c[t3], a sum of three terms: minimise it
-    # over t1 <= t2 <= t3 with the best t1 below and the best t3 above each t2
-    a, b, c = (cdf[k + 1] - cdf[k] for k in range(3))
-    best_a, best_c = np.minimum.accumulate(a), np.minimum.accumulate(c[::-1])[::-1]
-
-    def median_of_best(values, lo=0, hi=nbits):
-        window = values[lo:hi + 1]
-        best = np.flatnonzero(window <= window.min() + 1e-12) + lo
-        return int(best[len(best) // 2])
-
-    t2 = median_of_best(best_a + b + best_c)
-    return median_of_best(a, hi=t2), t2, median_of_best(c, lo=t2)
+    cdf = [(np.asarray(d)[None, :] <= t[:, None]).mean(1) for d in (same_arch, values[2], values[3])]
+    # outside share = (1 - A[t1]) + (F[t1] + 1 - F[t2]) + O[t2] over t1 <= t2
+    cost = (1 - cdf[0])[:, None] + cdf[1][:, None] + (1 - cdf[1])[None, :] + cdf[2][None, :]
+    cost = np.where(t[:, None] <= t[None, :], cost, np.inf)
+    rows = np.flatnonzero(cost.min(1) <= cost.min() + 1e-12)
+    t1 = rows[len(rows) // 2]
+    columns = np.flatnonzero(cost[t1] <= cost.min() + 1e-12)
+    t2 = columns[len(columns) // 2]
+    t0 = max(int(t1), int(np.ceil(np.percentile(values[0], 99))))
+    return min(t0, int(t2)), int(t1), int(t2)
 
 
-def relation_summary(bits: np.ndarray, rows: list[dict], thresholds) -> dict[str, dict]:
-    """Per relation: pair count, mean and percentiles of the distance, and the share of pairs in
-    each band of the thresholds (hashcode.RELATIONS)."""
-    from hnn_jax.hashcode import relation_bands
+def verdicts(bits: np.ndarray, rows: list[dict], bands, arch_bits: int) -> dict[str, dict]:
+    """Per relation group: pair count, the distance figures of each part, and the share of pairs
+    HashCode.relation calls each relation (hashcode.relation_of with the hasher's bands)."""
+    from hnn_jax.hashcode import RELATIONS, Distances, relation_of
 
+    arch = relation_distances(bits[:, :arch_bits], rows)
+    weights = relation_distances(bits[:, arch_bits:], rows)
     out = {}
-    for name, d in relation_distances(bits, rows).items():
-        if not len(d):
+    for name in arch:
+        a, w = arch[name], weights[name]
+        if not len(a):
             continue
-        bands = {f"{key} ({low}-{high})": float(np.mean((d >= low) & (d <= high)))
-                 for key, low, high in relation_bands(thresholds, bits.shape[1])}
-        out[name] = dict(n=len(d), mean=float(d.mean()), p5=float(np.percentile(d, 5)),
-                         p50=float(np.median(d)), p95=float(np.percentile(d, 95)), bands=bands)
+        keys = [relation_of(Distances(int(x + y), int(x), int(y)), arch_bits, bits.shape[1] - arch_bits, bands)[0]
+                for x, y in zip(a, w)]
+        out[name] = dict(n=len(a), architecture_mean=float(a.mean()), architecture_p95=float(np.percentile(a, 95)),
+                         weights_mean=float(w.mean()), weights_p5=float(np.percentile(w, 5)),
+                         weights_p95=float(np.percentile(w, 95)),
+                         called={key: keys.count(key) / len(keys) for key, _ in RELATIONS})
     return out
 
 
@@ -211,30 +219,37 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, valida
         parts = {name: slice(None)}
         if method is hasher and hasher.config.instance_bits:  # the two parts alone, for the record
             learned = hasher.config.learned_bits
-            parts[f"{name}: its {learned} learned bits alone"] = slice(0, learned)
-            parts[f"{name}: its {bits.shape[1] - learned} instance bits alone"] = slice(learned, None)
+            parts[f"{name}: architecture part ({learned} bits)"] = slice(0, learned)
+            parts[f"{name}: weight part ({bits.shape[1] - learned} bits)"] = slice(learned, None)
         for part, columns in parts.items():
             all_bits[part] = bits[:, columns]
             res = evaluate_codes(bits[:, columns], rows)
             if k_graphs:
                 res.update(evaluate_twins(k_bits[:, columns], k_rows, bits[:, columns], rows))
             results[part] = res
-    relations, distances, missing = {}, {}, None
-    for nbits in hasher.lengths:
-        bits = all_bits["hnn-jax"] if nbits == hasher.config.bits else codes_of(graphs, hasher, nbits)
-        if nbits != hasher.config.bits:
-            results[f"hnn-jax, {nbits}-bit lineage code"] = evaluate_codes(bits, rows)
-        try:
-            relations[nbits] = measure_thresholds(relation_distances(bits, rows), nbits)
-        except HNNError as e:  # a zoo without every relation level still gets its other figures
-            missing = str(e)
-            continue
-        distances[nbits] = relation_summary(bits, rows, relations[nbits])
+    arch_bits = hasher.config.learned_bits
+    try:
+        arch_bands = measure_thresholds(relation_distances(all_bits["hnn-jax"][:, :arch_bits], rows), arch_bits)
+        missing = None
+    except HNNError as e:  # a zoo without every relation level still gets its other figures
+        arch_bands, missing = None, str(e)
+    verdict_table = {}
+    from hnn_jax.hashcode import Bands, register_bands, shipped_weight_bands
+
+    weight_bands = hasher.relations.weights if hasher.relations is not None else shipped_weight_bands()
+    if arch_bands is not None and weight_bands:
+        measured = register_bands(f"{hasher.version}.eval", Bands(arch_bands, weight_bands))
+        for nbits in hasher.lengths:
+            if nbits - arch_bits not in measured.weights:
+                continue
+            bits = all_bits["hnn-jax"] if nbits == hasher.config.bits else codes_of(graphs, hasher, nbits)
+            verdict_table[nbits] = verdicts(bits, rows, f"{hasher.version}.eval", arch_bits)
     summary = dict(models=len({r['parent'] for r in rows}), graphs=len(rows),
-                   families=len({r['family'] for r in rows}), results=results, relations=relations,
-                   relations_missing=missing)
+                   families=len({r['family'] for r in rows}), results=results,
+                   architecture_bands=arch_bands, weight_bands={n: b.to_json() for n, b in weight_bands.items()},
+                   relations_missing=missing, verdicts=verdict_table)
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    (out / "relation_distances.json").write_text(json.dumps(distances, indent=1))
+    (out / "verdicts.json").write_text(json.dumps(verdict_table, indent=1))
     (out / "results.md").write_text(markdown_table(summary))
     if plots:
         _plots(out, all_bits, rows)
@@ -328,8 +343,9 @@ def add_arguments(parser) -> None:
                         help="only the zoo's graphs of the validation split (zoo.validation: model types "
                         "training leaves out for choices)")
     parser.add_argument("--save-thresholds", action="store_true",
-                        help="store the relation thresholds measured here in the --hasher checkpoint's "
-                        "hasher.json, where compare, search and HashCode.relation read them")
+                        help="store the architecture part's relation bands measured here in the --hasher "
+                        "checkpoint's hasher.json, where compare, search and HashCode.relation read them "
+                        "(the weight part's come from benchmarks/bench_null.py --save-thresholds)")
     parser.add_argument("--no-plots", action="store_true")
     parser.set_defaults(func=_cli_eval)
 
@@ -337,7 +353,7 @@ def add_arguments(parser) -> None:
 def _cli_eval(args) -> int:
     from hnn_jax import checkpoint
     from hnn_jax.errors import HNNError
-    from hnn_jax.hashcode import RELATIONS
+    from hnn_jax.hashcode import Bands, WeightBand
     from hnn_jax.hasher import Hasher, default_hasher
 
     if args.save_thresholds and not args.hasher:
@@ -347,14 +363,21 @@ def _cli_eval(args) -> int:
     summary = run(hasher, args.zoo, args.out, args.keras, plots=not args.no_plots, validation=args.validation)
     print(markdown_table(summary))
     if summary["relations_missing"]:
-        print(f"relation thresholds: not measured ({summary['relations_missing']})")
+        print(f"relation bands: not measured ({summary['relations_missing']})")
         if args.save_thresholds:
             raise HNNError("nothing saved: " + summary["relations_missing"])
         return 0
-    print("relation thresholds (largest distance of " + ", ".join(k for k, _ in RELATIONS[:3]) + "):")
-    for nbits, bounds in summary["relations"].items():
-        print(f"  {nbits} bits: {', '.join(map(str, bounds))}")
+    bands = summary["architecture_bands"]
+    print(f"architecture part's bands (largest distance of same architecture, same family): {bands[1]}, {bands[2]}")
+    for nbits, table in summary["verdicts"].items():
+        print(f"{nbits}-bit codes, share of each group's pairs called each relation:")
+        for group, figures in table.items():
+            called = ", ".join(f"{k} {v:.3f}" for k, v in figures["called"].items() if v)
+            print(f"  {group} ({figures['n']} pairs): {called}")
     if args.save_thresholds:
-        checkpoint.write_relations(args.hasher, summary["relations"])
-        print(f"saved in {args.hasher}/hasher.json")
+        weights = {int(n): WeightBand.from_json(b) for n, b in summary["weight_bands"].items()}
+        checkpoint.write_relations(args.hasher, Bands(tuple(bands), weights))
+        print(f"saved in {args.hasher}/hasher.json, with the weight bands of "
+              + ("this hasher" if hasher.relations is not None else "the shipped hasher (the same weight part)")
+              if weights else " (no weight bands yet: measure them with benchmarks/bench_null.py --save-thresholds)")
     return 0

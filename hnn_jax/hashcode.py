@@ -1,22 +1,31 @@
 """HashCode: a fixed-length binary code tagged with the hasher that made it.
 
-Codes from different hashers (other weights, bit count or feature schema) live in unrelated
-spaces, so every comparison checks the version and length instead of returning a meaningless
-distance.
+A code has two parts (DESIGN.md, "The code's layout"): the first `arch_bits` bits are the
+architecture part (learned; ops, shapes, edges, never weight values) and the rest the weight part
+(an exact integer SimHash of the trained parameters, hnn_jax.weightcode). `a - b` is the total
+Hamming distance, `a.distances(b)` gives each part's too, and `a.relation(b)` says "same model" only
+when both parts lie within the bands measured for the code's hasher.
+
+Codes from different hashers (other weights, bit count, layout or feature schema) live in
+unrelated spaces, so every comparison checks the version, length and layout instead of returning
+a meaningless distance.
 """
 
+import dataclasses
 import functools
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from hnn_jax.errors import HNNError, SchemaMismatchError
 
-TEXT_PREFIX = "hnn1"
+TEXT_PREFIX = "hnn2"
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
-_TEXT_RE = re.compile(r"hnn1:([A-Za-z0-9._-]+):([1-9][0-9]*):([0-9a-f]+)\Z")
+_TEXT_RE = re.compile(r"hnn2:([A-Za-z0-9._-]+):([0-9]+)\+([0-9]+):([0-9a-f]+)\Z")
+_TEXT_V1_RE = re.compile(r"hnn1:([A-Za-z0-9._-]+):([1-9][0-9]*):([0-9a-f]+)\Z")
 
 
 class MalformedCodeError(HNNError, ValueError):
@@ -24,29 +33,129 @@ class MalformedCodeError(HNNError, ValueError):
 
 
 RELATIONS: tuple[tuple[str, str], ...] = (
-    ("same-model", "the same model or a near copy: re-export, fp16/int8, pruning, fine-tuning or weight noise"),
-    ("same-architecture", "the same architecture with other weights (or a close relative)"),
-    ("same-family", "the same architecture family, another size or depth"),
+    ("same-model", "the same model or a near copy: re-export, fp16/int8, pruning or fine-tuning"),
+    ("same-architecture", "the same architecture (or another width of it) with other weights"),
+    ("same-family", "the same architecture family, another depth or layout"),
     ("unrelated", "unrelated models"),
 )
-"""What a Hamming distance suggests about two models, as (key, description), nearest first.
-Where one relation ends and the next begins is measured per hasher and per code length
-(`hnn-jax eval` measures them; hasher.json stores them as "relations"), so it travels with the
-hasher: `relation_thresholds(version, nbits)`."""
+"""What two codes suggest about their models, as (key, description), nearest first. Where one
+relation ends and the next begins is measured per hasher (`hnn-jax eval --save-thresholds` for the
+architecture part, `benchmarks/bench_null.py` for the weight part; hasher.json stores both as
+"relations"), so it travels with the hasher: `bands(version)`."""
+
+SAME_MODEL_RATE = 1e-6
+"""The largest chance, measured on independent models of one architecture, that two of them fall
+in the same-model band of the weight part: what a "same model" verdict may cost."""
 
 SHIPPED_META = Path(__file__).resolve().parent / "weights" / "default" / "hasher.json"
-_THRESHOLDS: dict[tuple[str, int], tuple[int, ...]] = {}
 
 
 class NoThresholdsError(HNNError, LookupError):
-    """No relation thresholds are known for a hasher and code length."""
+    """No relation bands are known for a hasher and code length."""
 
 
-def register_thresholds(version: str, relations: dict) -> None:
-    """Make the thresholds of a hasher known to this process: {nbits: [largest same-model,
-    same-architecture and same-family distance]} (hasher.json's "relations")."""
-    for nbits, bounds in relations.items():
-        _THRESHOLDS[(version, int(nbits))] = tuple(int(b) for b in bounds)
+class Distances(NamedTuple):
+    """Hamming distances between two codes: in all, and in each part."""
+
+    total: int
+    architecture: int
+    weights: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightBand:
+    """The weight part's same-model band at one length, and the null it was set by: the weight
+    distances of independent models of one architecture, fitted by a beta-binomial (the widest of
+    the measured architectures'; its variance is above the binomial's where few tensors are read)."""
+
+    same_model: int   # largest weight distance that counts as the same model
+    alpha: float      # beta-binomial null over the part's bits
+    beta: float
+    pairs: int = 0    # independent pairs the null was measured on
+
+    def chance(self, distance: int, nbits: int) -> float:
+        """P(weight distance <= `distance`) for two independent models of one architecture."""
+        if distance < 0:
+            return 0.0
+        if distance >= nbits:
+            return 1.0
+        from scipy.stats import betabinom  # lazily: scipy.stats costs ~0.3 s to import
+        return float(betabinom.cdf(distance, nbits, self.alpha, self.beta))
+
+    def to_json(self) -> dict:
+        return {"same_model": self.same_model, "null_alpha": self.alpha, "null_beta": self.beta,
+                "null_pairs": self.pairs}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "WeightBand":
+        return cls(int(data["same_model"]), float(data["null_alpha"]), float(data["null_beta"]),
+                   int(data.get("null_pairs", 0)))
+
+
+def fit_weight_band(null_distances, nbits: int, rate: float = SAME_MODEL_RATE) -> WeightBand:
+    """The same-model band of an `nbits` weight part from measured null distances: one array per
+    architecture of the weight distances between its independent models. Each is fitted by a
+    beta-binomial with its mean and variance (a binomial where the variance is not above it);
+    the band ends at the largest distance whose chance is <= `rate` under every fit."""
+    bands = []
+    for d in null_distances:
+        d = np.asarray(d, np.float64)
+        mean = min(max(d.mean() / nbits, 1e-6), 1 - 1e-6)
+        binomial_var = nbits * mean * (1 - mean)
+        rho = (d.var() / binomial_var - 1) / (nbits - 1) if d.size > 1 else 0.0  # intra-class correlation
+        concentration = (1 - rho) / rho if rho > 1e-6 else 1e6     # 1e6: a binomial, for all purposes
+        bands.append(WeightBand(0, float(mean * concentration), float((1 - mean) * concentration), int(d.size)))
+    if not bands:
+        raise HNNError("no null distances to fit the weight band to")
+    same_model = -1
+    while same_model + 1 < nbits and all(b.chance(same_model + 1, nbits) <= rate for b in bands):
+        same_model += 1
+    widest = max(bands, key=lambda b: b.chance(max(same_model + 1, 0), nbits))
+    return WeightBand(same_model, widest.alpha, widest.beta, sum(b.pairs for b in bands))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bands:
+    """A hasher's measured relation bands: the largest architecture distance of the same-model,
+    same-architecture and same-family relations (the architecture part has one length; a same-model
+    verdict may allow more than same-architecture does, since its weights must match too), and
+    the weight part's same-model band for each weight length."""
+
+    architecture: tuple[int, int, int]
+    weights: dict[int, WeightBand]
+
+    def weights_band(self, weight_bits: int) -> WeightBand:
+        """The weight part's band at this length (NoThresholdsError if it was not measured)."""
+        if weight_bits not in self.weights:
+            raise NoThresholdsError(
+                f"no weight band was measured for a {weight_bits}-bit weight part (measured: "
+                f"{sorted(self.weights) or 'none'}); measure it with benchmarks/bench_null.py --save-thresholds")
+        return self.weights[weight_bits]
+
+    def to_json(self) -> dict:
+        return {"architecture": list(map(int, self.architecture)),
+                "weights": {str(n): w.to_json() for n, w in sorted(self.weights.items())}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Bands":
+        """Read hasher.json's "relations"; ValueError/KeyError/TypeError when it is malformed."""
+        arch = tuple(int(x) for x in data["architecture"])
+        if len(arch) != 3 or min(arch) < 0 or not arch[0] <= arch[2] or not arch[1] <= arch[2]:
+            raise ValueError("architecture bands must be 3 distances, the same-family one (ascending) the largest")
+        weights = {int(n): WeightBand.from_json(w) for n, w in data.get("weights", {}).items()}
+        if any(not -1 <= w.same_model < n for n, w in weights.items()):
+            raise ValueError("a weight band lies outside its part's length")
+        return cls(arch, weights)
+
+
+_BANDS: dict[str, Bands] = {}
+
+
+def register_bands(version: str, bands: "Bands | dict") -> Bands:
+    """Make the relation bands of a hasher known to this process (a Bands, or hasher.json's
+    "relations")."""
+    _BANDS[version] = bands if isinstance(bands, Bands) else Bands.from_json(bands)
+    return _BANDS[version]
 
 
 @functools.cache
@@ -55,36 +164,62 @@ def _shipped_meta() -> dict:
     return json.loads(SHIPPED_META.read_text()) if SHIPPED_META.is_file() else {}
 
 
-def relation_thresholds(version: str, nbits: int) -> tuple[int, ...]:
-    """The largest distance of each of the first three RELATIONS for codes of this hasher and
-    length: from a hasher loaded or measured in this process, or the shipped hasher's file."""
-    if (version, nbits) not in _THRESHOLDS and _shipped_meta().get("version") == version:
-        register_thresholds(version, _shipped_meta().get("relations", {}))
-    if (version, nbits) not in _THRESHOLDS:
+def shipped_weight_bands() -> dict[int, WeightBand]:
+    """The shipped hasher's weight bands. The weight part is no network's (hnn_jax.weightcode), so
+    they hold for every hasher of this code layout: a hasher trained here starts with them."""
+    relations = _shipped_meta().get("relations") or {}
+    return Bands.from_json(relations).weights if relations else {}
+
+
+def bands(version: str) -> Bands:
+    """The relation bands of hasher `version`: from a hasher loaded or measured in this process,
+    or the shipped hasher's file."""
+    if version not in _BANDS and _shipped_meta().get("version") == version and _shipped_meta().get("relations"):
+        register_bands(version, _shipped_meta()["relations"])
+    if version not in _BANDS:
         raise NoThresholdsError(
-            f"no relation thresholds are known for hasher {version} at {nbits} bits: load that "
-            "hasher (Hasher.load) or measure them with `hnn-jax eval ZOO --hasher DIR --save-thresholds`")
-    return _THRESHOLDS[(version, nbits)]
+            f"no relation bands are known for hasher {version}: load that hasher (Hasher.load) or "
+            "measure them with `hnn-jax eval ZOO --hasher DIR --save-thresholds`")
+    return _BANDS[version]
 
 
-def relation_bands(thresholds, nbits: int) -> list[tuple[str, int, int]]:
-    """(RELATIONS key, lowest distance, highest distance) of each band the thresholds make."""
-    bands, low = [], 0
-    for high, (key, _) in zip([*thresholds, nbits], RELATIONS):
-        bands.append((key, low, high))
-        low = high + 1
-    return bands
-
-
-def relation(distance: int, nbits: int, version: str) -> tuple[str, str]:
-    """(key, description) of the relation a distance suggests between two codes of `nbits` bits
-    of hasher `version`, by that hasher's measured thresholds (relation_thresholds)."""
-    if nbits <= 0 or not 0 <= distance <= nbits:
-        raise ValueError(f"distance must be in [0, {nbits}], got {distance}")
-    for bound, (key, description) in zip(relation_thresholds(version, nbits), RELATIONS):
-        if distance <= bound:
-            return key, description
+def relation_of(distances: Distances, arch_bits: int, weight_bits: int, version: str) -> tuple[str, str]:
+    """(key, description) of the relation two codes' part distances suggest (RELATIONS): "same
+    model" needs both parts in their same-model bands; the architecture part alone places the
+    rest."""
+    arch = bands(version).architecture
+    if not (0 <= distances.architecture <= arch_bits and 0 <= distances.weights <= weight_bits):
+        raise ValueError(f"distances {tuple(distances)} do not fit a {arch_bits}+{weight_bits}-bit code")
+    if (distances.architecture <= arch[0] and weight_bits
+            and distances.weights <= bands(version).weights_band(weight_bits).same_model):
+        return RELATIONS[0]
+    for bound, relation in zip(arch[1:], RELATIONS[1:3]):
+        if distances.architecture <= bound:
+            return relation
     return RELATIONS[-1]
+
+
+class Comparison(NamedTuple):
+    """What `a.compare(b)` finds: the distances, the relation they suggest, and the chance that two
+    independent models of one architecture have weight parts this close (1.0 for a code without
+    a weight part)."""
+
+    distances: Distances
+    relation: str
+    description: str
+    chance: float
+
+    def __str__(self) -> str:
+        d = self.distances
+        return (f"{self.relation}: {d.total} bits apart (architecture {d.architecture}, weights "
+                f"{d.weights}); chance for independent models {format_chance(self.chance)}")
+
+
+def format_chance(p: float) -> str:
+    """A probability as people read it: '< 1e-15', '3.2e-07', '0.12'."""
+    if p < 1e-15:
+        return "< 1e-15"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}".rstrip("0").rstrip(".") if p < 1 else "1"
 
 
 def _check_version(version: str) -> str:
@@ -95,25 +230,32 @@ def _check_version(version: str) -> str:
 
 
 class HashCode:
-    """An immutable code of len(code) bits from one hasher.
+    """An immutable code of len(code) bits from one hasher: `arch_bits` architecture bits, then
+    the weight part.
 
-    `a - b` is the Hamming distance; `str(code)` is "hnn1:<version>:<bits>:<hex>" and
-    HashCode.from_str inverts it exactly. Bits are stored most significant first, so
-    int(code), to_bytes() and the hex text all read the bit array left to right.
+    `a - b` is the Hamming distance; `a.distances(b)` each part's; `str(code)` is
+    "hnn2:<version>:<arch bits>+<weight bits>:<hex>" and HashCode.from_str inverts it exactly
+    (it also reads the one-part "hnn1:<version>:<bits>:<hex>" of earlier releases, whose codes
+    have no parts). Bits are stored most significant first, so int(code), to_bytes() and the hex
+    text all read the bit array left to right.
     """
 
-    __slots__ = ("_bits", "_version")
+    __slots__ = ("_bits", "_version", "_arch_bits")
 
-    def __init__(self, bits, version: str):
+    def __init__(self, bits, version: str, arch_bits: int | None = None):
         arr = np.asarray(bits)
         if arr.ndim != 1 or arr.size == 0:
             raise MalformedCodeError(f"bits must be a non-empty 1-D array, got shape {arr.shape}")
         if arr.dtype != np.bool_ and not np.isin(arr, (0, 1)).all():
             raise MalformedCodeError("bits must all be 0 or 1")
+        if arch_bits is not None and (isinstance(arch_bits, bool) or not isinstance(arch_bits, (int, np.integer))
+                                      or not 0 <= arch_bits <= arr.size):
+            raise MalformedCodeError(f"arch_bits must be an int in [0, {arr.size}], got {arch_bits!r}")
         arr = arr.astype(np.uint8)
         arr.flags.writeable = False
         self._bits = arr
         self._version = _check_version(version)
+        self._arch_bits = None if arch_bits is None else int(arch_bits)
 
     @property
     def bits(self) -> np.ndarray:
@@ -125,6 +267,30 @@ class HashCode:
         """Identifies the hasher (schema version and weight fingerprint) that made this code."""
         return self._version
 
+    @property
+    def arch_bits(self) -> int | None:
+        """How many leading bits are the architecture part (None: a code without parts)."""
+        return self._arch_bits
+
+    def _part(self, which: str) -> "HashCode":
+        if self._arch_bits is None:
+            raise HNNError(f"this code has no {which} part: it was written by a release before code v2 "
+                           "(text 'hnn1:...'); hash the model again")
+        part = self._bits[:self._arch_bits] if which == "architecture" else self._bits[self._arch_bits:]
+        if part.size == 0:
+            raise HNNError(f"this code's hasher makes no {which} part")
+        return HashCode(part, f"{self._version}.{which[0]}")
+
+    @property
+    def architecture(self) -> "HashCode":
+        """The architecture part (learned; reads no weight value) as a code of its own."""
+        return self._part("architecture")
+
+    @property
+    def weights(self) -> "HashCode":
+        """The weight part (the trained parameters' SimHash) as a code of its own."""
+        return self._part("weights")
+
     def __len__(self) -> int:
         return int(self._bits.size)
 
@@ -135,33 +301,61 @@ class HashCode:
             raise SchemaMismatchError(
                 f"codes come from different hashers: version {self._version!r} vs "
                 f"{other._version!r}; Hamming distance between them is meaningless")
-        if len(self) != len(other):
+        if len(self) != len(other) or self._arch_bits != other._arch_bits:
             raise SchemaMismatchError(
-                f"codes have different lengths: {len(self)} vs {len(other)} bits")
+                f"codes have different lengths: {self._layout()} vs {other._layout()} bits")
+
+    def _layout(self) -> str:
+        return str(len(self)) if self._arch_bits is None else f"{self._arch_bits}+{len(self) - self._arch_bits}"
 
     def __sub__(self, other: "HashCode") -> int:
         """Hamming distance (number of differing bits)."""
         self._check_comparable(other)
         return int(np.count_nonzero(self._bits != other._bits))
 
+    def distances(self, other: "HashCode") -> Distances:
+        """(total, architecture, weights) Hamming distances to `other`."""
+        self._check_comparable(other)
+        if self._arch_bits is None:
+            raise HNNError("codes written before code v2 (text 'hnn1:...') have no parts; hash the models again")
+        differ = self._bits != other._bits
+        arch = int(np.count_nonzero(differ[:self._arch_bits]))
+        weights = int(np.count_nonzero(differ[self._arch_bits:]))
+        return Distances(arch + weights, arch, weights)
+
     def relation(self, other: "HashCode") -> tuple[str, str]:
-        """(key, description) of what the distance to `other` suggests (RELATIONS), by the
-        thresholds measured for this code's hasher and length."""
-        return relation(self - other, len(self), self._version)
+        """(key, description) of what the two codes suggest (RELATIONS), by the bands measured
+        for this code's hasher: "same-model" only when both parts are within their bands."""
+        return relation_of(self.distances(other), self._arch_bits, len(self) - self._arch_bits, self._version)
+
+    def chance(self, other: "HashCode") -> float:
+        """The measured probability that two independent models of one architecture have weight
+        parts at least as close as these two (the weight part's null, hasher.json)."""
+        d = self.distances(other)
+        weight_bits = len(self) - self._arch_bits
+        return bands(self._version).weights_band(weight_bits).chance(d.weights, weight_bits) if weight_bits else 1.0
+
+    def compare(self, other: "HashCode") -> Comparison:
+        """Distances, relation and chance (see those methods) in one result."""
+        key, description = self.relation(other)
+        return Comparison(self.distances(other), key, description, self.chance(other))
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, HashCode):
             return NotImplemented
-        return self._version == other._version and np.array_equal(self._bits, other._bits)
+        return (self._version == other._version and self._arch_bits == other._arch_bits
+                and np.array_equal(self._bits, other._bits))
 
     def __hash__(self) -> int:
-        return hash((self._version, len(self), self.to_bytes()))
+        return hash((self._version, self._arch_bits, len(self), self.to_bytes()))
 
     def __repr__(self) -> str:
         return f"HashCode({str(self)!r})"
 
     def __str__(self) -> str:
-        return f"{TEXT_PREFIX}:{self._version}:{len(self)}:{self.to_bytes().hex()}"
+        if self._arch_bits is None:
+            return f"hnn1:{self._version}:{len(self)}:{self.to_bytes().hex()}"
+        return f"{TEXT_PREFIX}:{self._version}:{self._layout()}:{self.to_bytes().hex()}"
 
     def __int__(self) -> int:
         return int.from_bytes(self.to_bytes(), "big") >> (8 * -(-len(self) // 8) - len(self))
@@ -171,7 +365,8 @@ class HashCode:
         return np.packbits(self._bits).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, version: str, nbits: int | None = None) -> "HashCode":
+    def from_bytes(cls, data: bytes, *, version: str, nbits: int | None = None,
+                   arch_bits: int | None = None) -> "HashCode":
         """Inverse of to_bytes. nbits defaults to 8 * len(data); padding bits must be zero."""
         data = bytes(data)
         nbits = 8 * len(data) if nbits is None else int(nbits)
@@ -180,27 +375,35 @@ class HashCode:
         bits = np.unpackbits(np.frombuffer(data, np.uint8))
         if bits[nbits:].any():
             raise MalformedCodeError("padding bits after the last code bit must be zero")
-        return cls(bits[:nbits], version)
+        return cls(bits[:nbits], version, arch_bits)
 
     @classmethod
-    def from_int(cls, value: int, nbits: int, *, version: str) -> "HashCode":
+    def from_int(cls, value: int, nbits: int, *, version: str, arch_bits: int | None = None) -> "HashCode":
         """Inverse of int(code)."""
         value, nbits = int(value), int(nbits)
         if nbits <= 0 or value < 0 or value.bit_length() > nbits:
             raise MalformedCodeError(f"{value} is not an unsigned {nbits}-bit integer")
         nbytes = -(-nbits // 8)
         return cls.from_bytes((value << (8 * nbytes - nbits)).to_bytes(nbytes, "big"),
-                              version=version, nbits=nbits)
+                              version=version, nbits=nbits, arch_bits=arch_bits)
 
     @classmethod
     def from_str(cls, text: str) -> "HashCode":
         """Inverse of str(code); rejects anything that str() would not produce."""
         match = _TEXT_RE.match(text) if isinstance(text, str) else None
-        if match is None:
+        if match is not None:
+            version, arch_bits, nbits, hexdigits = (match.group(1), int(match.group(2)),
+                                                    int(match.group(2)) + int(match.group(3)), match.group(4))
+            if str(arch_bits) != match.group(2) or str(nbits - arch_bits) != match.group(3):
+                match = None  # leading zeros: not what str() writes
+        else:
+            match = _TEXT_V1_RE.match(text) if isinstance(text, str) else None
+            if match is not None:
+                version, arch_bits, nbits, hexdigits = match.group(1), None, int(match.group(2)), match.group(3)
+        if match is None or nbits == 0:
             raise MalformedCodeError(
-                f"not a HashCode text (expected 'hnn1:<version>:<bits>:<hex>'): {text!r}")
-        version, nbits, hexdigits = match.group(1), int(match.group(2)), match.group(3)
+                f"not a HashCode text (expected 'hnn2:<version>:<arch bits>+<weight bits>:<hex>'): {text!r}")
         if len(hexdigits) != 2 * -(-nbits // 8):
             raise MalformedCodeError(
                 f"{nbits} bits need {2 * -(-nbits // 8)} hex digits, got {len(hexdigits)}")
-        return cls.from_bytes(bytes.fromhex(hexdigits), version=version, nbits=nbits)
+        return cls.from_bytes(bytes.fromhex(hexdigits), version=version, nbits=nbits, arch_bits=arch_bits)

@@ -11,10 +11,10 @@ import jraph
 import numpy as np
 from flax import nnx
 
-from hnn_jax import checkpoint, schema
+from hnn_jax import checkpoint, schema, weightcode
 from hnn_jax.config import ALLOWED_BITS, HasherConfig
 from hnn_jax.errors import HNNError, ModelTooLargeError, SchemaMismatchError
-from hnn_jax.hashcode import SHIPPED_META, HashCode, register_thresholds
+from hnn_jax.hashcode import SHIPPED_META, Bands, HashCode, register_bands
 from hnn_jax.model import HashNet
 from hnn_jax.padding import MAX_EDGES, MAX_NODES, pad_batch
 
@@ -36,14 +36,18 @@ def _compiler_options() -> dict | None:
     return _CPU_COMPILER_OPTIONS
 
 
+CODE_LAYOUT = 2  # 2: architecture part + exact integer weight part (hnn_jax.weightcode), relations by part
+
+
 def fingerprint(config: HasherConfig, params: dict) -> str:
-    """Code version: schema version plus a digest of config and weights."""
+    """Code version: schema version, code layout, and a digest of config and weights."""
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    digest.update(f"layout {CODE_LAYOUT}".encode())
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     for key, leaf in sorted((checkpoint.path_key(p), np.asarray(leaf)) for p, leaf in flat):
         digest.update(f"{key}:{leaf.dtype}:{leaf.shape}".encode())
         digest.update(np.ascontiguousarray(leaf).tobytes())
-    return f"s{schema.SCHEMA_VERSION}-{digest.hexdigest()[:12]}"
+    return f"s{schema.SCHEMA_VERSION}c{CODE_LAYOUT}-{digest.hexdigest()[:12]}"
 
 
 def validate_graph(graph, where: str = "graph") -> jraph.GraphsTuple:
@@ -138,23 +142,23 @@ class Hasher:
         self.config: HasherConfig = model.config
         self._graphdef, self._state = nnx.split(nnx.clone(model))  # later edits to model: no effect
         self.version = fingerprint(self.config, nnx.to_pure_dict(self._state))
-        self.relations: dict[int, tuple[int, ...]] = {}  # measured thresholds (hnn-jax eval), by length
+        self.relations: Bands | None = None  # measured relation bands (hnn-jax eval, bench_null)
         share = 1 if self.config.members == 1 else 2
         self.node_budget = node_budget or 4096 // share
         self.edge_budget = edge_budget or 8192 // share
         self.max_graphs = max_graphs
         self.trace_count = 0
-        self._forward = jax.jit(self._forward_fn, static_argnums=2, compiler_options=_compiler_options())
+        self._forward = jax.jit(self._forward_fn, compiler_options=_compiler_options())
 
-    def _forward_fn(self, state, graph, instance_bits):
-        self.trace_count += 1  # runs only while tracing, i.e. once per compiled bucket and length
-        return nnx.merge(self._graphdef, state)(graph, instance_bits)
+    def _forward_fn(self, state, graph):
+        self.trace_count += 1  # runs only while tracing, i.e. once per compiled bucket
+        return nnx.merge(self._graphdef, state)(graph)
 
     @property
     def lengths(self) -> tuple[int, ...]:
-        """The code lengths this hasher makes: its trained length and, with instance bits, every
-        longer length of config.ALLOWED_BITS (lineage codes: the same learned bits, more
-        instance bits; a shorter code of the same hasher is their prefix)."""
+        """The code lengths this hasher makes: its trained length and, with a weight part, every
+        longer length of config.ALLOWED_BITS (the same architecture part, a longer weight part;
+        each weight part is the prefix of the longer ones)."""
         if not self.config.instance_bits:
             return (self.config.bits,)
         return tuple(b for b in ALLOWED_BITS if b >= self.config.bits)
@@ -163,7 +167,7 @@ class Hasher:
         if bits is None or bits == self.config.bits:
             return self.config.instance_bits
         if bits not in self.lengths:
-            why = ("it has no instance bits to extend" if not self.config.instance_bits
+            why = ("it has no weight part to extend" if not self.config.instance_bits
                    else f"lengths are {', '.join(map(str, self.lengths))}")
             raise HNNError(f"this hasher cannot make {bits}-bit codes: {why}")
         return bits - self.config.learned_bits
@@ -200,15 +204,15 @@ class Hasher:
             raise SchemaMismatchError(
                 f"restored weights have fingerprint {hasher.version}, checkpoint says "
                 f"{meta['version']}: the parameter files were changed or mixed up")
-        hasher.set_relations(meta["relations"])
+        if meta["relations"] is not None:
+            hasher.set_relations(meta["relations"])
         return hasher
 
-    def set_relations(self, relations: dict) -> None:
-        """Relation thresholds {nbits: (largest same-model, same-architecture, same-family
-        distance)}, as `hnn-jax eval` measures them; codes of this hasher then read them
-        (HashCode.relation) and save() stores them."""
-        self.relations = {int(n): tuple(map(int, b)) for n, b in relations.items()}
-        register_thresholds(self.version, self.relations)
+    def set_relations(self, relations: "Bands | dict") -> None:
+        """Relation bands (a hashcode.Bands or hasher.json's "relations"), as `hnn-jax eval` and
+        benchmarks/bench_null.py measure them; codes of this hasher then read them
+        (HashCode.relation, HashCode.chance) and save() stores them."""
+        self.relations = register_bands(self.version, relations)
 
     def save(self, directory):
         """Write an orbax checkpoint of the weights plus hasher.json (config, bits, schema)."""
@@ -218,19 +222,21 @@ class Hasher:
     def hash(self, graphs, *, bits: int | None = None):
         """HashCode of one jraph.GraphsTuple, or a list of them for a list of graphs.
 
-        `bits` (default the trained length, config.bits) may be any of `lengths`: 128 or 256 keep
-        the learned bits and extend the instance bits, to tell apart thousands of models of one
-        architecture (lineage). Codes of one hasher and length share a version and compare;
-        the learned bits come first, then the instance bits, so code[:64] of a 256-bit code is
-        the 64-bit code. Batched results are identical, bit for bit, to hashing each graph alone.
+        `bits` (default the trained length, config.bits) may be any of `lengths`: a longer code
+        keeps the architecture part and extends the weight part. Codes of one hasher and length
+        share a version and compare; the architecture part comes first, then the weight part.
+        Batched results are identical, bit for bit, to hashing each graph alone.
         """
         if isinstance(graphs, jraph.GraphsTuple):
             return self.hash([graphs], bits=bits)[0]
-        return [HashCode(row >= 0, self.version) for row in self.embed(graphs, bits=bits)]
+        learned = self.config.learned_bits
+        return [HashCode(row >= 0, self.version, learned) for row in self.embed(graphs, bits=bits)]
 
     def embed(self, graphs, *, bits: int | None = None) -> np.ndarray:
-        """The continuous pre-sign values, float32 [len(graphs), bits]; codes are their signs
-        (0 counts as 1). Values near 0 mark bits that small model changes may flip."""
+        """The continuous pre-sign values, float32 [len(graphs), bits]: the network's for the
+        architecture part, the weight part's integer sums (hnn_jax.weightcode) for the rest;
+        codes are their signs (0 counts as 1). Values near 0 mark bits that small model changes
+        may flip."""
         instance_bits = self._instance_bits(bits)
         if isinstance(graphs, jraph.GraphsTuple):
             return self.embed([graphs], bits=bits)[0]
@@ -241,10 +247,12 @@ class Hasher:
         pending = []  # dispatch every chunk before reading any back, so host and device overlap
         for chunk in _pack(checked, self.node_budget, self.edge_budget, self.max_graphs):
             padded = pad_batch(chunk, n_graph=self.max_graphs + 1)
-            pending.append((len(chunk), self._forward(self._state, padded, instance_bits)))
+            pending.append((len(chunk), self._forward(self._state, padded)))
+        weights = weightcode.weight_sums(checked, instance_bits).astype(np.float32)  # meanwhile, on the host
         if not pending:
             return np.zeros((0, self.config.learned_bits + instance_bits), np.float32)
-        return np.concatenate([np.asarray(out)[:count] for count, out in pending])
+        learned = np.concatenate([np.asarray(out)[:count] for count, out in pending])
+        return np.concatenate([learned, weights], axis=1)
 
 
 DEFAULT_WEIGHTS = SHIPPED_META.parent
@@ -262,7 +270,7 @@ def default_hasher() -> Hasher:
 
 def hash(graphs, *, bits: int | None = None, hasher: Hasher | None = None):  # noqa: A001 - the public name
     """HashCode(s) for a jraph.GraphsTuple or a list of them, by `hasher` or the shipped default
-    (64 bits: 48 learned, 16 instance; bits=128 or 256 for lineage codes with 80 or 208 instance
-    bits). The version string is on every code, so codes of other hashers are never compared
-    silently; codes of other lengths refuse to compare too."""
+    (256 bits: 48 architecture bits, then a 208-bit weight part; see README). The version
+    string is on every code, so codes of other hashers are never compared silently; codes of
+    other lengths refuse to compare too."""
     return (hasher or default_hasher()).hash(graphs, bits=bits)

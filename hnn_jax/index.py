@@ -17,12 +17,17 @@ of it, so the codes are held once) and searches with its compiled popcount scans
 (k nearest) gives the k-th smallest distance, ``range_search`` every entry within a distance, and
 the hits are re-ordered by (distance, insertion order), so both backends return identical lists.
 
-One index holds codes of a single hasher: the first code added fixes the code length and version,
-and adding or querying with a code of another length or version raises SchemaMismatchError.
+One index holds codes of a single hasher: the first code added fixes the code length, layout
+(architecture bits) and version, and adding or querying with a code of another length or version
+raises SchemaMismatchError. ``search(order="architecture")`` ranks by the architecture part's
+distance first and the weight part's second ("find this model's relatives"), ``order="weights"``
+the other way round ("find copies of this model"); every Match carries both distances and the
+chance that independent models lie that close.
 
 File format (``save``/``load``): one uncompressed ``.npz`` (a zip, read without pickle) holding
-``header`` (JSON text: format name, ``format_version``, ``nbits``, ``code_version``, ``count``,
-``id_kind``, ``next_auto_id``), ``words`` (uint64, shape [words per code, count], big-endian
+``header`` (JSON text: format name, ``format_version``, ``nbits``, ``arch_bits``, ``code_version``,
+``count``, ``id_kind``, ``next_auto_id``; version 1 files, of codes without parts, lack
+``arch_bits``), ``words`` (uint64, shape [words per code, count], big-endian
 word = the code's bits most significant first, padding bits zero), ``ids`` (int64 or unicode) and
 ``metadata`` (JSON text: ``[[row, {...}], ...]`` for the entries that have metadata).
 """
@@ -40,10 +45,11 @@ from pathlib import Path
 import numpy as np
 
 from hnn_jax.errors import CorruptFileError, HNNError, SchemaMismatchError
-from hnn_jax.hashcode import HashCode
+from hnn_jax.hashcode import Distances, HashCode, bands
 
 FORMAT = "hnn-jax-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: arch_bits in the header (code v2)
+ORDERS = ("total", "architecture", "weights")
 _MAX_BITS = 65535  # distances are accumulated in uint16
 
 
@@ -84,24 +90,41 @@ def _faiss_module():
 
 
 class Match:
-    """One search result: `id`, `distance` (bits), `metadata` (a copy, or None) and `code`
-    (the stored HashCode, decoded on first access so large result lists stay cheap)."""
+    """One search result: `id`, `distance` (bits, in all), `distances` (total, architecture,
+    weights; None for codes without parts), `metadata` (a copy, or None), `chance` (see below) and
+    `code` (the stored HashCode, decoded on first access so large result lists stay cheap)."""
 
-    __slots__ = ("id", "distance", "metadata", "_words", "_nbits", "_version", "_code")
+    __slots__ = ("id", "distance", "distances", "metadata", "_words", "_nbits", "_arch_bits", "_version", "_code")
 
-    def __init__(self, id, distance: int, metadata, words, nbits: int, version: str):
-        self.id, self.distance, self.metadata = id, distance, metadata
-        self._words, self._nbits, self._version, self._code = words, nbits, version, None
+    def __init__(self, id, distances: Distances, metadata, words, nbits: int, arch_bits: int | None, version: str):
+        self.id, self.distance, self.metadata = id, distances.total, metadata
+        self.distances = None if arch_bits is None else distances
+        self._words, self._nbits, self._arch_bits, self._version, self._code = words, nbits, arch_bits, version, None
 
     @property
     def code(self) -> HashCode:
         if self._code is None:
-            self._code = HashCode(_unpack_words(self._words, self._nbits), self._version)
+            self._code = HashCode(_unpack_words(self._words, self._nbits), self._version, self._arch_bits)
         return self._code
 
+    @property
+    def chance(self) -> float:
+        """The measured probability that two independent models of one architecture have weight
+        parts as close as this match's to the query (hashcode.WeightBand.chance; needs the
+        hasher's bands)."""
+        weight_bits = self._nbits - (self._arch_bits or 0)
+        if self.distances is None or not weight_bits:
+            return 1.0
+        return bands(self._version).weights_band(weight_bits).chance(self.distances.weights, weight_bits)
+
+    def relation(self) -> tuple[str, str]:
+        """(key, description) of what the match's distances suggest (HashCode.relation)."""
+        from hnn_jax.hashcode import relation_of
+        return relation_of(self.distances, self._arch_bits, self._nbits - self._arch_bits, self._version)
+
     def _key(self):
-        return (self.id, self.distance, self.metadata, self._version, self._nbits,
-                tuple(self._words.tolist()))
+        return (self.id, self.distance, self.distances, self.metadata, self._version, self._nbits,
+                self._arch_bits, tuple(self._words.tolist()))
 
     def __eq__(self, other):
         return self._key() == other._key() if isinstance(other, Match) else NotImplemented
@@ -109,7 +132,9 @@ class Match:
     __hash__ = None
 
     def __repr__(self) -> str:
-        return f"Match(id={self.id!r}, distance={self.distance}, metadata={self.metadata!r})"
+        parts = "" if self.distances is None else (f" (architecture {self.distances.architecture}, "
+                                                   f"weights {self.distances.weights})")
+        return f"Match(id={self.id!r}, distance={self.distance}{parts}, metadata={self.metadata!r})"
 
 
 def _words_per_code(nbits: int) -> int:
@@ -170,6 +195,8 @@ class HammingIndex:
     >>> index.add(code, "resnet18", {"source": "torchvision"})
     >>> index.search(query, k=5)               # 5 nearest, ties in insertion order
     >>> index.search(query, k=None, radius=4)  # everything within 4 bits
+    >>> index.search(query, order="architecture")  # relatives: architecture first, then weights
+    >>> index.search(query, order="weights")       # copies: weights first
     >>> index.save("models.hnnidx"); HammingIndex.load("models.hnnidx")
 
     Ids are all str or all int (ints are auto-assigned 0, 1, ... when omitted); metadata are
@@ -178,11 +205,13 @@ class HammingIndex:
     """
 
     def __init__(self, nbits: int | None = None, version: str | None = None, *,
-                 backend: str = "numpy"):
+                 arch_bits: int | None = None, backend: str = "numpy"):
         if nbits is not None and (not isinstance(nbits, int) or not 0 < nbits <= _MAX_BITS):
             raise HNNError(f"nbits must be an int in [1, {_MAX_BITS}], got {nbits!r}")
         if version is not None:
             HashCode(np.zeros(1, np.uint8), version)  # validates the version string
+        if arch_bits is not None and (nbits is None or not isinstance(arch_bits, int) or not 0 <= arch_bits <= nbits):
+            raise HNNError(f"arch_bits must be an int in [0, nbits] with nbits given, got {arch_bits!r}")
         if backend not in BACKENDS:
             raise HNNError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self._backend = backend
@@ -192,6 +221,7 @@ class HammingIndex:
             if nbits is not None:
                 self._faiss = self._new_faiss(nbits)
         self._nbits = nbits
+        self._arch_bits = arch_bits
         self._version = version
         self._n = 0
         self._words = np.zeros((_words_per_code(nbits) if nbits else 1, 0), np.uint64)
@@ -206,6 +236,12 @@ class HammingIndex:
     def nbits(self) -> int | None:
         """Code length in bits (None until the first code is added)."""
         return self._nbits
+
+    @property
+    def arch_bits(self) -> int | None:
+        """HashCode.arch_bits of every code in the index (None until the first code is added, or
+        for codes without parts)."""
+        return self._arch_bits
 
     @property
     def version(self) -> str | None:
@@ -289,7 +325,7 @@ class HammingIndex:
             raise UnknownIdError(f"no id {id!r} in the index") from None
 
     def _code(self, row: int) -> HashCode:
-        return HashCode(_unpack_words(self._words[:, row], self._nbits), self._version)
+        return HashCode(_unpack_words(self._words[:, row], self._nbits), self._version, self._arch_bits)
 
     def _check_code(self, code, where: str) -> None:
         if not isinstance(code, HashCode):
@@ -299,9 +335,10 @@ class HammingIndex:
                 f"{where}: code version {code.version!r} differs from the index's "
                 f"{self._version!r}: the codes come from different hashers (rebuild the index "
                 "with the current hasher)")
-        if self._nbits is not None and len(code) != self._nbits:
+        if self._nbits is not None and (len(code), code.arch_bits) != (self._nbits, self._arch_bits):
             raise SchemaMismatchError(
-                f"{where}: code has {len(code)} bits, the index holds {self._nbits}-bit codes")
+                f"{where}: code has {len(code)} bits ({code.arch_bits} architecture bits), the index "
+                f"holds {self._nbits}-bit codes ({self._arch_bits} architecture bits)")
 
     def _query_words(self, query) -> np.ndarray:
         if isinstance(query, str):
@@ -374,7 +411,7 @@ class HammingIndex:
             if not valid:
                 raise HNNError("bit array must contain only 0 and 1")
             bits = bits.astype(np.uint8, copy=False)
-            nbits, version = bits.shape[1], self._version
+            nbits, version, arch_bits = bits.shape[1], self._version, self._arch_bits
             if not 0 < nbits <= _MAX_BITS:
                 raise HNNError(f"codes must have 1 to {_MAX_BITS} bits, got {nbits}")
         else:
@@ -382,7 +419,7 @@ class HammingIndex:
             for i, c in enumerate(codes):
                 self._check_code(c, f"code {i}")
             for i, c in enumerate(codes):  # one hasher per batch too (index may be empty)
-                if (c.version, len(c)) != (codes[0].version, len(codes[0])):
+                if (c.version, len(c), c.arch_bits) != (codes[0].version, len(codes[0]), codes[0].arch_bits):
                     raise SchemaMismatchError(
                         f"code {i} ({len(c)} bits, version {c.version!r}) differs from code 0 "
                         f"({len(codes[0])} bits, version {codes[0].version!r})")
@@ -392,6 +429,7 @@ class HammingIndex:
                     else np.zeros((0, self._nbits or 1), np.uint8))
             nbits = len(codes[0]) if codes else self._nbits
             version = codes[0].version if codes else self._version
+            arch_bits = codes[0].arch_bits if codes else self._arch_bits
         m = bits.shape[0]
         if m == 0:
             return []
@@ -427,7 +465,7 @@ class HammingIndex:
 
         # commit (nothing above changed the index)
         if self._nbits is None:
-            self._nbits = nbits
+            self._nbits, self._arch_bits = nbits, arch_bits
             self._words = np.zeros((_words_per_code(nbits), 0), np.uint64)
             if self._backend == "faiss":
                 self._faiss = self._new_faiss(nbits)
@@ -533,11 +571,24 @@ class HammingIndex:
                 dist += np.bitwise_count(np.bitwise_xor(words[j, :self._n], q[j]))
         return dist
 
-    def search(self, query, k: int | None = 10, *, radius: int | None = None) -> list[Match]:
+    def _arch_distances(self, q: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+        """The architecture part's distance from packed query `q` to the given rows (int64)."""
+        arch = np.zeros(self._words[0, rows].shape, np.int64)
+        for j in range(min(len(q), -(-(self._arch_bits or 0) // 64))):
+            take = min(64, self._arch_bits - 64 * j)  # the word's first `take` bits (most significant)
+            mask = np.uint64(((1 << take) - 1) << (64 - take))
+            arch += np.bitwise_count(np.bitwise_xor(self._words[j, rows], q[j]) & mask)
+        return arch
+
+    def search(self, query, k: int | None = 10, *, radius: int | None = None,
+               order: str = "total") -> list[Match]:
         """The k entries nearest to `query` (a HashCode or its text form), nearest first.
 
-        radius: only entries within that many bits. k=None: no limit (with radius: every entry
-        within it). Ties are ordered by insertion. Results are exact.
+        order: "total" ranks by the whole code's distance; "architecture" by the architecture
+        part's, ties by the weight part's (a model's relatives); "weights" by the weight part's,
+        ties by the architecture part's (copies and derivatives of a model). radius: only entries
+        within that many bits of the distance ranked first. k=None: no limit (with radius: every
+        entry within it). Remaining ties are ordered by insertion. Results are exact.
         """
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer))
                               or k < 1):
@@ -545,36 +596,62 @@ class HammingIndex:
         if radius is not None and (isinstance(radius, bool)
                                    or not isinstance(radius, (int, np.integer)) or radius < 0):
             raise HNNError(f"radius must be a non-negative int or None, got {radius!r}")
+        if order not in ORDERS:
+            raise HNNError(f"order must be one of {ORDERS}, got {order!r}")
         if self._nbits is None:  # never held a code: nothing to match, nothing to check against
             if isinstance(query, str):
                 query = HashCode.from_str(query)
             self._check_code(query, "query")
             return []
         q = self._query_words(query)
+        if order != "total" and self._arch_bits is None:
+            raise HNNError(f"order={order!r} needs codes with parts; this index holds codes written "
+                           "before code v2")
         if self._n == 0:
             return []
-        limit = self._nbits if radius is None else min(int(radius), self._nbits)
-        if self._faiss is not None:
-            rows, dists = self._faiss_search(q, k, limit)
+        if order == "total":
+            rows, dists = self._nearest(q, k, self._nbits if radius is None else min(int(radius), self._nbits))
+            arch = self._arch_distances(q, rows)
         else:
-            dist = self._distances(q)
-            if k is not None and k < dist.size:
-                # k-th smallest distance from a histogram (linear time, no partition/sort of n)
-                counts = np.cumsum(np.bincount(dist, minlength=self._nbits + 1))
-                limit = min(limit, int(np.searchsorted(counts, k)))
-            if limit >= self._nbits:
-                candidates = np.arange(dist.size)
-            else:
-                candidates = np.flatnonzero(dist <= limit)
-            order = np.argsort(dist[candidates], kind="stable")  # ties keep insertion order
-            if k is not None:
-                order = order[:k]
-            rows = candidates[order]
-            dists = dist[rows]
+            rows, dists, arch = self._nearest_by_part(q, k, radius, order)
         ids = (rows if self._ids is None else self._ids[rows]).tolist()
         words = self._words[:, rows].T
-        return [Match(i, d, self._meta(r), w, self._nbits, self._version)
-                for i, d, r, w in zip(ids, dists.tolist(), rows.tolist(), words)]
+        return [Match(i, Distances(d, a, d - a), self._meta(r), w, self._nbits, self._arch_bits, self._version)
+                for i, d, a, r, w in zip(ids, dists.tolist(), arch.tolist(), rows.tolist(), words)]
+
+    def _nearest(self, q: np.ndarray, k: int | None, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, total distances) of the k nearest within `limit` bits, ties in insertion order."""
+        if self._faiss is not None:
+            return self._faiss_search(q, k, limit)
+        dist = self._distances(q)
+        if k is not None and k < dist.size:
+            # k-th smallest distance from a histogram (linear time, no partition/sort of n)
+            counts = np.cumsum(np.bincount(dist, minlength=self._nbits + 1))
+            limit = min(limit, int(np.searchsorted(counts, k)))
+        if limit >= self._nbits:
+            candidates = np.arange(dist.size)
+        else:
+            candidates = np.flatnonzero(dist <= limit)
+        order = np.argsort(dist[candidates], kind="stable")  # ties keep insertion order
+        if k is not None:
+            order = order[:k]
+        rows = candidates[order]
+        return rows, dist[rows]
+
+    def _nearest_by_part(self, q: np.ndarray, k: int | None, radius: int | None, order: str):
+        """(rows, total distances, architecture distances) ranked by one part, then the other
+        (a scan of every entry, on either backend: faiss ranks by the whole code only)."""
+        total = self._distances(q).astype(np.int64)
+        arch = self._arch_distances(q, slice(0, self._n))
+        weights = total - arch
+        first, second = (arch, weights) if order == "architecture" else (weights, arch)
+        key = first * (self._nbits + 1) + second
+        candidates = np.arange(self._n) if radius is None else np.flatnonzero(first <= radius)
+        if k is not None and k < candidates.size:
+            kth = np.partition(key[candidates], k - 1)[k - 1]
+            candidates = candidates[key[candidates] <= kth]
+        rows = candidates[np.argsort(key[candidates], kind="stable")][:k]
+        return rows, total[rows], arch[rows]
 
     def _faiss_search(self, q: np.ndarray, k: int | None, limit: int):
         """(rows, distances) as the numpy backend finds them: faiss's k nearest give the k-th
@@ -601,8 +678,8 @@ class HammingIndex:
         """Write the index to one file (atomically: a temporary file renamed over `path`)."""
         path = Path(path)
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "nbits": self._nbits,
-                  "code_version": self._version, "count": self._n, "id_kind": self._id_kind,
-                  "next_auto_id": self._next_auto_id}
+                  "arch_bits": self._arch_bits, "code_version": self._version, "count": self._n,
+                  "id_kind": self._id_kind, "next_auto_id": self._next_auto_id}
         ids = self._id_array()
         if self._id_kind == "str":
             ids = np.array(ids.tolist() or [""], dtype=str)[:self._n]
@@ -642,7 +719,7 @@ class HammingIndex:
                 header = json.loads(str(npz["header"]))
                 if not isinstance(header, dict) or header.get("format") != FORMAT:
                     raise ValueError("not an hnn-jax index")
-                if header.get("format_version") != FORMAT_VERSION:
+                if header.get("format_version") not in (1, FORMAT_VERSION):
                     raise IndexFormatError(
                         f"{path}: index file format version {header.get('format_version')!r}; "
                         f"this hnn-jax reads version {FORMAT_VERSION} (rebuild the index or "
@@ -658,8 +735,11 @@ class HammingIndex:
         try:
             n, file_bits, file_version = header["count"], header["nbits"], header["code_version"]
             id_kind = header["id_kind"]
+            arch_bits = header.get("arch_bits") if header["format_version"] >= 2 else None
             if n == 0 and file_bits is None:
                 return cls(nbits, version, backend=backend)
+            if arch_bits is not None and not (isinstance(arch_bits, int) and 0 <= arch_bits <= file_bits):
+                raise ValueError(f"bad arch_bits {arch_bits!r}")
             if not (isinstance(n, int) and n >= 0 and isinstance(file_bits, int)
                     and 0 < file_bits <= _MAX_BITS and isinstance(file_version, str)):
                 raise ValueError("bad header")
@@ -689,7 +769,7 @@ class HammingIndex:
             raise SchemaMismatchError(
                 f"{path} holds codes of version {file_version!r}, expected {version!r}: the index "
                 "was built by another hasher (rebuild it with the current one)")
-        index = cls(file_bits, file_version, backend=backend)
+        index = cls(file_bits, file_version, arch_bits=arch_bits, backend=backend)
         if index._faiss is None:
             index._words = np.ascontiguousarray(words.astype(np.uint64))
         else:

@@ -7,8 +7,6 @@ buckets also needs XLA to keep each row's arithmetic independent of the array si
 sets the compiler options for that (see hasher.py) and tests it.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import jraph
@@ -38,10 +36,10 @@ ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
 
 # Columns whose values depend on the weights, not only on the architecture: weight count of
 # tensors, rms/mean/|mean|, has-bias and bias rms (a zero bias counts as none), probe activation
-# figures, and the fixed-position projections of weights and activations. With instance bits,
-# the learned bits read none of them (so an fp16, pruned or fine-tuned copy, or a twin from
-# another framework with its own initialiser, keeps them) and the instance bits read the weight
-# projections.
+# figures, and the fixed-position projections of weights and activations. With a weight part
+# (config.instance_bits), the architecture part reads none of them (so an fp16, pruned or
+# fine-tuned copy, or a twin from another framework with its own initialiser, keeps it) and the
+# weight part (hnn_jax.weightcode) reads the weight projections.
 WEIGHT_DEPENDENT_COLUMNS = np.r_[schema.NODE_WEIGHT_STATS.start + np.array([1, 3, 4, 5, 6, 7]),
                                  schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_STATS, schema.NODE_ACT_PROJ]
 # HasherConfig.size_blind: the absolute sizes (log numel and widths of node outputs, edges and
@@ -50,12 +48,6 @@ SIZE_COLUMNS = np.r_[schema.NODE_SHAPE.start, schema.NODE_SHAPE.start + np.arang
                      schema.NODE_WEIGHT_STATS.start + np.array([0, 2])]
 SIZE_EDGE_COLUMNS = np.array([0, 2])
 SIZE_GLOBAL_COLUMNS = np.array([4])
-INSTANCE_COLUMNS = np.r_[schema.NODE_WEIGHT_PROJ]
-INSTANCE_SEED = 0x5EED
-INSTANCE_EXTENSION_SEED = 0x5EED0000  # the lineage codes' extra instance bits
-INSTANCE_OPS = np.isin(np.arange(schema.VOCAB_SIZE), [schema.OP_INDEX[o] for o in schema.PARAMETER_OPS])
-
-
 def op_ids(nodes: jax.Array) -> jax.Array:
     """The op column as valid vocabulary indices (float, rounded and clipped)."""
     return jnp.clip(jnp.round(nodes[:, schema.NODE_OP]), 0, schema.VOCAB_SIZE - 1)
@@ -65,64 +57,6 @@ def node_graph_index(graph: jraph.GraphsTuple) -> jax.Array:
     """For every node row of a padded batch, the index of the graph it belongs to."""
     n = graph.nodes.shape[0]
     return jnp.repeat(jnp.arange(graph.n_node.shape[0]), graph.n_node, total_repeat_length=n)
-
-
-@functools.cache
-def _instance_mixing(width: int, bits: int) -> np.ndarray:
-    return np.random.default_rng(INSTANCE_SEED).choice([-1.0, 1.0], (width, bits)).astype(np.float32)
-
-
-def _fmix32(x: jax.Array) -> jax.Array:
-    """MurmurHash3's finaliser on uint32: exact integer arithmetic, the same on every backend."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def _hashed_signs(key: jax.Array, seed: int, count: int, dtype) -> jax.Array:
-    """[n, count] of +-1: bit c of the words fmix32(key ^ fmix32(seed + c // 32)), one row per key;
-    a longer count keeps the shorter one's columns."""
-    words = _fmix32(key[:, None] ^ _fmix32(jnp.uint32(seed) + jnp.arange((count + 31) // 32, dtype=jnp.uint32))[None])
-    column = np.arange(count)
-    sign_bits = (words[:, column // 32] >> jnp.asarray(column % 32, jnp.uint32)) & jnp.uint32(1)
-    return sign_bits.astype(dtype) * 2 - 1
-
-
-def instance_code(graph: jraph.GraphsTuple, bits: int, base: int | None = None) -> jax.Array:
-    """[n_graph, bits] of +-1: a SimHash of the weight fingerprints in canonical node order.
-
-    Node i of a graph whose op holds parameters (schema.PARAMETER_OPS) contributes (its weight
-    projections @ a fixed +-1 matrix) times +-1 signs drawn by hashing (i, op); the sums are signed.
-    Two inits of one architecture share no weights, so about half these bits differ; an fp16, int8,
-    pruned or lightly tuned copy keeps most of them. No parameters: nothing here is trained.
-
-    `base` is the instance width the hasher was made with (default: bits). A longer code (bits >
-    base, for lineage) keeps those `base` bits first; each of its bits - base more projects every
-    node's weight projections on a +-1 vector of its own, hashed from (i, op, bit): independent
-    hyperplanes, which the fixed matrix's columns shared by all nodes are not (on a CNN of 9
-    weight tensors they told parents apart less well, bit for bit, than the weight-sign SimHash).
-    """
-    nodes = graph.nodes
-    n, n_graph = nodes.shape[0], graph.n_node.shape[0]
-    base = min(bits, base or bits)
-    graph_idx = node_graph_index(graph)
-    first = jnp.cumsum(graph.n_node) - graph.n_node
-    local = (jnp.arange(n) - first[graph_idx]).astype(jnp.uint32)
-    op = op_ids(nodes).astype(jnp.uint32)
-    key = local * jnp.uint32(schema.VOCAB_SIZE) + op
-    holds = jnp.asarray(INSTANCE_OPS, nodes.dtype)[op.astype(jnp.int32)][:, None]
-    proj = nodes[:, INSTANCE_COLUMNS]
-    mixing = jnp.asarray(_instance_mixing(len(INSTANCE_COLUMNS), base))
-    per_node = (proj @ mixing) * _hashed_signs(key, INSTANCE_SEED, base, nodes.dtype)
-    if bits > base:
-        width = len(INSTANCE_COLUMNS)
-        planes = _hashed_signs(key, INSTANCE_EXTENSION_SEED, (bits - base) * width, nodes.dtype)
-        extra = jnp.einsum("nj,nbj->nb", proj, planes.reshape(n, bits - base, width))
-        per_node = jnp.concatenate([per_node, extra], axis=1)
-    total = jraph.segment_sum(per_node * holds, graph_idx, n_graph)
-    return jnp.where(total >= 0, 1.0, -1.0).astype(nodes.dtype)
 
 
 class DirectedLayer(nnx.Module):
@@ -148,10 +82,10 @@ class DirectedLayer(nnx.Module):
 
 
 class HashNet(nnx.Module):
-    """Graph -> K continuous pre-sign values per graph (apply ste_sign for the code).
+    """Graph -> the architecture part's continuous pre-sign values (apply ste_sign for its bits).
 
-    With config.instance_bits, the last ones are instance_code's +-1 values and the network
-    computes only the first config.learned_bits, blind to WEIGHT_DEPENDENT_COLUMNS. With
+    It computes the architecture part, config.learned_bits; with config.instance_bits (a weight
+    part, hnn_jax.weightcode) it reads none of WEIGHT_DEPENDENT_COLUMNS. With
     config.members > 1 it holds that many such networks (trained apart: hnn_jax.train) and the
     learned bits are the first learned_bits / members of each, in member order.
     """
@@ -173,22 +107,17 @@ class HashNet(nnx.Module):
         self.head_norm = nnx.LayerNorm(h, rngs=rngs)
         self.to_bits = nnx.Linear(h, config.learned_bits, rngs=rngs)
 
-    def __call__(self, graph: jraph.GraphsTuple, instance_bits: int | None = None) -> jax.Array:
-        """[n_graph, learned_bits + instance_bits]; `instance_bits` (default the config's) may be
-        larger than the config's for a longer code whose extra bits are all instance bits."""
+    def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
+        """[n_graph, learned_bits]: the architecture part's pre-sign values (the weight part is
+        not learned: hnn_jax.weightcode)."""
         graph = jax.tree.map(jnp.asarray, graph)  # jraph's padding masks index with jnp arrays
         if self.config.members > 1:
             share = self.config.learned_bits // self.config.members
-            learned = jnp.concatenate([m.learned(graph)[:, :share] for m in self.members], axis=1)
-        else:
-            learned = self.learned(graph)
-        base = self.config.instance_bits
-        if not base:
-            return learned
-        return jnp.concatenate([learned, instance_code(graph, instance_bits or base, base)], axis=1)
+            return jnp.concatenate([m.learned(graph)[:, :share] for m in self.members], axis=1)
+        return self.learned(graph)
 
     def learned(self, graph: jraph.GraphsTuple) -> jax.Array:
-        """[n_graph, learned_bits] pre-sign values of one network (no instance bits)."""
+        """[n_graph, learned_bits] pre-sign values of one network."""
         nodes, edges = graph.nodes, graph.edges
         n_graph = graph.n_node.shape[0]
 

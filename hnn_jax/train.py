@@ -39,7 +39,7 @@ from hnn_jax.padding import bucket_size, pad_batch
 class TrainConfig:
     """Everything a run needs besides the zoo. Config as code: see default(), shipped() and
     tiny_cpu()."""
-    hasher: HasherConfig = HasherConfig(bits=64, instance_bits=16, size_blind=True)
+    hasher: HasherConfig = HasherConfig(bits=256, instance_bits=208, size_blind=True)
     steps: int = 1200
     families_per_batch: int = 8
     # Of each batch's families, how many are drawn as one of the NEIGHBOURS structurally nearest
@@ -90,8 +90,9 @@ class TrainConfig:
 
 
 def shipped() -> TrainConfig:
-    """The recipe of the shipped weights (benchmarks/results/train_config.json): one network (48
-    learned + 16 instance bits), 1,200 steps at batch 64. One network, not a splice of several
+    """The recipe of the shipped weights (benchmarks/results/train_config.json): one network of 48
+    learned bits (the architecture part; the record has the 16 instance bits of code v1, which the
+    losses then read as constants), 1,200 steps at batch 64. One network, not a splice of several
     (HasherConfig.members): it hashes 2.4-3x faster than three members (README, Results: "Hashing
     speed"); its learned bits are size_blind, chosen on the validation split (README, Results)."""
     return TrainConfig()
@@ -197,17 +198,19 @@ class Dataset:
         return nearest
 
     def levels(self, idx: np.ndarray, cross_taxonomy_negatives: bool = True) -> np.ndarray:
-        """Relation level of every pair: 0 same parent, 1 same arch, 2 same family, 3 other; -1
-        (ignored by the margin loss) for unequal families named by two label sources when
+        """Relation level of every pair as the architecture part sees it: 0 same architecture (a
+        derivative or another initialisation: the network reads no weight value, and the weight
+        part, which tells them apart, is not trained), 1 same family, 2 other; -1 (ignored by the
+        margin loss) for unequal families named by two label sources when
         cross_taxonomy_negatives is False: timm's efficientnet module holds MobileNetV2, which
         keras files under mobilenet_v2, so unequal labels across sources need not mean unrelated."""
         rows = [self.rows[i] for i in idx]
         key = lambda f: np.array([r[f] for r in rows])  # noqa: E731
-        parent, arch, family = key("parent"), key("arch"), key("family")
+        arch, family = key("arch"), key("family")
         taxonomy = np.array([LABEL_TAXONOMY.get(r.get("source"), r.get("source")) for r in rows])
         same = lambda a: a[:, None] == a[None, :]  # noqa: E731
-        other = 3 if cross_taxonomy_negatives else np.where(same(taxonomy), 3, -1)
-        return np.where(same(parent), 0, np.where(same(arch), 1, np.where(same(family), 2, other))).astype(np.int32)
+        other = 2 if cross_taxonomy_negatives else np.where(same(taxonomy), 2, -1)
+        return np.where(same(arch), 0, np.where(same(family), 1, other)).astype(np.int32)
 
 
 def _device_batch(graphs: list[jraph.GraphsTuple], n_devices: int, min_nodes: int = 0,
@@ -289,7 +292,7 @@ class Trainer:
         model = HashNet(config.hasher, rngs=nnx.Rngs(config.seed))
         self.graphdef, params = nnx.split(model)
         key = jax.random.key(config.seed + 1)
-        head = {"w": 0.1 * jax.random.normal(key, (config.hasher.bits, len(data.families))),
+        head = {"w": 0.1 * jax.random.normal(key, (config.hasher.learned_bits, len(data.families))),
                 "b": jnp.zeros(len(data.families))}
         self.optimizer, self.schedule = _optimizer(config)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())

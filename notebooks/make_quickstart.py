@@ -99,20 +99,22 @@ print("\\nfirst code as bits:", "".join(map(str, codes["cnn"].bits)))"""),
     new_markdown_cell("""\
 ## Compare
 
-`a - b` is the Hamming distance. `a.relation(b)` reads it with the thresholds measured for the
-codes' hasher and length (stored in its `hasher.json`; the same ones `hnn-jax compare` prints).
-
-The thresholds were measured with the shipped 64-bit weights on held-out torchvision models
-(0-3 bits: same model; 4-11: same architecture, other weights; 12-18: same family; 19+: unrelated);
-the bands overlap, so read them as likelihoods, not verdicts."""),
+A code has two parts: 48 architecture bits (learned; they read no weight value) and 208 weight
+bits (an exact SimHash of the trained parameters). `a - b` is the Hamming distance,
+`a.distances(b)` gives each part's, and `a.compare(b)` reads them with the bands measured for the
+codes' hasher (stored in its `hasher.json`; the same ones `hnn-jax compare` prints): "same model"
+needs both parts close, and `chance` is the measured probability that two independent models of
+one architecture have weight parts this close."""),
     new_code_cell("""\
 names = list(codes)
 distance = np.array([[codes[a] - codes[b] for b in names] for a in names])
 nbits = len(codes["cnn"])
 for other in names[1:]:
-    d = codes["cnn"] - codes[other]
-    print(f"cnn vs {other:<15} {d:>2} of {nbits} bits -> {codes['cnn'].relation(codes[other])[0]}")
-assert codes["cnn"] - codes["cnn fp16 copy"] <= 4  # a near copy stays within a few bits"""),
+    found = codes["cnn"].compare(codes[other])
+    print(f"cnn vs {other:<15} architecture {found.distances.architecture:>2}, weights "
+          f"{found.distances.weights:>3} of 208 -> {found.relation} (chance {found.chance:.1e})")
+assert codes["cnn"].relation(codes["cnn fp16 copy"])[0] == "same-model"  # a near copy
+assert codes["cnn"].relation(codes["cnn other seed"])[0] != "same-model"  # another initialisation"""),
     new_code_cell("""\
 fig, ax = plt.subplots(figsize=(5.5, 4.5))
 im = ax.imshow(distance, cmap="viridis", vmin=0, vmax=max(1, distance.max()))
@@ -130,8 +132,9 @@ plt.show()"""),
 ## Search an index
 
 A `HammingIndex` holds codes with ids and JSON metadata, answers top-k and radius queries
-exactly (ties in insertion order) and saves to one file. Below, a model rebuilt from scratch
-(the same architecture and seed, exported again) finds its original at distance 0."""),
+exactly (ties in insertion order) and saves to one file; `order="architecture"` ranks a model's
+relatives, `order="weights"` its copies. Below, a model rebuilt from scratch (the same
+architecture and seed, exported again) finds its original at distance 0."""),
     new_code_cell("""\
 index = HammingIndex()
 index.add_many(list(codes.values()), ids=names,
@@ -140,9 +143,11 @@ index.add_many(list(codes.values()), ids=names,
 
 query = hnn_jax.hash(converters.from_torch(cnn(seed=0), image))
 print("top 3:")
-for match in index.search(query, k=3):
-    print(f"  {match.distance:>2} bits  {match.id:<15} {match.metadata}")
-print("within 4 bits:", [m.id for m in index.search(query, k=None, radius=4)])
+for match in index.search(query, k=3, order="weights"):
+    d = match.distances
+    print(f"  architecture {d.architecture:>2}, weights {d.weights:>3}  {match.id:<15} {match.relation()[0]:<17} "
+          f"{match.metadata}")
+print("weights within 48 bits:", [m.id for m in index.search(query, k=None, radius=48, order="weights")])
 
 path = Path(tempfile.mkdtemp()) / "models.hnnidx"
 index.save(path)
@@ -161,6 +166,7 @@ hnn-jax hash models/ --json                   # codes of every model under model
 hnn-jax compare a.onnx b.onnx                 # distance and the relation it suggests
 hnn-jax index build models/ -o models.hnnidx  # an index file
 hnn-jax search models.hnnidx query.onnx -k 5  # nearest models; --radius R exits 1 if none
+hnn-jax search models.hnnidx query.onnx --order weights   # copies and derivatives first
 ```"""),
 ]
 

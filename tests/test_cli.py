@@ -11,6 +11,7 @@ import textwrap
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hnn_jax import HashCode, HNNError, cli
@@ -69,7 +70,7 @@ def test_the_console_script_keeps_compiled_hashers_on_disk(tmp_path):
         assert proc.returncode == 0, proc.stderr
         outputs.append(proc.stdout)
         assert any((tmp_path / "c").iterdir())
-    assert outputs[0] == outputs[1] and outputs[0].startswith("hnn1:")
+    assert outputs[0] == outputs[1] and outputs[0].startswith("hnn2:")
     proc = subprocess.run([script, "hash", EXAMPLES / "cnn_a.onnx", "-q"], capture_output=True, text=True,
                           timeout=120, env={**env, "HNN_JAX_CACHE": "off", "XDG_CACHE_HOME": str(tmp_path / "x"),
                                             "HOME": str(tmp_path / "home")})
@@ -106,7 +107,7 @@ def test_hash_folder_json_matches_library(hashed, models, capsys):
     assert [Path(e["path"]).relative_to(models).as_posix() for e in hashed] == EXPECTED
     for entry in hashed:
         code = HashCode.from_str(entry["code"])
-        assert entry["nbits"] == len(code) == 64 and entry["version"] == code.version
+        assert entry["nbits"] == len(code) == 256 and entry["version"] == code.version
         assert entry["bits"] == "".join(map(str, code.bits)) and entry["probe"] == "ok"
     library = hnn_jax.hash(converters.from_file(models / "mlp.onnx"))
     assert str(library) == hashed[2]["code"]
@@ -125,18 +126,25 @@ def test_compare(hashed, models, capsys):
     out = json.loads(proc.stdout)
     a, b = HashCode.from_str(hashed[0]["code"]), HashCode.from_str(hashed[1]["code"])
     assert (out["code_a"], out["code_b"]) == (str(a), str(b))
-    assert out["distance"] == a - b and out["nbits"] == 64 and "provisional" not in out
-    assert out["relation"] == a.relation(b)[0] and len(out["thresholds"]) == 3
+    assert out["distance"] == a - b and out["nbits"] == 256 and out["arch_bits"] == 48
+    assert (out["architecture_distance"], out["weights_distance"]) == a.distances(b)[1:]
+    assert out["relation"] == a.relation(b)[0] and out["chance"] == a.chance(b)
+    assert len(out["thresholds"]["architecture"]) == 3 and out["thresholds"]["weights_same_model"] >= 0
 
-    # codes work in place of models; text form names the relation and the thresholds
-    far = HashCode(1 - a.bits, a.version)
+    # codes work in place of models; text form names the relation, the chance and the bands
+    far = HashCode(1 - a.bits, a.version, a.arch_bits)
     assert cli.main(["compare", str(a), str(far)]) == 0
     text = capsys.readouterr().out
-    assert "distance: 64 of 64 bits" in text and "relation: unrelated" in text
-    assert re.search(r"thresholds: <= \d+ same-model, <= \d+ same-architecture, <= \d+ same-family", text)
-    # a lineage code: model paths are hashed at the length asked for, or the first code's
-    assert cli.main(["compare", str(models / "cnn_a.onnx"), str(models / "cnn_b.onnx"), "--length", "256"]) == 0
-    assert "of 256 bits" in capsys.readouterr().out
+    assert "distance: 256 of 256 bits (architecture 48 of 48, weights 208 of 208)" in text
+    assert "relation: unrelated" in text and re.search(r"chance: 1 that two independent models", text)
+    assert re.search(r"bands: architecture <= \d+ same-model, <= \d+ same-architecture, <= \d+ same-family; "
+                     r"same model also needs weights <= \d+", text)
+    near = HashCode(np.r_[a.bits[:48], a.bits[48:50] ^ 1, a.bits[50:]], a.version, a.arch_bits)
+    assert cli.main(["compare", str(a), str(near)]) == 0
+    assert re.search(r"relation: same-model .*\nchance: (< 1e-15|\d\.\de-\d\d) ", capsys.readouterr().out)
+    # a length the hasher does not make is refused with the lengths it makes
+    assert cli.main(["compare", str(models / "cnn_a.onnx"), str(models / "cnn_b.onnx"), "--length", "64"]) == 2
+    assert "lengths are 256" in capsys.readouterr().err
 
 
 def test_index_build_search_add(hashed, models, tmp_path, capsys):
@@ -160,7 +168,7 @@ def test_index_build_search_add(hashed, models, tmp_path, capsys):
 
     # a code no indexed model is near: radius 0 finds nothing -> exit 1, one line on stderr
     query = HashCode.from_str(hashed[1]["code"])
-    far = HashCode(1 - query.bits, query.version)
+    far = HashCode(1 - query.bits, query.version, query.arch_bits)
     assert index.distances(far).min() > 0
     proc = run_cli("search", index_file, str(far), "--radius", "0")
     assert_one_line_error(proc, r"no match within 0 bits", code=1)
@@ -168,7 +176,12 @@ def test_index_build_search_add(hashed, models, tmp_path, capsys):
     # the same query without a radius lists everything, farthest last
     assert cli.main(["search", str(index_file), str(far), "-k", "10"]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert rows[0].split() == ["rank", "distance", "relation", "id"] and len(rows) == 5
+    assert rows[0].split() == ["rank", "distance", "arch", "weights", "relation", "chance", "id"] and len(rows) == 5
+    # ranked by weights first: the query's own file, then the rest; every row says its chance
+    proc = run_cli("search", index_file, models / "cnn_b.onnx", "--order", "weights", "--json")
+    results = json.loads(proc.stdout)["results"]
+    assert [r["weights_distance"] for r in results] == sorted(r["weights_distance"] for r in results)
+    assert results[0]["relation"] == "same-model" and results[0]["chance"] < 1e-15
 
     # index add: a new file goes in; an id already there needs --replace
     extra = tmp_path / "extra"
@@ -182,11 +195,11 @@ def test_index_build_search_add(hashed, models, tmp_path, capsys):
     assert HammingIndex.load(index_file).ids[-1] == str(extra / "transformer.onnx")
     assert cli.main(["index", "info", str(index_file), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["count"] == 5 and info["nbits"] == 64 and info["code_version"] == query.version
+    assert info["count"] == 5 and info["nbits"] == 256 and info["code_version"] == query.version
 
     # an index of another hasher is refused, not silently searched
     other = HammingIndex()
-    other.add(HashCode(query.bits, "s1-otherhasher"), "x")
+    other.add(HashCode(query.bits, "s1-otherhasher", query.arch_bits), "x")
     other.save(tmp_path / "other.hnnidx")
     proc = run_cli("search", tmp_path / "other.hnnidx", str(query))
     assert_one_line_error(proc, r"error: .*different hashers")
@@ -242,32 +255,39 @@ def test_help_example_codes_are_of_the_shipped_hasher():
 
     proc = subprocess.run([sys.executable, "-m", "hnn_jax.cli", "compare", "--help"], capture_output=True,
                           text=True, timeout=60)
-    assert f"hnn1:{default_hasher().version}:64:" in proc.stdout
+    assert f"hnn2:{default_hasher().version}:48+208:" in proc.stdout
 
 
 def test_demo_neighbours_agree_with_its_distance_table(capsys):
-    from hnn_jax.hashcode import relation
-
     assert cli.main(["demo"]) == 0
     out = capsys.readouterr().out
-    version = re.search(r"64-bit codes \((\S+)\)", out).group(1)
+    version = re.search(r"256-bit codes \((\S+)\): 48 architecture bits", out).group(1)
     names = sorted(p.stem for p in EXAMPLES.glob("*.onnx"))
-    table = {}
-    for line in out.split("Hamming distances:")[1].split("Nearest neighbours:")[0].splitlines():
+    table, codes = {}, {}
+    for line in out.split("Hamming distances")[1].split("Nearest neighbours")[0].splitlines():
         parts = line.split()
         if parts and parts[0] in names:
-            table[parts[0]] = dict(zip(names, map(int, parts[1:1 + len(names)])))
-    assert set(table) == set(names)
-    neighbours, legend = out.split("Nearest neighbours:")[1].strip().split("\n\nRelations")
-    for line in neighbours.splitlines():
-        m = re.match(r"\s*(\S+)\s+-> (\S+) \((\d+) bits: (\S+)\), then (\S+) \((\d+) bits: \S+\)", line)
-        name, first, d1, found, second, d2 = m.groups()
-        others = sorted((d, n) for n, d in table[name].items() if n != name)
-        assert [(int(d1), first), (int(d2), second)] == others[:2]
-        assert found == relation(int(d1), 64, version)[0]
-    assert "same-architecture" in legend
+            table[parts[0]] = dict(zip(names, (tuple(map(int, c.split("/"))) for c in parts[1:1 + len(names)])))
     for name in names:  # each example is said what it is
-        assert re.search(rf"^  {name}\s+hnn1:\S+  \S", out, re.M), name
+        m = re.search(rf"^  {name}\s+([0-9a-f]{{64}})  \S", out, re.M)
+        codes[name] = HashCode.from_bytes(bytes.fromhex(m.group(1)), version=version, arch_bits=48)
+    assert set(table) == set(names)
+    neighbours, legend = out.split("Nearest neighbours")[1].strip().split("\n\nBands")
+    for line in neighbours.splitlines()[1:]:
+        m = re.match(r"\s*(\S+)\s+-> (\S+) \((\d+)/(\d+) bits: (\S+), chance ([^)]+)\), then (\S+) \((\d+)/(\d+)", line)
+        name, first, a1, w1, found, chance, second, a2, w2 = m.groups()
+        # ranked by architecture, then weights, ties in name order: as the table says
+        others = sorted((d[0], d[1], n) for n, d in table[name].items() if n != name)
+        assert [(int(a1), int(w1), first), (int(a2), int(w2), second)] == others[:2]
+        assert found == codes[name].relation(codes[first])[0]
+        assert codes[name].distances(codes[first])[1:] == (int(a1), int(w1))
+    assert "same-architecture" in legend
+    # the demo tells the truth: cnn_a's copies are the same model, nothing else is
+    copies = {"cnn_a", "cnn_a_dynamo", "cnn_a_fp16", "cnn_a_int8", "cnn_a_pruned"}
+    for a in names:
+        for b in names:
+            same = codes[a].relation(codes[b])[0] == "same-model"
+            assert same == (a == b or {a, b} <= copies), (a, b)
 
 
 def test_subcommands_from_other_modules(tmp_path, monkeypatch, capsys):

@@ -42,7 +42,7 @@ def test_round_trips_are_exact(nbits):
 
 def test_text_form():
     a = code([1] * 4 + [0] * 12)
-    assert str(a) == f"hnn1:{V}:16:f000"
+    assert str(a) == f"hnn1:{V}:16:f000"  # a code without parts keeps the earlier releases' text
     assert HashCode.from_str(str(a)).version == V
 
 
@@ -83,31 +83,77 @@ def test_comparing_other_hashers_or_lengths_is_an_error():
         a - 3
 
 
-def test_relations_follow_the_thresholds_of_the_codes_hasher_and_length():
-    from hnn_jax.hashcode import NoThresholdsError, register_thresholds, relation
+def two_part(arch, weights, version="test-relations"):
+    return HashCode(np.r_[np.array(arch, np.uint8), np.array(weights, np.uint8)], version, arch_bits=len(arch))
 
-    register_thresholds("test-relations", {64: (3, 11, 18), 256: (60, 95, 110)})
-    a = HashCode(np.zeros(64, np.uint8), "test-relations")
-    keys = [relation(d, 64, "test-relations")[0] for d in range(65)]
-    assert keys[0] == keys[3] == "same-model" and keys[4] == keys[11] == "same-architecture"
-    assert keys[12] == keys[18] == "same-family" and keys[19] == keys[64] == "unrelated"
-    assert a.relation(HashCode(np.r_[np.ones(4), np.zeros(60)], "test-relations"))[0] == "same-architecture"
-    assert relation(60, 256, "test-relations")[0] == "same-model"  # another length, its own bands
-    assert relation(61, 256, "test-relations")[0] == "same-architecture"
-    with pytest.raises(ValueError):
-        relation(65, 64, "test-relations")
+
+def test_a_code_has_an_architecture_part_and_a_weight_part():
+    a = two_part([1, 0, 1, 1], [0] * 12)
+    b = two_part([1, 1, 1, 0], [1] * 5 + [0] * 7)
+    assert str(a) == "hnn2:test-relations:4+12:b000" and HashCode.from_str(str(a)) == a
+    assert a.architecture.bits.tolist() == [1, 0, 1, 1] and len(a.weights) == 12
+    assert a.distances(b) == (7, 2, 5) and a - b == 7
+    assert a.distances(b).architecture == a.architecture - b.architecture
+    with pytest.raises(SchemaMismatchError, match="4\\+12 vs 6\\+10"):  # same length, other layout
+        a - HashCode(a.bits, a.version, arch_bits=6)
+    assert a != HashCode(a.bits, a.version, arch_bits=6)
+    old = HashCode.from_str("hnn1:s1-test0:16:f000")  # earlier releases' text: a code without parts
+    assert old.arch_bits is None and str(old) == "hnn1:s1-test0:16:f000"
+    with pytest.raises(HNNError, match="before code v2"):
+        _ = old.architecture
+    with pytest.raises(ValueError, match="arch_bits"):
+        HashCode([1, 0], V, arch_bits=3)
+
+
+def test_relations_need_both_parts_and_follow_the_hashers_bands():
+    from hnn_jax.hashcode import Bands, NoThresholdsError, WeightBand, register_bands
+
+    register_bands("test-relations", Bands((1, 1, 3), {12: WeightBand(2, 1e6, 1e6, 100)}))
+    a = two_part([0] * 8, [0] * 12)
+
+    def relation(arch_flips, weight_flips):
+        other = two_part([1] * arch_flips + [0] * (8 - arch_flips), [1] * weight_flips + [0] * (12 - weight_flips))
+        return a.relation(other)[0]
+
+    assert relation(0, 0) == relation(1, 2) == "same-model"
+    assert relation(0, 3) == relation(1, 12) == "same-architecture"  # other weights
+    assert relation(2, 0) == "same-family"  # weights alike, architecture apart: not the same model
+    assert relation(3, 12) == "same-family" and relation(4, 0) == "unrelated"
+    near, far = a.compare(two_part([0] * 8, [1] * 2 + [0] * 10)), a.compare(two_part([0] * 8, [1] * 6 + [0] * 6))
+    assert near.relation == "same-model" and near.distances == (2, 0, 2)
+    assert 0 < near.chance < far.chance < 1  # the null's cdf: nearer weights, smaller chance
+    assert abs(far.chance - 0.6128) < 1e-3  # a concentration of 1e6 is Binomial(12, 1/2): P(X <= 6)
     with pytest.raises(NoThresholdsError, match="hnn-jax eval"):  # never another hasher's bands
-        relation(5, 128, "test-relations")
-    with pytest.raises(NoThresholdsError):
-        HashCode(np.zeros(64, np.uint8), "never-measured").relation(HashCode(np.zeros(64, np.uint8), "never-measured"))
+        two_part([0], [0], "never-measured").relation(two_part([0], [0], "never-measured"))
+    with pytest.raises(NoThresholdsError, match="bench_null"):  # a weight length never measured
+        two_part([0] * 8, [0] * 4).relation(two_part([0] * 8, [0] * 4))
 
 
-def test_the_shipped_hasher_carries_thresholds_for_every_length_it_makes():
+def test_the_weight_band_is_set_by_the_widest_measured_null():
+    from hnn_jax.hashcode import fit_weight_band
+
+    rng = np.random.default_rng(0)
+    binomial = rng.binomial(208, 0.5, 20000)
+    band = fit_weight_band([binomial], 208)
+    assert band.chance(band.same_model, 208) <= 1e-6 < band.chance(band.same_model + 1, 208)
+    assert 60 <= band.same_model <= 75  # Binomial(208, 1/2) crosses 1e-6 near 69
+    # two independent models that agree on more bits than coin flips do (few tensors read):
+    # the band moves down to keep the chance below 1e-6 for them too
+    wide = np.clip(np.round(104 + 13 * rng.standard_normal(20000)), 0, 208)
+    both = fit_weight_band([binomial, wide], 208)
+    assert both.same_model < band.same_model and both.pairs == 40000
+    assert both.chance(both.same_model, 208) <= 1e-6
+
+
+def test_the_shipped_hasher_carries_bands_for_every_length_it_makes():
     import json
 
-    from hnn_jax.hashcode import SHIPPED_META, relation_thresholds
+    from hnn_jax.hashcode import SHIPPED_META, bands
 
-    version = json.loads(SHIPPED_META.read_text())["version"]
-    for nbits in (64, 128, 256):  # read from hasher.json, without loading JAX
-        bounds = relation_thresholds(version, nbits)
-        assert len(bounds) == 3 and list(bounds) == sorted(bounds) and bounds[-1] < nbits
+    meta = json.loads(SHIPPED_META.read_text())
+    measured = bands(meta["version"])  # read from hasher.json, without loading JAX
+    assert measured.architecture[1] <= measured.architecture[2]
+    learned = meta["config"]["bits"] - meta["config"]["instance_bits"]
+    for nbits in (b for b in (64, 128, 256) if b >= meta["bits"]):
+        band = measured.weights_band(nbits - learned)
+        assert band.pairs >= 10000 and band.chance(band.same_model, nbits - learned) <= 1e-6

@@ -25,13 +25,14 @@ def small():
     return Hasher.init(SMALL, seed=3)
 
 
-def test_default_hash_is_64_bits_and_built_once():
+def test_default_hash_is_256_bits_in_two_parts_and_built_once():
     g = random_graph(0, 50)
     code = hnn_jax.hash(g)
-    assert isinstance(code, HashCode) and len(code) == 64
+    assert isinstance(code, HashCode) and len(code) == 256 and code.arch_bits == 48
+    assert len(code.architecture) == 48 and len(code.weights) == 208
     assert default_hasher() is default_hasher()
     assert code.version == default_hasher().version
-    assert code.version.startswith(f"s{hnn_jax.SCHEMA_VERSION}-")
+    assert code.version.startswith(f"s{hnn_jax.SCHEMA_VERSION}c2-")
     assert hnn_jax.hash([]) == []
 
 
@@ -45,8 +46,12 @@ def test_shipped_weights_are_the_network_train_default_makes():
     from hnn_jax import train
 
     assert default_hasher().config == train.default().hasher == train.shipped().hasher
-    recorded = json.loads((Path(__file__).parents[1] / "benchmarks/results/train_config.json").read_text())
-    assert train.TrainConfig.from_dict(recorded["train"]) == train.shipped()
+    recorded = train.TrainConfig.from_dict(json.loads(
+        (Path(__file__).parents[1] / "benchmarks/results/train_config.json").read_text())["train"])
+    # recorded with the 64-bit layout of code v1: the same network (its 48 learned bits are the
+    # architecture part), the weight part now longer and outside the network
+    assert recorded.hasher.learned_bits == train.shipped().hasher.learned_bits
+    assert dataclasses.replace(recorded, hasher=train.shipped().hasher) == train.shipped()
     assert dataclasses.replace(train.default(), distinct_picks=False) == train.shipped()
 
 
@@ -192,8 +197,8 @@ def test_checkpoint_mismatches_say_what_differs(small, tmp_path):
         Hasher.load(d, bits=64)
     with pytest.raises(SchemaMismatchError, match=r"layers=2 \(expected 4\)"):
         Hasher.load(d, config=HasherConfig(bits=32, hidden=32, layers=4))
-    shipped = Path(hnn_jax.__file__).parent / "weights" / "default"  # instance bits there, none expected
-    with pytest.raises(SchemaMismatchError, match=r"instance_bits=16 \(expected 0\)"):
+    shipped = Path(hnn_jax.__file__).parent / "weights" / "default"  # a weight part there, none expected
+    with pytest.raises(SchemaMismatchError, match=r"instance_bits=208 \(expected 0\)"):
         Hasher.load(shipped, config=HasherConfig())
 
     _tamper(d, config={**SMALL.to_dict(), "bits": 64}, bits=64)
@@ -212,36 +217,34 @@ def test_checkpoint_mismatches_say_what_differs(small, tmp_path):
         Hasher.load(tmp_path / "missing")
 
 
-def test_lineage_lengths_extend_the_instance_bits_of_the_same_code():
-    """bits=128/256 keep the learned bits and the 64-bit code as their prefix; every length is
-    exact in any batch; lengths the hasher cannot make are refused."""
+def test_longer_codes_are_refused_and_shorter_weight_parts_are_prefixes():
+    """The default is the shortest length whose weight part keeps chance matches below 1e-6; the
+    weight part is exact in any batch; lengths the hasher cannot make are refused."""
+    from hnn_jax import weightcode
+
     hasher = default_hasher()
-    assert hasher.lengths == (64, 128, 256)
+    assert hasher.lengths == (256,)
     graphs = mixed_sizes(8, seed=7)
-    short = hnn_jax.hash(graphs)
-    for bits in (128, 256):
-        long = hnn_jax.hash(graphs, bits=bits)
-        assert all(len(c) == bits and c.version == s.version for c, s in zip(long, short))
-        assert [HashCode(c.bits[:64], c.version) for c in long] == short
-        assert [hnn_jax.hash(g, bits=bits) for g in graphs] == long  # alone = batched
-        with pytest.raises(SchemaMismatchError, match="lengths"):  # a 64-bit code never meets a longer one
-            short[0] - long[0]
-    assert hasher.embed(graphs, bits=256).shape == (8, 256)
-    with pytest.raises(HNNError, match="lengths are 64, 128, 256"):
-        hnn_jax.hash(graphs[0], bits=32)
-    with pytest.raises(HNNError, match="no instance bits"):
+    codes = hnn_jax.hash(graphs)
+    assert [c.bits[48:].tolist() for c in codes] == weightcode.weight_bits(graphs, 208).tolist()
+    assert hasher.embed(graphs).shape == (8, 256)
+    with pytest.raises(HNNError, match="lengths are 256"):
+        hnn_jax.hash(graphs[0], bits=64)
+    with pytest.raises(HNNError, match="no weight part"):
         Hasher.init(SMALL).hash(graphs[0], bits=64)
 
 
 def test_measured_relations_travel_with_the_checkpoint(small, tmp_path):
-    from hnn_jax.hashcode import relation
+    from hnn_jax.hashcode import Bands, WeightBand
 
-    hasher = Hasher.init(SMALL, seed=11)
-    hasher.set_relations({32: (2, 6, 9)})
+    hasher = Hasher.init(HasherConfig(bits=32, hidden=16, layers=1, instance_bits=16), seed=11)
+    hasher.set_relations(Bands((1, 1, 4), {16: WeightBand(2, 1e6, 1e6, 500)}))
     hasher.save(tmp_path / "ckpt")
     loaded = Hasher.load(tmp_path / "ckpt")
-    assert loaded.relations == {32: (2, 6, 9)}
-    assert relation(7, 32, loaded.version)[0] == "same-family"
-    _tamper(tmp_path / "ckpt", relations={"32": [6, 2, 9]})
+    assert loaded.relations == hasher.relations
+    a, b = loaded.hash([random_graph(1, 30), random_graph(2, 30)])
+    assert a.relation(a)[0] == "same-model" and a.compare(b).chance == hasher.relations.weights[16].chance(
+        a.distances(b).weights, 16)
+    _tamper(tmp_path / "ckpt", relations={"architecture": [1, 9, 2], "weights": {}})
     with pytest.raises(HNNError, match="ascending"):
         Hasher.load(tmp_path / "ckpt")

@@ -279,8 +279,8 @@ def test_load_refuses_other_hashers_and_damaged_files(tmp_path):
             np.savez(f, **arrays)
         return out
 
-    with pytest.raises(IndexFormatError, match="format version 2"):
-        HammingIndex.load(rewrite("v2", header={"format_version": 2}))
+    with pytest.raises(IndexFormatError, match="format version 3"):
+        HammingIndex.load(rewrite("v3", header={"format_version": 3}))
     assert issubclass(IndexFormatError, SchemaMismatchError)
     damaged = {
         "count": rewrite("count", header={"count": 11}),
@@ -300,3 +300,75 @@ def test_load_refuses_other_hashers_and_damaged_files(tmp_path):
     for bad in ("text", "truncated", "zip", "missing"):
         with pytest.raises(CorruptFileError):
             HammingIndex.load(tmp_path / bad)
+
+
+def two_part_codes(n, arch_bits, weight_bits, seed):
+    """Codes of a few architectures (shared architecture parts) with independent weight parts,
+    and a near copy of each first weight part: distances tie a lot in each part."""
+    rng = np.random.default_rng(seed)
+    arch = rng.integers(0, 2, (4, arch_bits), dtype=np.uint8)[rng.integers(0, 4, n)]
+    weights = rng.integers(0, 2, (n, weight_bits), dtype=np.uint8)
+    weights[1::3] = weights[0::3][:len(weights[1::3])] ^ (rng.random((len(weights[1::3]), weight_bits)) < 0.05)
+    return [HashCode(np.r_[a, w], V, arch_bits) for a, w in zip(arch, weights)]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "faiss"])
+@pytest.mark.parametrize("layout", [(48, 208), (70, 60), (3, 1)])
+def test_search_by_part_ranks_one_part_then_the_other(backend, layout, tmp_path):
+    codes = two_part_codes(150, *layout, seed=sum(layout))
+    index = HammingIndex(backend=backend)
+    index.add_many(codes, [f"m{i}" for i in range(150)])
+    for q in (codes[0], codes[7], codes[77]):
+        parts = np.array([q.distances(c) for c in codes])  # brute force: total, architecture, weights
+        for order, key in (("architecture", (1, 2)), ("weights", (2, 1))):
+            expected = sorted(range(150), key=lambda i: (parts[i][key[0]], parts[i][key[1]], i))
+            found = index.search(q, k=12, order=order)
+            assert [m.id for m in found] == [f"m{i}" for i in expected[:12]]
+            assert [m.distances for m in found] == [tuple(parts[i]) for i in expected[:12]]
+            assert all(m.distance == m.distances.total for m in found)
+            radius = int(parts[expected[20]][key[0]])
+            within = index.search(q, k=None, radius=radius, order=order)
+            assert [m.id for m in within] == [f"m{i}" for i in expected if parts[i][key[0]] <= radius]
+        total = index.search(q, k=5)  # the default: the whole code, every match with its parts
+        assert [m.distances for m in total] == [q.distances(m.code) for m in total]
+    path = index.save(tmp_path / "parts.hnnidx")
+    loaded = HammingIndex.load(path, backend=backend)
+    assert loaded.arch_bits == layout[0] and loaded.get("m3")[0] == codes[3]
+    with pytest.raises(SchemaMismatchError, match="architecture bits"):
+        loaded.search(HashCode(codes[0].bits, V, layout[0] - 1))
+    with pytest.raises(HNNError, match="order must be one of"):
+        loaded.search(codes[0], order="size")
+
+
+def test_matches_carry_relation_and_chance_from_the_hashers_bands():
+    from hnn_jax.hashcode import Bands, WeightBand, register_bands
+
+    register_bands("s1-bands", Bands((2, 1, 4), {60: WeightBand(10, 1e6, 1e6, 1000)}))
+    codes = [HashCode(c.bits, "s1-bands", c.arch_bits) for c in two_part_codes(30, 70, 60, seed=3)]
+    index = HammingIndex()
+    index.add_many(codes)
+    for m in index.search(codes[0], k=30, order="weights"):
+        assert m.relation() == codes[0].relation(m.code) and m.chance == codes[0].chance(m.code)
+    copy = index.search(codes[0], k=2, order="weights")[1]  # the near copy, 5% of weight bits apart
+    assert copy.id == 1 and copy.relation()[0] == "same-model" and copy.chance < 1e-6
+
+
+def test_indexes_of_codes_without_parts_still_load_and_search(tmp_path):
+    """An index file of format version 1 (codes of earlier releases) reads as codes without parts:
+    search by the whole code works, by part is refused."""
+    index = HammingIndex()
+    index.add_many(random_codes(10, 64, seed=4))
+    path = index.save(tmp_path / "v1.hnnidx")
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    header = json.loads(str(arrays["header"]))
+    header.pop("arch_bits")
+    header["format_version"] = 1
+    arrays["header"] = np.array(json.dumps(header))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    old = HammingIndex.load(path)
+    assert old.arch_bits is None and [m.id for m in old.search(random_codes(10, 64, seed=4)[3], k=1)] == [3]
+    assert old.search(random_codes(10, 64, seed=4)[3], k=1)[0].distances is None
+    with pytest.raises(HNNError, match="needs codes with parts"):
+        old.search(random_codes(10, 64, seed=4)[3], order="weights")

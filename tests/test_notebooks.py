@@ -22,9 +22,9 @@ def test_quickstart_runs_and_shows_codes_heatmap_and_search(tmp_path):
 
     text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
-    assert "hashed 5 models" in text and text.count("hnn1:") >= 5
+    assert "hashed 5 models" in text and text.count("hnn2:") >= 5
     assert "cnn vs cnn fp16 copy" in text and "reloaded 5 codes" in text
-    assert " 0 bits  cnn " in text  # the rebuilt model finds its original first
+    assert "architecture  0, weights   0  cnn " in text  # the rebuilt model finds its original first
     images = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
               if "image/png" in out.get("data", {})]
     assert len(images) == 1  # the distance heatmap

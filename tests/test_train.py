@@ -14,6 +14,7 @@ import pytest
 
 from hnn_jax import evaluate, train, zoo
 from hnn_jax.config import HasherConfig
+from synthetic import random_graph
 
 TRANSFORMS = ("original", "fp16", "noise", "prune30")
 
@@ -53,7 +54,10 @@ def test_sampler_covers_every_relation_level(tiny_zoo):
     cfg = config()
     idx = data.sample(cfg, 7)
     assert len(idx) == cfg.batch_size and np.array_equal(idx, data.sample(cfg, 7))
-    assert set(np.unique(data.levels(idx))) == {0, 1, 2, 3}
+    assert set(np.unique(data.levels(idx))) == {0, 1, 2}  # as the architecture part sees them
+    rows = [data.rows[i] for i in idx]
+    assert len({r["parent"] for r in rows}) < len({(r["parent"], r["transform"]) for r in rows})  # derivatives
+    assert len({r["arch"] for r in rows}) < len({r["parent"] for r in rows})  # and other inits
 
 
 def test_neighbour_families_put_close_relatives_in_one_batch():
@@ -105,7 +109,10 @@ def test_distinct_picks_fill_a_batch_with_distinct_graphs(tiny_zoo):
     data = train.Dataset(*zoo.load(tiny_zoo))
     idx = data.sample(config(distinct_picks=True), 3)
     assert len(np.unique(idx)) == len(idx) == 24
-    assert set(np.unique(data.levels(idx))) == {0, 1, 2, 3}
+    assert set(np.unique(data.levels(idx))) == {0, 1, 2}  # as the architecture part sees them
+    rows = [data.rows[i] for i in idx]
+    assert len({r["parent"] for r in rows}) < len({(r["parent"], r["transform"]) for r in rows})  # derivatives
+    assert len({r["arch"] for r in rows}) < len({r["parent"] for r in rows})  # and other inits
 
 
 def test_training_on_4_devices_lowers_the_loss_and_orders_relations(tiny_zoo, tmp_path):
@@ -127,27 +134,33 @@ def test_training_on_4_devices_lowers_the_loss_and_orders_relations(tiny_zoo, tm
     assert variants + 1 < inits, (variants, inits)  # the instance bits tell initialisations apart
 
 
-def test_eval_measures_relation_thresholds_per_length_and_saves_them_in_the_checkpoint(tiny_zoo, tmp_path, capsys):
-    """A user-trained hasher gets its own thresholds from `hnn-jax eval --save-thresholds`, for
-    every length it makes; its codes then read them (and the shipped hasher's are not used)."""
+def test_eval_measures_the_architecture_bands_and_saves_them_in_the_checkpoint(tiny_zoo, tmp_path, capsys):
+    """A user-trained hasher gets its own architecture bands from `hnn-jax eval --save-thresholds`,
+    and the weight part's bands of the shipped hasher (no network computes that part); its codes
+    then read them (and the shipped hasher's architecture bands are not used)."""
     from hnn_jax import cli
+    from hnn_jax.hashcode import NoThresholdsError, shipped_weight_bands
     from hnn_jax.hasher import Hasher
-    from hnn_jax.hashcode import NoThresholdsError, relation
 
-    hasher = Hasher.init(HasherConfig(bits=32, hidden=16, layers=1, instance_bits=8), seed=5)
+    hasher = Hasher.init(HasherConfig(bits=256, hidden=16, layers=1, instance_bits=208), seed=5)
     hasher.save(tmp_path / "hasher")
+    a, b = hasher.hash([random_graph(1, 30), random_graph(2, 40)])
     with pytest.raises(NoThresholdsError):
-        relation(3, 32, hasher.version)
+        a.relation(b)
     assert cli.main(["eval", str(tiny_zoo), "-o", str(tmp_path / "out"), "--hasher", str(tmp_path / "hasher"),
                      "--save-thresholds", "--no-plots"]) == 0
-    assert "32 bits:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "architecture part's bands" in out and "same model (derivative)" in out
     loaded = Hasher.load(tmp_path / "hasher")
-    assert loaded.version == hasher.version and set(loaded.relations) == {32, 64, 128, 256}
-    for nbits, bounds in loaded.relations.items():
-        assert len(bounds) == 3 and list(bounds) == sorted(bounds) and bounds[-1] <= nbits
-        assert relation(bounds[0], nbits, loaded.version)[0] == "same-model"
+    assert loaded.version == hasher.version and loaded.relations.weights == shipped_weight_bands()
+    arch = loaded.relations.architecture
+    assert len(arch) == 3 and arch[1] <= arch[2] and arch[0] <= arch[2] <= 48
+    a, b = loaded.hash([random_graph(1, 30), random_graph(2, 40)])
+    assert a.relation(a)[0] == "same-model" and a.relation(b)[0] in ("same-architecture", "same-family", "unrelated")
     summary = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert {int(n): tuple(b) for n, b in summary["relations"].items()} == loaded.relations
+    assert tuple(summary["architecture_bands"]) == arch
+    called = summary["verdicts"]["256"]["same architecture, other init"]["called"]
+    assert called["same-model"] == 0  # the tiny zoo's other initialisations are never the same model
 
 
 def test_members_are_trained_apart_and_their_bits_spliced(tiny_zoo, tmp_path):
@@ -218,7 +231,7 @@ def test_twins_are_labelled_like_their_keras_architecture():
     rows = [dict(family=p.family, arch=p.arch, parent=p.name) for p in (twins[0], keras[twins[0].arch])]
     data = train.Dataset.__new__(train.Dataset)
     data.rows = rows
-    assert data.levels(np.arange(2))[0, 1] == 1  # same architecture, another "initialisation"
+    assert data.levels(np.arange(2))[0, 1] == 0  # same architecture, another "initialisation"
 
 
 def test_twins_leave_out_every_held_out_architecture():
@@ -299,10 +312,10 @@ def test_unequal_families_across_label_sources_can_be_left_unrelated():
             dict(source="keras", family="resnet", arch="ResNet50", parent="d")]
     data = train.Dataset.__new__(train.Dataset)
     data.rows = rows
-    assert data.levels(np.arange(4))[0].tolist() == [0, 3, 3, 3]
+    assert data.levels(np.arange(4))[0].tolist() == [0, 2, 2, 2]
     masked = data.levels(np.arange(4), cross_taxonomy_negatives=False)
     assert masked[0].tolist() == [0, -1, -1, -1]   # timm vs keras labels: no relation
-    assert masked[1].tolist() == [-1, 0, 1, 3]     # twins share keras's labels
+    assert masked[1].tolist() == [-1, 0, 0, 2]     # twins share keras's labels
 
 
 def test_config_round_trips_through_json():
@@ -332,7 +345,7 @@ def test_zoo_train_eval_from_the_command_line(tmp_path):
     assert "WL-subtree SimHash" in table
     summary = json.loads((results / "results.json").read_text())
     assert summary["graphs"] == 24 and 0 <= summary["results"]["hnn-jax"]["copy_map"] <= 1
-    assert {"hnn-jax: its 24 learned bits alone", "hnn-jax: its 8 instance bits alone"} <= set(summary["results"])
+    assert {"hnn-jax: architecture part (24 bits)", "hnn-jax: weight part (8 bits)"} <= set(summary["results"])
     # one architecture per family: no same-family pairs to set that threshold from, said so
     assert "relation thresholds: not measured" in table and "same family, other architecture" in table
     bad = subprocess.run([sys.executable, "-m", "hnn_jax.cli", "train", tmp_path / "nothing", "-o", run_dir],

@@ -1,0 +1,134 @@
+"""The weight part of a code: an exact integer SimHash of the trained parameters.
+
+A code has two parts (DESIGN.md, "The code's layout"): the architecture part, which the learned
+network computes and which reads no weight value, and this one, which no network computes. It
+tells independently trained or initialised models of one architecture apart and follows copies
+and derivatives (fp16, int8, pruning, fine-tuning) of one model.
+
+Input: the weight fingerprints (schema.NODE_WEIGHT_PROJ: 16 fixed random projections of each
+node's primary weight, rms-normalised per output channel) of the nodes whose op holds weight
+matrices or kernels (OP_CLASSES). The tensors are grouped by op class and size; within a group
+each of the 16 columns is sorted and its expected order statistics taken off (fingerprints), and
+the k-th row of a group gets the key (group, k). Rounded to integers (1/1024 steps), bit b of the
+code is the sign of the sum over rows t and columns j of q[t, j] * r(key_t, j, b), with r = +-1
+drawn by hashing (key_t, b): a SimHash with independent hyperplanes, one per bit.
+
+Why sorted: the canonical order interleaves a model's parallel branches (an encoder's and a
+decoder's blocks) by their structure, and a tool that changes one node there (an fp16 converter's
+extra Mul) reorders the tensors after it. Keyed by position, such a file's weight part moved 35-69
+of 208 bits (2 of 70 fp16 files of the validation zoos); sorted, none. Sorted values move
+continuously with the weights, and a tensor that a tool drops or adds changes its own group only.
+The price: a long fine-tune that moves a tensor's fingerprint a lot moves its order statistics
+more than its own values (README, "The weight part").
+
+Every product is an integer and every partial sum is below 2**53, so float64 arithmetic is exact
+in any summation order: the bits are the same on any machine, alone or in any batch. A longer
+code keeps the shorter one's bits (column b depends on b only). Nothing here is trained.
+"""
+
+from collections.abc import Sequence
+
+import jraph
+import numpy as np
+
+from hnn_jax import schema
+
+SEED = 0x5EED0002
+SCALE = 1024          # fingerprints are rounded to 1/SCALE; |projection| <= 8 (features.projections)
+# Norm scales and PReLU slopes are left out: their fingerprints are not centred (features.projections
+# centres weights at 0), so a vector near 1 projects to values every model of that width shares, and a
+# 5-step fine-tune that moves LayerNorm's ones off their constant moved 28 of 208 bits (validation
+# zoos; 3.5 for fp16). The matrices and kernels around them carry the instance.
+OP_CLASSES = {"conv": ("conv", "conv_transpose"), "dense": ("linear", "matmul", "einsum", "attention"),
+              "embedding": ("embedding",), "recurrent": ("lstm", "gru", "rnn")}
+_OP_CLASS = np.zeros(schema.VOCAB_SIZE, np.int64)  # 0: no weight part; else 1 + the class's index
+for _number, _ops in enumerate(OP_CLASSES.values(), 1):
+    _OP_CLASS[[schema.OP_INDEX[o] for o in _ops]] = _number
+_COLUMNS = schema.NODE_WEIGHT_PROJ
+_WIDTH = _COLUMNS.stop - _COLUMNS.start
+_SIZE_COLUMN = schema.NODE_WEIGHT_STATS.start + 2  # log1p of the primary weight's numel
+
+
+def _fmix32(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's finaliser on uint32 arrays (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x85EBCA6B)
+    x = x ^ (x >> np.uint32(13))
+    x = x * np.uint32(0xC2B2AE35)
+    return x ^ (x >> np.uint32(16))
+
+
+def _planes(keys: np.ndarray, nbits: int) -> np.ndarray:
+    """float64 [len(keys) * 16, nbits] of +-1: row 16i + j, column b is bit j of
+    fmix32(keys[i] ^ fmix32(SEED + b))."""
+    with np.errstate(over="ignore"):
+        columns = _fmix32(np.uint32(SEED) + np.arange(nbits, dtype=np.uint32))
+        words = _fmix32(keys[:, None] ^ columns[None, :])                       # [keys, nbits]
+    bits = (words[:, None, :] >> np.arange(_WIDTH, dtype=np.uint32)[None, :, None]) & np.uint32(1)
+    return bits.reshape(len(keys) * _WIDTH, nbits).astype(np.float64) * 2.0 - 1.0
+
+
+def _expected_order_statistics(m: int) -> np.ndarray:
+    """Blom's approximation of the expected order statistics of m standard normal values: what the
+    sorted fingerprints of any model share (a fingerprint is a normalised sum of 64 signed weights),
+    taken off so that only the instance's part of each remains."""
+    from scipy.special import ndtri
+
+    return ndtri((np.arange(1, m + 1) - 0.375) / (m + 0.25))
+
+
+def fingerprints(graph: jraph.GraphsTuple) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 [tensors, 16] of integers, uint32 [tensors] keys): what the part reads of each
+    weight tensor, and the key that draws its hyperplanes.
+
+    Tensors are grouped by op class and size; within a group each of the 16 columns is sorted and
+    its expected order statistics taken off, and the k-th row of the result is keyed by (group,
+    k). So the part does not depend on the order in which a file lists a group's tensors (an fp16
+    or int8 tool, or another exporter, can order a decoder's projections otherwise), sorted values
+    move continuously when the weights do, and a tensor that a tool drops or adds changes its own
+    group only."""
+    nodes = np.asarray(graph.nodes)
+    ops = np.clip(np.rint(nodes[:, schema.NODE_OP]), 0, schema.VOCAB_SIZE - 1).astype(np.int64)
+    classes = _OP_CLASS[ops]
+    held = np.flatnonzero(classes)
+    prints = nodes[held][:, _COLUMNS].astype(np.float64)
+    informative = np.any(prints != 0, axis=1)  # a constant tensor projects to zero: it says nothing
+    held, prints = held[informative], prints[informative]
+    with np.errstate(over="ignore"):
+        signature = _fmix32(classes[held].astype(np.uint32) ^ _fmix32(
+            np.ascontiguousarray(nodes[held, _SIZE_COLUMN], np.float32).view(np.uint32)))
+    rows, keys = [], []
+    for group in np.unique(signature):
+        members = prints[signature == group]
+        rows.append(np.sort(members, axis=0) - _expected_order_statistics(len(members))[:, None])
+        with np.errstate(over="ignore"):
+            keys.append(_fmix32(group ^ _fmix32(np.arange(len(members), dtype=np.uint32) + np.uint32(0x9E3779B9))))
+    if not rows:
+        return np.zeros((0, _WIDTH)), np.zeros(0, np.uint32)
+    return np.rint(np.concatenate(rows) * SCALE), np.concatenate(keys)
+
+
+def weight_sums(graphs: Sequence[jraph.GraphsTuple], nbits: int) -> np.ndarray:
+    """float64 [len(graphs), nbits] of exact integers; the weight part is their signs (0 -> 1)."""
+    from scipy import sparse
+
+    prints = [fingerprints(g) for g in graphs]
+    keys = np.concatenate([k for _, k in prints] + [np.zeros(0, np.uint32)])
+    unique, slot = np.unique(keys, return_inverse=True)
+    counts = np.array([len(k) for _, k in prints], np.int64)
+    rows = np.repeat(np.arange(len(prints)), counts * _WIDTH)
+    cols = (slot[:, None] * _WIDTH + np.arange(_WIDTH)[None, :]).ravel()
+    values = np.concatenate([q.ravel() for q, _ in prints] + [np.zeros(0)])
+    matrix = sparse.csr_matrix((values, (rows, cols)), shape=(len(prints), len(unique) * _WIDTH))
+    return np.asarray(matrix @ _planes(unique, nbits)).reshape(len(prints), nbits)
+
+
+def weight_bits(graphs: Sequence[jraph.GraphsTuple], nbits: int) -> np.ndarray:
+    """uint8 [len(graphs), nbits] of 0/1: the weight part of each graph's code."""
+    return (weight_sums(graphs, nbits) >= 0).astype(np.uint8)
+
+
+def parameter_count(graph: jraph.GraphsTuple) -> int:
+    """How many weight tensors with a non-constant fingerprint the weight part reads; with few of
+    them two independent models agree on more bits than chance (README, weight part)."""
+    return len(fingerprints(graph)[1])
