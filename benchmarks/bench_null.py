@@ -268,8 +268,9 @@ def thresholds(figures: dict) -> dict:
 
 
 def save_bands(limits: dict, hasher_dir: Path) -> list[int]:
-    """Store the measured weight bands in a hasher checkpoint's hasher.json, beside the
-    architecture bands `hnn-jax eval --save-thresholds` measured; returns the lengths stored."""
+    """Store the measured weight bands of the lengths the hasher makes in its checkpoint's
+    hasher.json, beside the architecture bands `hnn-jax eval --save-thresholds` measured; returns
+    the weight lengths stored."""
     from hnn_jax import checkpoint
     from hnn_jax.hashcode import Bands, WeightBand
 
@@ -277,7 +278,10 @@ def save_bands(limits: dict, hasher_dir: Path) -> list[int]:
     if meta["relations"] is None:
         raise SystemExit(f"{hasher_dir} has no architecture bands yet: run `hnn-jax eval ZOO --hasher "
                          f"{hasher_dir} --save-thresholds` first")
-    weights = {int(w): WeightBand.from_json(x["band"]) for w, x in limits.items() if x["band"] is not None}
+    config = meta["config"]
+    made = {n - config.learned_bits for n in (16, 32, 64, 128, 256) if n >= config.bits and config.instance_bits}
+    weights = {int(w): WeightBand.from_json(x["band"]) for w, x in limits.items()
+               if x["band"] is not None and int(w) in made}  # the lengths this hasher makes
     checkpoint.write_relations(hasher_dir, Bands(meta["relations"].architecture, weights))
     return sorted(weights)
 

@@ -322,7 +322,7 @@ def convert_file(path):
     texts, the exception) when it cannot be converted: the warnings conversion raised are kept.
     A URL is copied into a temporary folder, converted there and the copy removed; messages name
     the URL."""
-    from hnn_jax import converters, schema
+    from hnn_jax import converters, schema, weightcode
 
     if is_url(path):  # a copy in a temporary folder, under its own name (the suffix matters)
         with tempfile.TemporaryDirectory(prefix="hnn-jax-") as folder:
@@ -341,7 +341,8 @@ def convert_file(path):
         except Exception as e:  # noqa: BLE001 - foreign files can fail anywhere
             return None, None, [str(w.message) for w in caught], e
     probe = PROBE_NAMES.get(int(round(float(graph.globals[0, schema.GLOBAL_PROBE]))), "unknown")
-    return graph, probe, [str(w.message) for w in caught], None
+    quality = weightcode.few_tensors_warning(graph)
+    return graph, probe, [str(w.message) for w in caught] + ([quality] if quality else []), None
 
 
 def hash_files(paths, *, skip_errors: bool = False, progress: bool = True, hasher=None,

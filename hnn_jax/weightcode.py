@@ -34,6 +34,7 @@ import numpy as np
 from hnn_jax import schema
 
 SEED = 0x5EED0002
+MEASURED_TENSORS = 3  # the fewest weight tensors of a model the null was measured on (bench_null's MLP)
 SCALE = 1024          # fingerprints are rounded to 1/SCALE; |projection| <= 8 (features.projections)
 # Norm scales and PReLU slopes are left out: their fingerprints are not centred (features.projections
 # centres weights at 0), so a vector near 1 projects to values every model of that width shares, and a
@@ -129,6 +130,18 @@ def weight_bits(graphs: Sequence[jraph.GraphsTuple], nbits: int) -> np.ndarray:
 
 
 def parameter_count(graph: jraph.GraphsTuple) -> int:
-    """How many weight tensors with a non-constant fingerprint the weight part reads; with few of
-    them two independent models agree on more bits than chance (README, weight part)."""
+    """How many weight tensors with a non-constant fingerprint the weight part reads; with fewer
+    than MEASURED_TENSORS, two independent models agree on more bits than the measured null says
+    (the fewer the tensors, the wider it is), so its chances are too low for them."""
     return len(fingerprints(graph)[1])
+
+
+def few_tensors_warning(graph: jraph.GraphsTuple) -> str | None:
+    """A quality note for models whose weight part reads fewer tensors than the null was measured
+    on (PDQ's quality flag, in words), or None."""
+    count = parameter_count(graph)
+    if count >= MEASURED_TENSORS:
+        return None
+    return (f"the weight part reads {count} weight tensor{'s' if count != 1 else ''}; its same-model band and "
+            f"chances were measured on models of {MEASURED_TENSORS} or more, and two independent models this "
+            "small agree by chance more often")

@@ -125,3 +125,16 @@ def test_norm_scales_and_constant_tensors_are_left_out():
     nodes[1, schema.NODE_WEIGHT_PROJ] += 3.0  # a LayerNorm's fingerprint moves: the code does not
     np.testing.assert_array_equal(weightcode.weight_sums([g._replace(nodes=nodes)], 64), base)
     assert weightcode.parameter_count(g) == len(g.nodes[::3])
+
+
+def test_models_with_fewer_weight_tensors_than_measured_get_a_quality_note(tmp_path):
+    import onnx
+    from models import onnx_mlp
+
+    from hnn_jax.files import hash_files
+
+    for layers in (1, 3):
+        onnx.save(onnx_mlp(0, layers, 8), tmp_path / f"mlp{layers}.onnx")
+    small, large = hash_files([tmp_path / "mlp1.onnx", tmp_path / "mlp3.onnx"], progress=False)
+    assert any("reads 1 weight tensor;" in w for w in small.warnings)
+    assert not any("weight tensor" in w for w in large.warnings)
