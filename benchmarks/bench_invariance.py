@@ -400,7 +400,7 @@ def run(archs, ways, n_inits):
 
     learned = default_hasher().config.learned_bits
     instance = default_hasher().config.instance_bits
-    print(f"hasher {default_hasher().version}: {learned} learned + {instance} instance bits", flush=True)
+    print(f"hasher {default_hasher().version}: {learned} architecture + {instance} weight bits", flush=True)
     cells, inits = [], {}
     for arch in archs:
         framework = ARCHS[arch][0]
@@ -536,14 +536,16 @@ def report(results):
         print(f"- skipped {way} ({', '.join(archs)}): {why}")
 
     if results["inits"]:
-        print(f"\nDifferent initialisations (target: mean instance distance 6-10 of {results['instance_bits']})")
-        print("| architecture | inits | instance mean | min | max | learned mean | in target |")
+        width = results["instance_bits"]
+        print(f"\nDifferent initialisations (target: mean weight distance {0.375 * width:.0f}-{0.625 * width:.0f} "
+              f"of {width}, about half)")
+        print("| architecture | inits | weight mean | min | max | architecture mean | in target |")
         print("|---|---|---|---|---|---|---|")
         for arch, d in results["inits"].items():
             if "error" in d:
                 print(f"| {arch} | error | | | | | {d['error']} |")
                 continue
-            ok = 6 <= d["instance_mean"] <= 10
+            ok = 0.375 * width <= d["instance_mean"] <= 0.625 * width
             print(f"| {arch} | {d['n']} | {d['instance_mean']:.2f} | {d['instance_min']} | {d['instance_max']} | "
                   f"{d['learned_mean']:.2f} | {'yes' if ok else 'NO'} |")
 

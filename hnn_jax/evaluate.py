@@ -77,9 +77,11 @@ def _retrieval(d: np.ndarray, relevant: np.ndarray, queries: np.ndarray, seed: i
     return np.array(aps), np.array(p1s)
 
 
-def evaluate_codes(bits: np.ndarray, rows: list[dict]) -> dict:
-    """Family and copy-detection retrieval and distance to the original per transform."""
-    d = hamming(bits, bits)
+def evaluate_codes(bits: np.ndarray, rows: list[dict], d: np.ndarray | None = None) -> dict:
+    """Family and copy-detection retrieval and distance to the original per transform; `d`: the
+    ranking's distances if not the codes' Hamming distances (an index order by parts)."""
+    hd = hamming(bits, bits)
+    d = hd if d is None else d
     fam = np.array([r["family"] for r in rows])
     parent = np.array([r["parent"] for r in rows])
     transform = np.array([r["transform"] for r in rows])
@@ -90,7 +92,7 @@ def evaluate_codes(bits: np.ndarray, rows: list[dict]) -> dict:
     derivatives = np.flatnonzero(transform != "original")
     copy_aps, copy_p1s = _retrieval(d, parent[:, None] == parent[None, :], derivatives)
     original_of = {parent[i]: i for i in originals}
-    per_transform = {str(t): float(np.mean([d[i, original_of[parent[i]]] for i in np.flatnonzero(transform == t)
+    per_transform = {str(t): float(np.mean([hd[i, original_of[parent[i]]] for i in np.flatnonzero(transform == t)
                                        if parent[i] in original_of]))
                      for t in sorted(set(transform) - {"original"})}
     family_ap = {str(f): float(np.nanmean(family_aps[orig_fam == f])) for f in sorted(set(orig_fam))}
@@ -227,6 +229,11 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, valida
             if k_graphs:
                 res.update(evaluate_twins(k_bits[:, columns], k_rows, bits[:, columns], rows))
             results[part] = res
+        if method is hasher and hasher.config.instance_bits:  # the rankings HammingIndex.search(order=...) gives
+            learned, nbits = hasher.config.learned_bits, bits.shape[1]
+            arch, weights = hamming(bits[:, :learned], bits[:, :learned]), hamming(bits[:, learned:], bits[:, learned:])
+            for order, d in (("architecture", arch * (nbits + 1) + weights), ("weights", weights * (nbits + 1) + arch)):
+                results[f"{name}: index order={order}"] = evaluate_codes(bits, rows, d)
     arch_bits = hasher.config.learned_bits
     try:
         arch_bands = measure_thresholds(relation_distances(all_bits["hnn-jax"][:, :arch_bits], rows), arch_bits)
@@ -236,9 +243,13 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, valida
     verdict_table = {}
     from hnn_jax.hashcode import Bands, register_bands, shipped_weight_bands
 
+    # the verdicts a user gets: the hasher's own bands (measured on validation data, never on
+    # this set); a hasher without any gets the bands measured here, with the shipped weight bands
     weight_bands = hasher.relations.weights if hasher.relations is not None else shipped_weight_bands()
-    if arch_bands is not None and weight_bands:
-        measured = register_bands(f"{hasher.version}.eval", Bands(arch_bands, weight_bands))
+    bands = hasher.relations if hasher.relations is not None else (
+        Bands(arch_bands, weight_bands) if arch_bands is not None else None)
+    if bands is not None and weight_bands:
+        measured = register_bands(f"{hasher.version}.eval", bands)
         for nbits in hasher.lengths:
             if nbits - arch_bits not in measured.weights:
                 continue
@@ -368,9 +379,11 @@ def _cli_eval(args) -> int:
             raise HNNError("nothing saved: " + summary["relations_missing"])
         return 0
     bands = summary["architecture_bands"]
-    print(f"architecture part's bands (largest distance of same architecture, same family): {bands[1]}, {bands[2]}")
+    print(f"architecture part's bands measured here (largest distance of same architecture, same family): "
+          f"{bands[1]}, {bands[2]}")
     for nbits, table in summary["verdicts"].items():
-        print(f"{nbits}-bit codes, share of each group's pairs called each relation:")
+        print(f"{nbits}-bit codes, share of each group's pairs called each relation "
+              f"(by {'the hasher' if hasher.relations is not None else 'these'} bands):")
         for group, figures in table.items():
             called = ", ".join(f"{k} {v:.3f}" for k, v in figures["called"].items() if v)
             print(f"  {group} ({figures['n']} pairs): {called}")

@@ -347,7 +347,7 @@ def test_zoo_train_eval_from_the_command_line(tmp_path):
     assert summary["graphs"] == 24 and 0 <= summary["results"]["hnn-jax"]["copy_map"] <= 1
     assert {"hnn-jax: architecture part (24 bits)", "hnn-jax: weight part (8 bits)"} <= set(summary["results"])
     # one architecture per family: no same-family pairs to set that threshold from, said so
-    assert "relation thresholds: not measured" in table and "same family, other architecture" in table
+    assert "relation bands: not measured" in table and "same family, other architecture" in table
     bad = subprocess.run([sys.executable, "-m", "hnn_jax.cli", "train", tmp_path / "nothing", "-o", run_dir],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not a zoo" in bad.stderr and "Traceback" not in bad.stderr
