@@ -35,6 +35,7 @@ from hnn_jax import schema
 
 SEED = 0x5EED0002
 MEASURED_TENSORS = 3  # the fewest weight tensors of a model the null was measured on (bench_null's MLP)
+KEYS_PER_BLOCK = 2048  # distinct tensor keys whose hyperplanes are drawn at once (16 x nbits floats each)
 SCALE = 1024          # fingerprints are rounded to 1/SCALE; |projection| <= 8 (features.projections)
 # Norm scales and PReLU slopes are left out: their fingerprints are not centred (features.projections
 # centres weights at 0), so a vector near 1 projects to values every model of that width shares, and a
@@ -69,13 +70,13 @@ def _planes(keys: np.ndarray, nbits: int) -> np.ndarray:
     return bits.reshape(len(keys) * _WIDTH, nbits).astype(np.float64) * 2.0 - 1.0
 
 
-def _expected_order_statistics(m: int) -> np.ndarray:
-    """Blom's approximation of the expected order statistics of m standard normal values: what the
-    sorted fingerprints of any model share (a fingerprint is a normalised sum of 64 signed weights),
-    taken off so that only the instance's part of each remains."""
+def _expected_order_statistics(rank: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Blom's approximation of the expected rank-th (from 0) smallest of `size` standard normal
+    values: what the sorted fingerprints of any model share (a fingerprint is a normalised sum of
+    64 signed weights), taken off so that only the instance's part of each remains."""
     from scipy.special import ndtri
 
-    return ndtri((np.arange(1, m + 1) - 0.375) / (m + 0.25))
+    return ndtri((rank + 1 - 0.375) / (size + 0.25))
 
 
 def fingerprints(graph: jraph.GraphsTuple) -> tuple[np.ndarray, np.ndarray]:
@@ -98,15 +99,20 @@ def fingerprints(graph: jraph.GraphsTuple) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(over="ignore"):
         signature = _fmix32(classes[held].astype(np.uint32) ^ _fmix32(
             np.ascontiguousarray(nodes[held, _SIZE_COLUMN], np.float32).view(np.uint32)))
-    rows, keys = [], []
-    for group in np.unique(signature):
-        members = prints[signature == group]
-        rows.append(np.sort(members, axis=0) - _expected_order_statistics(len(members))[:, None])
-        with np.errstate(over="ignore"):
-            keys.append(_fmix32(group ^ _fmix32(np.arange(len(members), dtype=np.uint32) + np.uint32(0x9E3779B9))))
-    if not rows:
+    if not len(held):
         return np.zeros((0, _WIDTH)), np.zeros(0, np.uint32)
-    return np.rint(np.concatenate(rows) * SCALE), np.concatenate(keys)
+    # each column sorted within its group: rows ordered by (group, value), a group's rows contiguous
+    by_group = np.argsort(signature, kind="stable")
+    group = signature[by_group]
+    first = np.r_[True, group[1:] != group[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(group)), 0))
+    size = np.diff(np.r_[np.flatnonzero(first), len(group)])[np.cumsum(first) - 1]
+    rank = np.arange(len(group)) - start
+    columns = np.stack([prints[np.lexsort((prints[:, j], signature)), j] for j in range(_WIDTH)], axis=1)
+    residual = columns - _expected_order_statistics(rank, size)[:, None]
+    with np.errstate(over="ignore"):
+        keys = _fmix32(group ^ _fmix32(rank.astype(np.uint32) + np.uint32(0x9E3779B9)))
+    return np.rint(residual * SCALE), keys
 
 
 def weight_sums(graphs: Sequence[jraph.GraphsTuple], nbits: int) -> np.ndarray:
@@ -120,8 +126,12 @@ def weight_sums(graphs: Sequence[jraph.GraphsTuple], nbits: int) -> np.ndarray:
     rows = np.repeat(np.arange(len(prints)), counts * _WIDTH)
     cols = (slot[:, None] * _WIDTH + np.arange(_WIDTH)[None, :]).ravel()
     values = np.concatenate([q.ravel() for q, _ in prints] + [np.zeros(0)])
-    matrix = sparse.csr_matrix((values, (rows, cols)), shape=(len(prints), len(unique) * _WIDTH))
-    return np.asarray(matrix @ _planes(unique, nbits)).reshape(len(prints), nbits)
+    matrix = sparse.csc_matrix((values, (rows, cols)), shape=(len(prints), len(unique) * _WIDTH))
+    out = np.zeros((len(prints), nbits))
+    for low in range(0, len(unique), KEYS_PER_BLOCK):  # the hyperplanes of at most ~55 MB at a time
+        block = matrix[:, low * _WIDTH:(low + KEYS_PER_BLOCK) * _WIDTH]
+        out += np.asarray(block @ _planes(unique[low:low + KEYS_PER_BLOCK], nbits))
+    return out
 
 
 def weight_bits(graphs: Sequence[jraph.GraphsTuple], nbits: int) -> np.ndarray:
