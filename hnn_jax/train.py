@@ -428,12 +428,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("zoo", nargs="+", help="zoo folders (hnn-jax zoo build)")
     parser.add_argument("-o", "--workdir", required=True, help="checkpoints, metrics.jsonl, hasher/")
     parser.add_argument("--config", choices=("default", "shipped", "tiny"), default="default",
-                        help="default: the 64-bit recipe to train with; shipped: the recipe of the shipped "
-                        "weights (without distinct picks); tiny: seconds on a CPU")
+                        help="default: the recipe to train with (256 bits: 48 architecture + 208 weight); "
+                        "shipped: the recipe of the shipped weights (without distinct picks); tiny: seconds on a CPU")
     parser.add_argument("--steps", type=int, help="override the number of steps")
     parser.add_argument("--bits", type=int, help="override the code length (16..256)")
     parser.add_argument("--instance-bits", type=int,
-                        help="override how many of the bits are instance bits (0: all learned)")
+                        help="override how many of the bits are the weight part (0: all learned)")
     parser.add_argument("--seed", type=int, help="override the seed (member i of an ensemble: seed + i)")
     parser.add_argument("--size-blind", action=argparse.BooleanOptionalAction, default=None,
                         help="whether the learned bits read no absolute sizes (HasherConfig.size_blind; "
