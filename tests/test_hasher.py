@@ -37,22 +37,16 @@ def test_default_hash_is_256_bits_in_two_parts_and_built_once():
 
 
 def test_shipped_weights_are_the_network_train_default_makes():
-    """train.shipped() is the recorded recipe of the shipped weights; train.default() trains the
-    same network and differs from it only in how batches are drawn."""
-    import dataclasses
+    """train.shipped() is the recorded recipe of the shipped weights, and the one to train with."""
     import json
     from pathlib import Path
 
     from hnn_jax import train
 
     assert default_hasher().config == train.default().hasher == train.shipped().hasher
-    recorded = train.TrainConfig.from_dict(json.loads(
-        (Path(__file__).parents[1] / "benchmarks/results/train_config.json").read_text())["train"])
-    # recorded with the 64-bit layout of code v1: the same network (its 48 learned bits are the
-    # architecture part), the weight part now longer and outside the network
-    assert recorded.hasher.learned_bits == train.shipped().hasher.learned_bits
-    assert dataclasses.replace(recorded, hasher=train.shipped().hasher) == train.shipped()
-    assert dataclasses.replace(train.default(), distinct_picks=False) == train.shipped()
+    recorded = json.loads((Path(__file__).parents[1] / "benchmarks/results/train_config.json").read_text())
+    assert train.TrainConfig.from_dict(recorded["train"]) == train.shipped() == train.default()
+    assert train.shipped().distinct_picks
 
 
 def test_same_graph_same_bits_alone_in_batches_and_repeated():
