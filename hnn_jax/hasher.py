@@ -260,8 +260,9 @@ DEFAULT_WEIGHTS = SHIPPED_META.parent
 
 @functools.cache
 def default_hasher() -> Hasher:
-    """The hasher behind hnn_jax.hash, loaded once per process: the trained 64-bit weights
-    shipped in hnn_jax/weights/default (see README, "Training and evaluation")."""
+    """The hasher behind hnn_jax.hash, loaded once per process: the trained network (the
+    architecture part of 256-bit codes) shipped in hnn_jax/weights/default (see README, "Training
+    and evaluation")."""
     if not (DEFAULT_WEIGHTS / "hasher.json").is_file():
         raise HNNError(f"the shipped weights are missing from {DEFAULT_WEIGHTS}: reinstall hnn-jax, "
                        "or pass hasher=Hasher.load(dir)")
