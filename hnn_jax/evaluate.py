@@ -171,8 +171,8 @@ def measure_thresholds(groups: dict[str, np.ndarray], nbits: int) -> tuple[int, 
 
 def verdicts(bits: np.ndarray, rows: list[dict], bands, arch_bits: int) -> dict[str, dict]:
     """Per relation group: pair count, the distance figures of each part, and the share of pairs
-    HashCode.relation calls each relation (hashcode.relation_of with the hasher's bands)."""
-    from hnn_jax.hashcode import RELATIONS, Distances, relation_of
+    HashCode.relation calls each relation with `bands` (a hashcode.Bands)."""
+    from hnn_jax.hashcode import RELATIONS, Distances
 
     arch = relation_distances(bits[:, :arch_bits], rows)
     weights = relation_distances(bits[:, arch_bits:], rows)
@@ -181,7 +181,7 @@ def verdicts(bits: np.ndarray, rows: list[dict], bands, arch_bits: int) -> dict[
         a, w = arch[name], weights[name]
         if not len(a):
             continue
-        keys = [relation_of(Distances(int(x + y), int(x), int(y)), arch_bits, bits.shape[1] - arch_bits, bands)[0]
+        keys = [bands.relation(Distances(int(x + y), int(x), int(y)), arch_bits, bits.shape[1] - arch_bits)[0]
                 for x, y in zip(a, w)]
         out[name] = dict(n=len(a), architecture_mean=float(a.mean()), architecture_p95=float(np.percentile(a, 95)),
                          weights_mean=float(w.mean()), weights_p5=float(np.percentile(w, 5)),
@@ -241,7 +241,7 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, valida
     except HNNError as e:  # a zoo without every relation level still gets its other figures
         arch_bands, missing = None, str(e)
     verdict_table = {}
-    from hnn_jax.hashcode import Bands, register_bands, shipped_weight_bands
+    from hnn_jax.hashcode import Bands, shipped_weight_bands
 
     # the verdicts a user gets: the hasher's own bands (measured on validation data, never on
     # this set); a hasher without any gets the bands measured here, with the shipped weight bands
@@ -249,12 +249,11 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, valida
     bands = hasher.relations if hasher.relations is not None else (
         Bands(arch_bands, weight_bands) if arch_bands is not None else None)
     if bands is not None and weight_bands:
-        measured = register_bands(f"{hasher.version}.eval", bands)
         for nbits in hasher.lengths:
-            if nbits - arch_bits not in measured.weights:
+            if nbits - arch_bits not in bands.weights:
                 continue
             bits = all_bits["hnn-jax"] if nbits == hasher.config.bits else codes_of(graphs, hasher, nbits)
-            verdict_table[nbits] = verdicts(bits, rows, f"{hasher.version}.eval", arch_bits)
+            verdict_table[nbits] = verdicts(bits, rows, bands, arch_bits)
     summary = dict(models=len({r['parent'] for r in rows}), graphs=len(rows),
                    families=len({r['family'] for r in rows}), results=results,
                    architecture_bands=arch_bands, weight_bands={n: b.to_json() for n, b in weight_bands.items()},

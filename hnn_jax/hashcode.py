@@ -132,6 +132,21 @@ class Bands:
                 f"{sorted(self.weights) or 'none'}); measure it with benchmarks/bench_null.py --save-thresholds")
         return self.weights[weight_bits]
 
+    def relation(self, distances: Distances, arch_bits: int, weight_bits: int) -> tuple[str, str]:
+        """(key, description) of the relation two codes' part distances suggest (RELATIONS): "same
+        model" needs both parts in their same-model bands; the architecture part alone places the
+        rest."""
+        arch = self.architecture
+        if not (0 <= distances.architecture <= arch_bits and 0 <= distances.weights <= weight_bits):
+            raise ValueError(f"distances {tuple(distances)} do not fit a {arch_bits}+{weight_bits}-bit code")
+        if (distances.architecture <= arch[0] and weight_bits
+                and distances.weights <= self.weights_band(weight_bits).same_model):
+            return RELATIONS[0]
+        for bound, relation in zip(arch[1:], RELATIONS[1:3]):
+            if distances.architecture <= bound:
+                return relation
+        return RELATIONS[-1]
+
     def to_json(self) -> dict:
         return {"architecture": list(map(int, self.architecture)),
                 "weights": {str(n): w.to_json() for n, w in sorted(self.weights.items())}}
@@ -181,22 +196,6 @@ def bands(version: str) -> Bands:
             f"no relation bands are known for hasher {version}: load that hasher (Hasher.load) or "
             "measure them with `hnn-jax eval ZOO --hasher DIR --save-thresholds`")
     return _BANDS[version]
-
-
-def relation_of(distances: Distances, arch_bits: int, weight_bits: int, version: str) -> tuple[str, str]:
-    """(key, description) of the relation two codes' part distances suggest (RELATIONS): "same
-    model" needs both parts in their same-model bands; the architecture part alone places the
-    rest."""
-    arch = bands(version).architecture
-    if not (0 <= distances.architecture <= arch_bits and 0 <= distances.weights <= weight_bits):
-        raise ValueError(f"distances {tuple(distances)} do not fit a {arch_bits}+{weight_bits}-bit code")
-    if (distances.architecture <= arch[0] and weight_bits
-            and distances.weights <= bands(version).weights_band(weight_bits).same_model):
-        return RELATIONS[0]
-    for bound, relation in zip(arch[1:], RELATIONS[1:3]):
-        if distances.architecture <= bound:
-            return relation
-    return RELATIONS[-1]
 
 
 class Comparison(NamedTuple):
@@ -326,7 +325,7 @@ class HashCode:
     def relation(self, other: "HashCode") -> tuple[str, str]:
         """(key, description) of what the two codes suggest (RELATIONS), by the bands measured
         for this code's hasher: "same-model" only when both parts are within their bands."""
-        return relation_of(self.distances(other), self._arch_bits, len(self) - self._arch_bits, self._version)
+        return bands(self._version).relation(self.distances(other), self._arch_bits, len(self) - self._arch_bits)
 
     def chance(self, other: "HashCode") -> float:
         """The measured probability that two independent models of one architecture have weight

@@ -248,7 +248,9 @@ class Hasher:
         for chunk in _pack(checked, self.node_budget, self.edge_budget, self.max_graphs):
             padded = pad_batch(chunk, n_graph=self.max_graphs + 1)
             pending.append((len(chunk), self._forward(self._state, padded)))
-        weights = weightcode.weight_sums(checked, instance_bits).astype(np.float32)  # meanwhile, on the host
+        weights = np.zeros((len(checked), 0), np.float32)  # computed on the host while the device runs
+        if instance_bits:
+            weights = weightcode.weight_sums(checked, instance_bits).astype(np.float32)
         if not pending:
             return np.zeros((0, self.config.learned_bits + instance_bits), np.float32)
         learned = np.concatenate([np.asarray(out)[:count] for count, out in pending])

@@ -119,8 +119,7 @@ class Match:
 
     def relation(self) -> tuple[str, str]:
         """(key, description) of what the match's distances suggest (HashCode.relation)."""
-        from hnn_jax.hashcode import relation_of
-        return relation_of(self.distances, self._arch_bits, self._nbits - self._arch_bits, self._version)
+        return bands(self._version).relation(self.distances, self._arch_bits, self._nbits - self._arch_bits)
 
     def _key(self):
         return (self.id, self.distance, self.distances, self.metadata, self._version, self._nbits,

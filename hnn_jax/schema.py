@@ -8,7 +8,7 @@ SCHEMA_VERSION = 4  # 2: weight projections normalised per output channel; 3: co
 #                     canonical order broken by what is downstream before weight values (instance columns
 #                     and node order only: the learned network reads neither, so schema-2 weights serve 3);
 #                     4: onnxruntime's fused / QOperator ops spelled back and NHWC transposes sunk (graphs
-#                     of such files change), instance bits read the weights of PARAMETER_OPS only
+#                     of such files change), instance bits read the weights of parameter ops only
 
 # Canonical op vocabulary. Index 0 is the bucket for every op not listed here.
 OPS = (
@@ -38,11 +38,6 @@ OPS = (
     "lstm", "gru", "rnn", "attention",
 )
 OP_INDEX = {name: i for i, name in enumerate(OPS)}
-# Ops whose weights are parameters an initialiser draws. The constants of elementwise and layout
-# ops (rotary cos/sin tables, attention masks, scales) are the same for every initialisation, so
-# the instance bits do not read them.
-PARAMETER_OPS = ("conv", "conv_transpose", "linear", "matmul", "einsum", "embedding", "batch_norm", "layer_norm",
-                 "rms_norm", "group_norm", "instance_norm", "prelu", "lstm", "gru", "rnn", "attention")
 VOCAB_SIZE = 128  # room to grow the vocabulary without changing embedding tables
 assert len(OPS) <= VOCAB_SIZE
 

@@ -37,7 +37,9 @@ SEED = 0x5EED0002
 MEASURED_TENSORS = 3  # the fewest weight tensors of a model the null was measured on (bench_null's MLP)
 KEYS_PER_BLOCK = 2048  # distinct tensor keys whose hyperplanes are drawn at once (16 x nbits floats each)
 SCALE = 1024          # fingerprints are rounded to 1/SCALE; |projection| <= 8 (features.projections)
-# Norm scales and PReLU slopes are left out: their fingerprints are not centred (features.projections
+# Weight matrices and kernels only: the constants of elementwise and layout ops (rotary cos/sin
+# tables, attention masks, scales) are the same for every initialisation. Norm scales and PReLU
+# slopes are left out too: their fingerprints are not centred (features.projections
 # centres weights at 0), so a vector near 1 projects to values every model of that width shares, and a
 # 5-step fine-tune that moves LayerNorm's ones off their constant moved 28 of 208 bits (validation
 # zoos; 3.5 for fp16). The matrices and kernels around them carry the instance.

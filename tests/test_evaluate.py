@@ -123,16 +123,16 @@ def test_architecture_bands_split_separated_relations_in_the_middle_and_overlaps
 
 
 def test_verdicts_need_both_parts_in_their_bands():
-    from hnn_jax.hashcode import Bands, WeightBand, register_bands
+    from hnn_jax.hashcode import Bands, WeightBand
 
-    register_bands("test-verdicts", Bands((1, 1, 4), {16: WeightBand(3, 1e6, 1e6, 100)}))
+    bands = Bands((1, 1, 4), {16: WeightBand(3, 1e6, 1e6, 100)})
     rows = _rows([("f", "a", "p1", "original"), ("f", "a", "p1", "fp16"), ("f", "a", "p2", "original"),
                   ("g", "b", "p3", "original")])
     bits = np.zeros((4, 24), np.uint8)  # 8 architecture bits, 16 weight bits
     bits[1, 8:10] = 1    # a copy: 2 weight bits from its original
     bits[2, 8:18] = 1    # another init: the same architecture, weights 10 and 8 bits away
     bits[3, :8] = 1      # another family
-    table = evaluate.verdicts(bits, rows, "test-verdicts", 8)
+    table = evaluate.verdicts(bits, rows, bands, 8)
     assert table["same model (derivative)"]["n"] == 1
     assert table["same model (derivative)"]["called"]["same-model"] == 1.0
     assert table["same architecture, other init"]["called"]["same-architecture"] == 1.0
