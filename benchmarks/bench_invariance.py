@@ -93,6 +93,30 @@ def build_decoder(seed):
     return Positional().eval(), torch.randint(0, 100, (1, 8))
 
 
+def build_bert(seed):
+    """A two-layer BERT encoder from its config (random init, eager attention), wrapped to take
+    input_ids and mask the padding id 0: the graph onnxruntime.transformers fuses into Attention,
+    EmbedLayerNormalization, SkipLayerNormalization and BiasGelu."""
+    import torch
+    import transformers as tr
+    from torch import nn
+
+    torch.manual_seed(seed)
+    config = tr.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=64, attn_implementation="eager")
+    model = tr.BertModel(config, add_pooling_layer=False).eval()
+
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            return self.model(input_ids=ids, attention_mask=(ids != 0).long(), return_dict=False)[0]
+
+    return Padded().eval(), torch.randint(1, 100, (1, 8))
+
+
 def build_gated_mlp(seed):
     """Linear in, two SwiGLU blocks (silu(x W1) * (x W3)) W2 with residuals, linear head."""
     import torch
@@ -177,6 +201,7 @@ ARCHS = {  # name -> (framework, builder)
     "cnn": ("torch", build_cnn),
     "encoder": ("torch", build_encoder),
     "decoder": ("torch", build_decoder),
+    "bert": ("torch", build_bert),
     "gated_mlp": ("torch", build_gated_mlp),
     "rnn": ("torch", build_rnn),
     "keras": ("keras", build_keras),
@@ -294,6 +319,21 @@ def way_onnxoptimizer(ctx):
     return onnxoptimizer.optimize(ctx.ref)
 
 
+def way_ort_transformers(ctx):
+    """onnxruntime.transformers.optimizer.optimize_model (the fusions optimum writes): Attention,
+    EmbedLayerNormalization, SkipLayerNormalization, BiasGelu, FastGelu, ... for BERT and GPT-2
+    graphs; 'bert' for encoders, 'gpt2' for decoders."""
+    if ctx.arch not in ("encoder", "bert", "decoder"):
+        raise Skip("n/a (transformers only)")
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    kind = "gpt2" if ctx.arch == "decoder" else "bert"
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(ctx.ref, f"{tmp}/in.onnx")
+        optimized = optimize_model(f"{tmp}/in.onnx", model_type=kind, num_heads=4, hidden_size=32, opt_level=0)
+        return optimized.model
+
+
 def way_fp16_occ(ctx):
     try:
         from onnxconverter_common import float16
@@ -329,6 +369,7 @@ WAYS = {  # name -> (function, tolerance in bits on the whole code; None: not he
     "ort_basic": (lambda c: variants.ort_optimized(c.ref, "ORT_ENABLE_BASIC"), 1),
     "ort_extended": (lambda c: variants.ort_optimized(c.ref, "ORT_ENABLE_EXTENDED"), 1),
     "ort_all": (lambda c: variants.ort_optimized(c.ref, "ORT_ENABLE_ALL"), 1),
+    "ort_transformers": (way_ort_transformers, 1),
     "fp16_occ": (way_fp16_occ, 2),
     "fp16_roundtrip": (way_fp16_roundtrip, 2),
     "int8_dynamic": (lambda c: variants.int8_dynamic(c.ref), 2),

@@ -207,3 +207,104 @@ def test_spelled_constants_take_the_half_precision_type_of_their_tensor():
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
     assert_same_function(model, {"x": RNG.standard_normal((2, 8)).astype(np.float16)}, atol=2e-3)
+
+
+# ----------------------------------------------------------------------------- transformer fusions
+# (what onnxruntime.transformers' optimize_model and optimum write)
+
+def int_input(name, shape, elem=TensorProto.INT32):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def padding_mask(batch, seq):
+    """1 for kept tokens, 0 for the padding at the end of the second sequence."""
+    mask = np.ones((batch, seq), np.int32)
+    mask[-1, seq // 2:] = 0
+    return mask
+
+
+@pytest.mark.parametrize("unidirectional", [0, 1])
+def test_attention_is_three_projections_scaled_scores_mask_and_softmax(unidirectional):
+    batch, seq, hidden, heads = 2, 6, 16, 4
+    weights = (RNG.standard_normal((hidden, 3 * hidden)) / 4).astype(np.float32)
+    bias = RNG.standard_normal(3 * hidden).astype(np.float32)
+    model = contrib_model(
+        [helper.make_node("Attention", ["x", "w", "b", "mask"], ["y"], domain=MS, num_heads=heads,
+                          unidirectional=unidirectional)],
+        [float_input("x", [batch, seq, hidden]), int_input("mask", [batch, seq])], [float_input("y", None)],
+        [("w", weights), ("b", bias)])
+    feeds = {"x": RNG.standard_normal((batch, seq, hidden)).astype(np.float32), "mask": padding_mask(batch, seq)}
+    prepared = assert_same_function(model, feeds)
+    projections = [n for n in prepared.graph.node if n.op_type == "MatMul" and n.input[0] == "x"]
+    assert len(projections) == 3  # one weight per projection, as an exporter writes them
+    assert kinds(model).count("softmax") == 1
+
+
+def test_attention_masks_from_embed_layer_norm_are_one_term_for_all_layers():
+    """EmbedLayerNormalization's mask_index (the count of kept tokens) feeds every Attention; the
+    spelling reads the raw mask it counted, once."""
+    batch, seq, hidden, heads, vocab = 2, 6, 16, 2, 20
+    inits = [("word", RNG.standard_normal((vocab, hidden)).astype(np.float32)),
+             ("pos", RNG.standard_normal((32, hidden)).astype(np.float32)),
+             ("seg", RNG.standard_normal((2, hidden)).astype(np.float32)),
+             ("gamma", RNG.uniform(0.5, 2, hidden).astype(np.float32)),
+             ("beta", RNG.standard_normal(hidden).astype(np.float32))]
+    nodes = [helper.make_node("EmbedLayerNormalization", ["ids", "segments", "word", "pos", "seg", "gamma", "beta",
+                                                          "mask"], ["h0", "lengths"], domain=MS, epsilon=1e-12)]
+    for k in range(2):
+        inits += [(f"w{k}", (RNG.standard_normal((hidden, 3 * hidden)) / 4).astype(np.float32)),
+                  (f"b{k}", RNG.standard_normal(3 * hidden).astype(np.float32))]
+        nodes.append(helper.make_node("Attention", [f"h{k}", f"w{k}", f"b{k}", "lengths"], [f"h{k + 1}"], domain=MS,
+                                      num_heads=heads))
+    model = contrib_model(nodes, [int_input("ids", [batch, seq]), int_input("segments", [batch, seq]),
+                                  int_input("mask", [batch, seq])], [float_input("h2", None)], inits)
+    feeds = {"ids": RNG.integers(0, vocab, (batch, seq)).astype(np.int32),
+             "segments": RNG.integers(0, 2, (batch, seq)).astype(np.int32), "mask": padding_mask(batch, seq)}
+    prepared = assert_same_function(model, feeds, atol=1e-4)
+    assert sum(n.op_type == "Where" for n in prepared.graph.node) == 1
+    assert kinds(model).count("layer_norm") == 1
+
+
+def test_multi_head_attention_with_bias_and_key_padding_mask():
+    batch, seq, hidden, heads = 2, 5, 16, 4
+    names = ("q", "k", "v")
+    model = contrib_model(
+        [helper.make_node("MultiHeadAttention", [*names, "b", "mask"], ["y"], domain=MS, num_heads=heads)],
+        [float_input(x, [batch, seq, hidden]) for x in names] + [int_input("mask", [batch, seq])],
+        [float_input("y", None)], [("b", RNG.standard_normal(3 * hidden).astype(np.float32))])
+    feeds = {x: RNG.standard_normal((batch, seq, hidden)).astype(np.float32) for x in names}
+    feeds["mask"] = padding_mask(batch, seq)
+    assert_same_function(model, feeds)
+
+
+def test_rotary_embedding_rotates_each_heads_halves():
+    batch, heads, seq, size = 2, 2, 5, 8
+    angles = np.arange(16)[:, None] * (1e-2 ** (np.arange(size // 2) / (size // 2)))[None]
+    model = contrib_model(
+        [helper.make_node("RotaryEmbedding", ["x", "positions", "cos", "sin"], ["y"], domain=MS)],
+        [float_input("x", [batch, heads, seq, size]), int_input("positions", [batch, seq], TensorProto.INT64)],
+        [float_input("y", None)],
+        [("cos", np.cos(angles).astype(np.float32)), ("sin", np.sin(angles).astype(np.float32))])
+    feeds = {"x": RNG.standard_normal((batch, heads, seq, size)).astype(np.float32),
+             "positions": np.tile(np.arange(seq), (batch, 1)) + np.array([[0], [3]])}
+    assert_same_function(model, feeds)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_matmul_nbits_is_a_matmul_on_the_weights_it_decodes_to(bits):
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    k, n = 64, 24
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    model = onnx_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [float_input("x", [3, k])],
+                       [float_input("y", None)], [("w", w)])
+    quantizer = MatMulNBitsQuantizer(model, algo_config=DefaultWeightOnlyQuantConfig(
+        block_size=32, is_symmetric=False, bits=bits))
+    quantizer.process()
+    quantized = quantizer.model.model
+    assert [node.op_type for node in quantized.graph.node] == ["MatMulNBits"]
+    prepared = assert_same_function(quantized, {"x": RNG.standard_normal((3, k)).astype(np.float32)}, atol=1e-4)
+    decoded = next(t for t in prepared.graph.node if t.op_type == "Constant")
+    from onnx import numpy_helper
+    error = np.abs(numpy_helper.to_array(decoded.attribute[0].t) - w).max()
+    assert error < (0.25 if bits == 4 else 0.02) * np.abs(w).max()  # the weights, to the step of the grid

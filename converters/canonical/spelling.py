@@ -4,6 +4,13 @@ model is prepared, so the probe runs the rewritten model and every later stage s
 - onnxruntime's saved optimisations (levels "extended" and "all"): FusedConv, FusedGemm,
   FusedMatMul, Gelu, BiasGelu, FastGelu, QuickGelu, BiasAdd, (Skip)(Simplified)LayerNormalization
   become the float ops they fuse.
+- onnxruntime.transformers' fusions (what optimum and `optimize_model` write): Attention and
+  MultiHeadAttention become the projections, heads, scaled scores, mask, softmax and merge the
+  exporter writes (packed QKV weights split into one constant per projection);
+  EmbedLayerNormalization becomes the embedding gathers, their sum and the layer norm;
+  RotaryEmbedding the rotation of each head's halves by its cos/sin tables.
+- MatMulNBits (2-8 bit block-quantised weights) becomes a MatMul on the weights it decodes to, as
+  the `dequantize` pass does for int8 weights.
 - onnxruntime's QOperator int8 ops (QLinearConv, QLinearMatMul, QGemm, QLinearAdd, ...,
   DynamicQuantizeMatMul, MatMulIntegerToFloat) become DequantizeLinear -> float op ->
   QuantizeLinear, the QDQ form the `dequantize` pass takes apart.
@@ -15,8 +22,9 @@ model is prepared, so the probe runs the rewritten model and every later stage s
   Conv -> Transpose -> bias Add -> Relu6 -> Transpose -> Conv), so transposes meet and cancel.
 
 Each replacement writes the original node's output names, so the graph around it and the
-tensors the probe reads are unchanged. Ops without a rewrite here (Attention, the NCHWc layout
-of level "all", whose weights are blocked for one CPU) stay as they are: `unknown` nodes.
+tensors the probe reads are unchanged. Ops without a rewrite here (GroupQueryAttention, attention
+with a past state, the NCHWc layout of level "all", whose weights are blocked for one CPU) stay
+as they are: `unknown` nodes.
 """
 
 from __future__ import annotations
@@ -48,8 +56,10 @@ _ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid")
 class _Emit:
     """Collects the standard nodes replacing one node; intermediate tensors get fresh names."""
 
-    def __init__(self, node: onnx.NodeProto, elem_type, opset: int):
+    def __init__(self, node: onnx.NodeProto, elem_type, opset: int, tensor_type=lambda x: None, memo=None):
         self.node, self.elem_type, self.opset = node, elem_type, opset  # elem_type(): asked on the first constant
+        self.tensor_type = tensor_type  # x -> its TypeProto.Tensor or None
+        self.memo = {} if memo is None else memo  # tensors written for earlier nodes of this pass, by key
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
 
@@ -68,6 +78,17 @@ class _Emit:
         self.nodes.append(helper.make_node("Constant", [], [out], value=onnx.numpy_helper.from_array(
             np.asarray(value, dtype), out)))
         return out
+
+    def array(self, value: np.ndarray) -> str:
+        """A constant of value's own type (weights, lookup tables)."""
+        out = self.fresh()
+        self.nodes.append(helper.make_node("Constant", [], [out], value=onnx.numpy_helper.from_array(value, out)))
+        return out
+
+    def last_dim(self, x: str) -> int | None:
+        t = self.tensor_type(x)
+        dims = t.shape.dim if t is not None and t.HasField("shape") else []
+        return (dims[-1].dim_value or None) if dims else None
 
     def reduce_mean_last(self, x: str) -> str:
         if self.opset >= 18:
@@ -118,8 +139,9 @@ def _q(e: _Emit, x: str, scale: str, zero: str, out: str) -> None:
     e("QuantizeLinear", [x, scale] + ([zero] if zero else []), out)
 
 
-def _spell(n: onnx.NodeProto, e: _Emit, rank, sizes) -> bool:
-    """Append n's standard spelling to e; False where n has none (or needs what is unknown)."""
+def _spell(n: onnx.NodeProto, e: _Emit, rank, sizes, value) -> bool:
+    """Append n's standard spelling to e; False where n has none (or needs what is unknown).
+    rank(x): x's rank or None; sizes(x): a constant's element count; value(x): a constant's array."""
     a, op, out = _attrs(n), n.op_type, n.output[0]
     ms = n.domain == MS
     if ms and op in ("FusedConv", "FusedGemm"):
@@ -167,9 +189,8 @@ def _spell(n: onnx.NodeProto, e: _Emit, rank, sizes) -> bool:
             return False  # mean / inverse std read by the graph: not this spelling
         bias = _input(n, 3 if simplified else 4)
         total = n.output[3] if len(n.output) > 3 and n.output[3] else None
-        x = e("Add", list(n.input[:2]), None if bias else total)
-        if bias:
-            x = e("Add", [x, bias], total)
+        x = e("Add", [n.input[0], bias]) if bias else n.input[0]  # the bias belongs to the linear before
+        x = e("Add", [x, n.input[1]], total)
         _layer_norm(e, x, n.input[2], "" if simplified else _input(n, 3), float(a.get("epsilon", 1e-5)), out,
                     simplified)
     elif op == "SimplifiedLayerNormalization" and n.domain in ("", "ai.onnx"):
@@ -221,10 +242,236 @@ def _spell(n: onnx.NodeProto, e: _Emit, rank, sizes) -> bool:
         y = e("Gemm", list(n.input[:2]) + ([] if e.opset >= 11 else [e.const(0.0)]), **kept)  # C optional from 11
         c = n.input[2] if beta == 1.0 else e("Mul", [n.input[2], e.const(beta)])
         e("Add", [y, c], out)
+    elif ms and op == "Attention":
+        return _attention(n, e, a, rank, value)
+    elif ms and op == "MultiHeadAttention":
+        return _multi_head_attention(n, e, a, rank, value)
+    elif ms and op == "EmbedLayerNormalization":
+        return _embed_layer_norm(n, e, a)
+    elif ms and op == "RotaryEmbedding":
+        return _rotary(n, e, a, rank)
+    elif ms and op == "MatMulNBits":
+        return _matmul_nbits(n, e, a, value)
     elif op == "Erfc" and n.domain in ("", "ai.onnx"):
         e("Sub", [e.const(1.0), e("Erf", [n.input[0]])], out)
     else:
         return False
+    return True
+
+
+INT64 = onnx.TensorProto.INT64
+
+
+def _unsqueeze(e: _Emit, x: str, axes: list[int]) -> str:
+    if e.opset >= 13:
+        return e("Unsqueeze", [x, e.const(axes, INT64)])
+    return e("Unsqueeze", [x], axes=axes)
+
+
+def _dim(e: _Emit, x: str, axis: int) -> str:
+    """x.shape[axis] as a scalar int64 tensor."""
+    return e("Gather", [e("Shape", [x]), e.const(axis, INT64)])
+
+
+def _split_heads(e: _Emit, x: str, heads: int, size: int, perm: list[int]) -> str:
+    """[B, S, heads * size] -> [B, heads, S, size] (perm [0, 2, 1, 3]) or its key layout."""
+    return e("Transpose", [e("Reshape", [x, e.const([0, 0, heads, size], INT64)])], perm=perm)
+
+
+def _masked(e: _Emit, keep: str, filler: float) -> str:
+    """0 where keep is true (or 1), `filler` where it is not: the additive form of a mask."""
+    keep = e("Cast", [keep], to=onnx.TensorProto.BOOL)
+    return e("Where", [keep, e.const(0.0), e.const(filler)])
+
+
+def _key_padding(e: _Emit, mask: str, key: str, mask_rank: int, filler: float) -> str | None:
+    """onnxruntime's key padding masks as an additive [B, 1, 1, L] (or [B, 1, S, L]) term:
+    a raw 2-D mask (1 keep, 0 pad), a 3-D [B, S, L] one, or 1-D lengths (keys past them padded).
+    One term per mask: the attention nodes after the first read it (e.memo)."""
+    if (mask, filler) in e.memo:
+        return e.memo[mask, filler]
+    if mask_rank == 1:
+        positions = e("Range", [e.const(0, INT64), _dim(e, key, 1), e.const(1, INT64)])
+        lengths = _unsqueeze(e, e("Cast", [mask], to=INT64), [1])
+        term = _unsqueeze(e, _masked(e, e("Less", [positions, lengths]), filler), [1, 2])
+    elif mask_rank in (2, 3):
+        term = _unsqueeze(e, _masked(e, mask, filler), [1, 2] if mask_rank == 2 else [1])
+    else:
+        return None
+    e.memo[mask, filler] = term
+    return term
+
+
+def _causal(e: _Emit, query: str, key: str, filler: float) -> str:
+    """The additive [S, L] term that hides later keys from each query (no past state)."""
+    keys = e("Range", [e.const(0, INT64), _dim(e, key, 1), e.const(1, INT64)])
+    queries = _unsqueeze(e, e("Range", [e.const(0, INT64), _dim(e, query, 1), e.const(1, INT64)]), [1])
+    return _masked(e, e("LessOrEqual", [keys, queries]), filler)
+
+
+def _attend(e: _Emit, q: str, k: str, v: str, heads: int, qk_size: int, v_size: int, scale: float | None,
+            additive: list[str], out: str) -> None:
+    """softmax(q k^T * scale + masks) v over heads, merged back to [B, S, heads * v_size]."""
+    qh = _split_heads(e, q, heads, qk_size, [0, 2, 1, 3])
+    kt = _split_heads(e, k, heads, qk_size, [0, 2, 3, 1])
+    vh = _split_heads(e, v, heads, v_size, [0, 2, 1, 3])
+    scores = e("Mul", [e("MatMul", [qh, kt]), e.const(scale or 1 / math.sqrt(qk_size))])
+    for term in additive:
+        scores = e("Add", [scores, term])
+    merged = e("Transpose", [e("MatMul", [e("Softmax", [scores], axis=-1), vh])], perm=[0, 2, 1, 3])
+    e("Reshape", [merged, e.const([0, 0, heads * v_size], INT64)], out)
+
+
+def _attention(n: onnx.NodeProto, e: _Emit, a: dict, rank, value) -> bool:
+    """com.microsoft.Attention (packed QKV weights) without a past state."""
+    weights, bias = value(n.input[1]), value(_input(n, 2)) if _input(n, 2) else None
+    if weights is None or (_input(n, 2) and bias is None) or any(_input(n, k) for k in (4, 6)) \
+            or any(n.output[1:]) or a.get("do_rotary") or rank(n.input[0]) != 3:
+        return False
+    heads = int(a["num_heads"])
+    sizes = [int(x) for x in a.get("qkv_hidden_sizes") or [weights.shape[1] // 3] * 3]
+    filler = float(a.get("mask_filter_value", -10000.0))
+    edges = np.cumsum([0, *sizes])
+    projected = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        y = e("MatMul", [n.input[0], e.array(weights[:, lo:hi])])
+        projected.append(e("Add", [y, e.array(bias[lo:hi])]) if bias is not None else y)
+    q, k, v = projected
+    additive = []
+    if _input(n, 3):  # the raw mask where the lengths are a count of it (EmbedLayerNormalization, ReduceSum)
+        mask = e.memo.get(("raw mask", n.input[3]), n.input[3])
+        mask = mask if rank(mask) == 2 else n.input[3]
+        mask_rank = rank(mask)
+        term = None if mask_rank is None else _key_padding(e, mask, q, mask_rank, filler)
+        if term is None:
+            return False
+        additive.append(term)
+    if a.get("unidirectional"):
+        additive.append(_causal(e, q, q, filler))
+    if _input(n, 5):
+        additive.append(n.input[5])
+    _attend(e, q, k, v, heads, sizes[0] // heads, sizes[2] // heads, a.get("scale"), additive, n.output[0])
+    return True
+
+
+def _multi_head_attention(n: onnx.NodeProto, e: _Emit, a: dict, rank, value) -> bool:
+    """com.microsoft.MultiHeadAttention with projected [B, L, D] query, key and value, no past."""
+    if len(n.input) < 3 or any(_input(n, k) for k in range(6, 10)) or any(n.output[1:]) \
+            or any(rank(_input(n, k)) != 3 for k in range(3)):
+        return False
+    q, k, v = n.input[:3]
+    if _input(n, 3):  # one bias [3 * D] for the three projections
+        bias = value(n.input[3])
+        if bias is None:
+            return False
+        d = bias.shape[0] // 3
+        q, k, v = (e("Add", [x, e.array(bias[i * d:(i + 1) * d])]) for i, x in enumerate((q, k, v)))
+        sizes = [d, d, d]
+    else:
+        sizes = [None, None, None]
+    heads = int(a["num_heads"])
+    filler = float(a.get("mask_filter_value", -10000.0))
+    additive = []
+    if _input(n, 4):
+        mask_rank = rank(n.input[4])
+        term = None if mask_rank is None else _key_padding(e, n.input[4], k, mask_rank, filler)
+        if term is None:
+            return False
+        additive.append(term)
+    if a.get("unidirectional"):
+        additive.append(_causal(e, q, k, filler))
+    if _input(n, 5):
+        additive.append(n.input[5])
+    hidden = sizes[0] or e.last_dim(n.input[0])
+    v_hidden = sizes[2] or e.last_dim(n.input[2])
+    if hidden is None or v_hidden is None:
+        return False
+    _attend(e, q, k, v, heads, hidden // heads, v_hidden // heads, a.get("scale"), additive, n.output[0])
+    return True
+
+
+def _embed_layer_norm(n: onnx.NodeProto, e: _Emit, a: dict) -> bool:
+    """com.microsoft.EmbedLayerNormalization: word + position (+ segment) embeddings, layer norm;
+    its mask_index output is the count of kept tokens per sequence."""
+    ids = n.input[0]
+    if len(n.output) > 1 and n.output[1] and not _input(n, 7):
+        return False
+    words = e("Gather", [n.input[2], ids])
+    if _input(n, 8):
+        positions = n.input[8]
+    else:
+        positions = _unsqueeze(e, e("Range", [e.const(0, INT64), _dim(e, ids, 1), e.const(1, INT64)]), [0])
+    total = e("Add", [words, e("Gather", [n.input[3], positions])])
+    if _input(n, 1) and _input(n, 4):
+        summed = n.output[2] if len(n.output) > 2 and n.output[2] else None
+        total = e("Add", [total, e("Gather", [n.input[4], n.input[1]])], summed)
+    elif len(n.output) > 2 and n.output[2]:
+        total = e("Identity", [total], n.output[2])
+    _layer_norm(e, total, n.input[5], n.input[6], float(a.get("epsilon", 1e-12)), n.output[0], False)
+    if len(n.output) > 1 and n.output[1]:
+        if e.opset >= 13:
+            kept = e("ReduceSum", [e("Cast", [n.input[7]], to=INT64), e.const([1], INT64)], keepdims=0)
+        else:
+            kept = e("ReduceSum", [e("Cast", [n.input[7]], to=INT64)], axes=[1], keepdims=0)
+        e("Cast", [kept], n.output[1], to=onnx.TensorProto.INT32)
+        e.memo["raw mask", n.output[1]] = n.input[7]
+    return True
+
+
+def _rotary(n: onnx.NodeProto, e: _Emit, a: dict, rank) -> bool:
+    """com.microsoft.RotaryEmbedding, halves layout (interleaved=0), on [B, N, S, H] or [B, S, N*H]."""
+    x, positions, cos_cache, sin_cache = n.input[:4]
+    r = rank(x)
+    if a.get("interleaved") or a.get("rotary_embedding_dim") or r not in (3, 4) or rank(positions) != 2:
+        return False
+    if r == 3:
+        heads = int(a.get("num_heads", 0))
+        hidden = e.last_dim(x)
+        if not heads or hidden is None:
+            return False
+        x = _split_heads(e, x, heads, hidden // heads, [0, 2, 1, 3])
+    cos = _unsqueeze(e, e("Gather", [cos_cache, positions]), [1])  # [B, 1, S, H/2]
+    sin = _unsqueeze(e, e("Gather", [sin_cache, positions]), [1])
+    half = _unsqueeze(e, e("Div", [_dim(e, x, -1), e.const(2, INT64)]), [0])
+    first = e("Slice", [x, e.const([0], INT64), half, e.const([-1], INT64)])
+    second = e("Slice", [x, half, e.const([2 ** 62], INT64), e.const([-1], INT64)])
+    rotated = e("Concat", [e("Sub", [e("Mul", [first, cos]), e("Mul", [second, sin])]),
+                           e("Add", [e("Mul", [second, cos]), e("Mul", [first, sin])])], axis=-1)
+    if r == 3:
+        merged = e("Transpose", [rotated], perm=[0, 2, 1, 3])
+        e("Reshape", [merged, e.const([0, 0, -1], INT64)], n.output[0])
+    else:
+        e("Identity", [rotated], n.output[0])
+    return True
+
+
+def _unpack_bits(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Little-endian fields of `bits` bits in each byte's order, along the last axis."""
+    fields = np.unpackbits(packed.astype(np.uint8), axis=-1, bitorder="little")
+    fields = fields.reshape(*packed.shape[:-1], -1, bits)
+    return (fields.astype(np.int32) << np.arange(bits)).sum(-1)
+
+
+def _matmul_nbits(n: onnx.NodeProto, e: _Emit, a: dict, value) -> bool:
+    """com.microsoft.MatMulNBits: A @ W, W decoded from its blocks ((q - zero point) * scale)."""
+    blocks, scales = value(n.input[1]), value(n.input[2])
+    zeros = value(_input(n, 3)) if _input(n, 3) else None
+    if blocks is None or scales is None or (_input(n, 3) and zeros is None) or _input(n, 4):
+        return False
+    k, cols, bits, block = int(a["K"]), int(a["N"]), int(a.get("bits", 4)), int(a["block_size"])
+    count = -(-k // block)
+    q = _unpack_bits(blocks.reshape(cols, count, -1), bits)[..., :block]  # [N, blocks, block]
+    scales = scales.astype(np.float32).reshape(cols, count, 1)
+    if zeros is None:
+        zero = np.float32(2 ** (bits - 1))
+    elif zeros.dtype == np.uint8:  # packed like the weights
+        zero = _unpack_bits(zeros.reshape(cols, -1), bits)[:, :count, None].astype(np.float32)
+    else:
+        zero = zeros.astype(np.float32).reshape(cols, count, 1)
+    w = ((q - zero) * scales).reshape(cols, -1)[:, :k].T  # [K, N]
+    y = e("MatMul", [n.input[0], e.array(w.astype(value(n.input[2]).dtype))], None if _input(n, 5) else n.output[0])
+    if _input(n, 5):
+        e("Add", [y, n.input[5]], n.output[0])
     return True
 
 
@@ -242,9 +489,20 @@ def respell(model: onnx.ModelProto) -> None:
                                                "SimplifiedLayerNormalization", "DequantizeLinear")
                for n in graph.node):
         return
-    consts = {t.name: tuple(t.dims) for t in graph.initializer}
-    consts.update({n.output[0]: tuple(a.t.dims) for n in graph.node if n.op_type == "Constant"
-                   for a in n.attribute if a.name == "value" and a.type == a.TENSOR})
+    if any(n.domain == MS for n in graph.node) and not any(o.domain == MS for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS, 1))  # onnxruntime.transformers leaves it out
+    tensors = {t.name: t for t in graph.initializer}
+    tensors.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant"
+                    for a in n.attribute if a.name == "value" and a.type == a.TENSOR})
+    consts = {k: tuple(t.dims) for k, t in tensors.items()}
+    memo: dict = {}  # what spelled nodes share (one mask term for every attention node)
+    for n in graph.node:  # lengths an optimiser counted from a 2-D mask: attention reads the mask
+        if n.op_type == "ReduceSum" and _attrs(n).get("keepdims", 1) == 0:
+            axes = _attrs(n).get("axes")
+            if axes is None and _input(n, 1) in tensors:
+                axes = onnx.numpy_helper.to_array(tensors[n.input[1]]).tolist()
+            if axes in ([1], [-1]):
+                memo["raw mask", n.output[0]] = n.input[0]
     for _ in range(3):  # a rank unknown behind a contrib op is known once that op is spelled
         tensor_type = _lazy_types(model, consts)
 
@@ -255,11 +513,15 @@ def respell(model: onnx.ModelProto) -> None:
         def sizes(x):  # element count of a constant; None for a computed tensor
             return int(np.prod(consts[x])) if x in consts else None
 
+        def value(x):  # a constant's values; None for a computed tensor
+            t = tensors.get(x)
+            return None if t is None else onnx.numpy_helper.to_array(t)
+
         nodes, changed, pending = [], False, False
         for n in graph.node:
             e = _Emit(n, lambda n=n, tensor_type=tensor_type:
-                      _float_type(tensor_type(n.input[0]) if n.input else None), opset)
-            if _spell(n, e, rank, sizes):
+                      _float_type(tensor_type(n.input[0]) if n.input else None), opset, tensor_type, memo)
+            if _spell(n, e, rank, sizes, value):
                 nodes.extend(e.nodes)
                 changed = True
             else:
@@ -272,9 +534,6 @@ def respell(model: onnx.ModelProto) -> None:
             graph.node.extend(nodes)
         if not (changed and pending):
             break
-    if any(n.domain == MS for n in graph.node):
-        model.opset_import.extend([] if any(o.domain == MS for o in model.opset_import)
-                                  else [helper.make_opsetid(MS, 1)])
 
 
 def _lazy_types(model: onnx.ModelProto, consts: dict[str, tuple[int, ...]]):
