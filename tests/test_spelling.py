@@ -3,6 +3,7 @@ computed C, and transposes moved below elementwise ops. Each rewrite is checked 
 onnxruntime runs the file as written and as prepared, and the outputs agree."""
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
@@ -292,6 +293,7 @@ def test_rotary_embedding_rotates_each_heads_halves():
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_matmul_nbits_is_a_matmul_on_the_weights_it_decodes_to(bits):
+    from onnx import numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     k, n = 64, 24
@@ -305,6 +307,38 @@ def test_matmul_nbits_is_a_matmul_on_the_weights_it_decodes_to(bits):
     assert [node.op_type for node in quantized.graph.node] == ["MatMulNBits"]
     prepared = assert_same_function(quantized, {"x": RNG.standard_normal((3, k)).astype(np.float32)}, atol=1e-4)
     decoded = next(t for t in prepared.graph.node if t.op_type == "Constant")
-    from onnx import numpy_helper
     error = np.abs(numpy_helper.to_array(decoded.attribute[0].t) - w).max()
     assert error < (0.25 if bits == 4 else 0.02) * np.abs(w).max()  # the weights, to the step of the grid
+
+
+def test_a_bert_file_fused_by_onnxruntime_transformers_keeps_its_weight_part(tmp_path):
+    """optimize_model (what optimum writes) fuses attention, embeddings, skip layer norms and gelu;
+    spelled back, no node is unknown and the weight part is the exported file's, bit for bit."""
+    import torch
+    import transformers as tr
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    import hnn_jax
+    from hnn_jax import converters
+    from hnn_jax.converters import export
+
+    torch.manual_seed(0)
+    bert = tr.BertModel(tr.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, attn_implementation="eager"), add_pooling_layer=False)
+
+    class Padded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert.eval()
+
+        def forward(self, ids):
+            return self.bert(input_ids=ids, attention_mask=(ids != 0).long(), return_dict=False)[0]
+
+    exported = export.torch_to_onnx(Padded().eval(), torch.randint(1, 100, (1, 8)))
+    onnx_path = tmp_path / "bert.onnx"
+    onnx.save(exported, onnx_path)
+    fused = optimize_model(str(onnx_path), model_type="bert", num_heads=4, hidden_size=32, opt_level=0).model
+    assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= {n.op_type for n in fused.graph.node}
+    assert "unknown" not in kinds(fused)
+    a, b = hnn_jax.hash(converters.from_onnx(exported)), hnn_jax.hash(converters.from_onnx(fused))
+    assert a.distances(b).weights == 0
