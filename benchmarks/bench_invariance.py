@@ -287,6 +287,20 @@ def way_tf2onnx_function(ctx):
         return onnx.load(path)
 
 
+def way_tflite(ctx):
+    """tf.lite.TFLiteConverter.from_keras_model, then the converter's own TFLite path
+    (export.tflite_to_onnx, what converters.from_file reads a .tflite file with)."""
+    _need("keras")(ctx)
+    import tensorflow as tf
+
+    from hnn_jax.converters import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(ctx.module).convert())
+        return export.tflite_to_onnx(path)
+
+
 def way_optimum(ctx):
     raise Skip("optimum-onnx not installed: pip would downgrade transformers 5.24.0 -> 4.57.6 "
                "(optimum-onnx 0.1.0 pins transformers<4.58)")
@@ -362,6 +376,7 @@ WAYS = {  # name -> (function, tolerance in bits on the whole code; None: not he
     "dynamo18": (lambda c: _torch_export(c, dynamo=True, opset_version=18), 1),
     "tf2onnx_keras": (way_tf2onnx_keras, 1),
     "tf2onnx_function": (way_tf2onnx_function, 1),
+    "tflite": (way_tflite, 1),
     "optimum": (way_optimum, 1),
     "onnxsim": (way_onnxsim, 1),
     "onnxslim": (way_onnxslim, 1),

@@ -89,6 +89,12 @@ def from_tf(function, input_signature, **options) -> jraph.GraphsTuple:
     return from_onnx(export.tf_function_to_onnx(function, input_signature), **options)
 
 
+def from_tflite(path, **options) -> jraph.GraphsTuple:
+    """A .tflite file -> GraphsTuple (tf2onnx's TFLite path; export.tflite_to_onnx). The graph and
+    code are those of the ONNX file written from the Keras model it was converted from."""
+    return from_onnx(export.tflite_to_onnx(Path(path)), **options)
+
+
 def from_snapshot(folder, **options) -> jraph.GraphsTuple:
     """Hugging Face snapshot folder (config.json + *.safetensors shards) -> GraphsTuple, without
     materialising the model: the graph is exported from the model built on the meta device and
@@ -114,8 +120,8 @@ def from_transformers(model_or_path, **options) -> jraph.GraphsTuple:
 
 
 def from_file(path, **options) -> jraph.GraphsTuple:
-    """Dispatch on what the path is: .onnx, .keras, a SavedModel folder, a Hugging Face snapshot
-    folder (config.json + *.safetensors), a torch.export .pt2.
+    """Dispatch on what the path is: .onnx, .keras, .tflite, a SavedModel folder, a Hugging Face
+    snapshot folder (config.json + *.safetensors), a torch.export .pt2.
 
     Pickled PyTorch files (.pt, .pth, .bin, .pkl) are refused: unpickling runs arbitrary code.
     """
@@ -136,10 +142,12 @@ def from_file(path, **options) -> jraph.GraphsTuple:
         return from_onnx(export.keras_file_to_onnx(path), **options)
     if suffix == ".pt2":
         return from_onnx(export.exported_program_to_onnx(path), **options)
+    if suffix == ".tflite":
+        return from_tflite(path, **options)
     if suffix in (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"):
         raise UnsupportedModelError(f"{path}: pickled PyTorch files are never unpickled (that can run "
                                     "arbitrary code); save with torch.export.save (.pt2) or export to ONNX")
     raise UnsupportedModelError(f"{path}: unknown model format '{suffix}' (expected .onnx, .keras, "
-                                ".pt2 or a SavedModel folder)")
+                                ".tflite, .pt2 or a SavedModel folder)")
 
 

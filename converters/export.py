@@ -10,6 +10,7 @@ import logging
 import os
 import pickletools
 import sys
+import tempfile
 import warnings
 import zipfile
 import zlib
@@ -194,6 +195,111 @@ def keras_to_onnx(model, *, opset: int = TF_OPSET) -> onnx.ModelProto:
         return model(args[0] if len(args) == 1 else list(args), training=False)
 
     return tf_function_to_onnx(tf.function(forward), signature, opset=opset)
+
+
+def tflite_to_onnx(path: Path, *, opset: int = TF_OPSET) -> onnx.ModelProto:
+    """A .tflite flatbuffer -> ONNX through tf2onnx's TFLite path. Its NHWC kernels, fused
+    activations and layout reshapes become ONNX ops that canonicalisation brings to the graph of
+    the Keras model the file was converted from. Sparse weights (DENSIFY ops) are densified by
+    TFLite's own interpreter first. Custom and Flex ops have no ONNX meaning: refused by name."""
+    tf, tf2onnx = _quiet_tf()
+    data = Path(path).read_bytes()
+    if data[4:8] != b"TFL3":
+        raise CorruptFileError(f"{path} is not a TFLite file (no TFL3 flatbuffer identifier)")
+    custom = sorted({code for code in _tflite_opcodes(data) if code.startswith("CUSTOM:")})
+    if custom:
+        raise UnsupportedModelError(f"{path}: TFLite custom ops have no ONNX meaning and are not hashed: "
+                                    + ", ".join(c[7:] for c in custom))
+    try:
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+            if "DENSIFY" in _tflite_opcodes(data):  # tf2onnx would read a sparse buffer as a dense one
+                path = Path(tmp) / Path(path).name
+                path.write_bytes(_densified(tf, data))
+            model, _ = tf2onnx.convert.from_tflite(str(path), opset=opset,
+                                                   custom_op_handlers={"TFL_GELU": (_tflite_gelu, {})})
+    except Exception as e:
+        raise UnsupportedModelError(f"tf2onnx could not convert {path}: {first_line(e)}") from e
+    unknown = sorted({n.op_type for n in model.graph.node if n.op_type.startswith("TFL_")})
+    if unknown:
+        raise UnsupportedModelError(f"{path}: TFLite ops tf2onnx cannot write as ONNX: "
+                                    + ", ".join(op[4:] for op in unknown))
+    return model
+
+
+def _tflite_opcodes(data: bytes) -> set[str]:
+    """The TFLite file's operator codes ('CONV_2D', ..., 'CUSTOM:<name>' for custom and Flex ops)."""
+    from tf2onnx.tflite.Model import Model
+    from tf2onnx.tflite_utils import lookup_enum
+
+    try:
+        model = Model.GetRootAsModel(bytearray(data), 0)
+        codes = set()
+        for i in range(model.OperatorCodesLength()):
+            op = model.OperatorCodes(i)
+            code = lookup_enum(op.DeprecatedBuiltinCode(), "BuiltinOperator")
+            if code == "PLACEHOLDER_FOR_GREATER_OP_CODES":
+                code = lookup_enum(op.BuiltinCode(), "BuiltinOperator")
+            codes.add(f"CUSTOM:{op.CustomCode().decode()}" if code == "CUSTOM" else code)
+    except Exception as e:  # noqa: BLE001 - a truncated or garbled flatbuffer
+        raise CorruptFileError(f"not a readable TFLite file: {first_line(e)}") from None
+    return codes
+
+
+def _densified(tf, data: bytes) -> bytes:
+    """The TFLite file with each DENSIFY op's sparse input stored dense (the values TFLite's
+    interpreter decodes it to) and the op removed, its readers reading that input."""
+    import numpy as np
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    interpreter = tf.lite.Interpreter(  # without XNNPACK, which leaves the preserved tensors unwritten
+        model_content=bytes(data), experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+    interpreter.invoke()
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    graph = model.subgraphs[0]
+    code = flatbuffer_utils.schema_fb.BuiltinOperator.DENSIFY
+    densify = {k for k, op in enumerate(model.operatorCodes) if code in (op.builtinCode, op.deprecatedBuiltinCode)}
+    renamed = {}
+    for op in [op for op in graph.operators if op.opcodeIndex in densify]:
+        sparse, dense = int(op.inputs[0]), int(op.outputs[0])
+        buffer = flatbuffer_utils.schema_fb.BufferT()
+        buffer.data = np.frombuffer(interpreter.get_tensor(dense).tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        graph.tensors[sparse].buffer, graph.tensors[sparse].sparsity = len(model.buffers) - 1, None
+        renamed[dense] = sparse
+        graph.operators.remove(op)
+    for op in graph.operators:
+        op.inputs = [renamed.get(int(i), int(i)) for i in op.inputs]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _tflite_gelu(ctx, node, name, args):
+    """tf2onnx handler: TFLite's GELU as ONNX ops (erf form, or tanh form where approximate)."""
+    import numpy as np
+    from tf2onnx import utils
+
+    x, dtype = node.input[0], ctx.get_dtype(node.input[0])
+    np_dtype = onnx.helper.tensor_dtype_to_np_dtype(dtype)
+
+    def const(v):
+        return ctx.make_const(utils.make_name("gelu_c"), np.array(v, np_dtype)).output[0]
+
+    def op(kind, *inputs):
+        return ctx.make_node(kind, list(inputs)).output[0]
+
+    if node.get_attr_value("approximate", False):
+        inner = op("Mul", op("Add", x, op("Mul", op("Mul", op("Mul", x, x), x), const(0.044715))),
+                   const(np.sqrt(2 / np.pi)))
+        gate = op("Add", op("Tanh", inner), const(1.0))
+    else:
+        gate = op("Add", op("Erf", op("Div", x, const(np.sqrt(2.0)))), const(1.0))
+    y = op("Mul", op("Mul", x, gate), const(0.5))
+    ctx.replace_all_inputs(node.output[0], y)
+    ctx.remove_node(node.name)
 
 
 def keras_file_to_onnx(path: Path) -> onnx.ModelProto:

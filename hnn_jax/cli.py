@@ -42,14 +42,14 @@ _EPILOG = """\
 examples:
   hnn-jax demo                                  hash the example models bundled with hnn-jax
   hnn-jax hash model.onnx                       print the code of one model
-  hnn-jax hash models/ --json                   every .onnx/.keras/.pt2/SavedModel under models/
+  hnn-jax hash models/ --json                   every .onnx/.keras/.tflite/.pt2/SavedModel under models/
   hnn-jax compare a.onnx b.keras                Hamming distance and what it suggests
   hnn-jax index build models/ -o models.hnnidx  hash a folder into an index file
   hnn-jax index add models.hnnidx new.onnx      add models to an existing index
   hnn-jax search models.hnnidx query.onnx -k 5  the 5 indexed models nearest to query.onnx
   hnn-jax search models.hnnidx query.onnx --radius 4 || echo "no near copy"
 
-A model is a path to a .onnx, .keras or torch.export .pt2 file, or a TensorFlow SavedModel folder;
+A model is a path to a .onnx, .keras, .tflite or torch.export .pt2 file, or a TensorFlow SavedModel folder;
 files and folders can be fsspec URLs too (s3://bucket/models/, gs://..., http://host/dir/, file:///abs),
 given the protocol's fsspec package (s3fs, gcsfs, aiohttp for http).
 Wherever a single model is expected, a code printed by `hnn-jax hash` (hnn2:...) works too.
@@ -344,7 +344,7 @@ def _add_builtin_commands(sub) -> None:
     p = sub.add_parser(
         "hash", help="print the code of each model",
         description="Print one line per model: its code (hnn2:<version>:<arch>+<weights>:<hex>) and its "
-        "path. Folders are searched recursively for .onnx, .keras, .pt2 files and SavedModel "
+        "path. Folders are searched recursively for .onnx, .keras, .tflite, .pt2 files and SavedModel "
         "folders. A progress bar goes to stderr when it is a terminal.",
         epilog="examples:\n  hnn-jax hash model.onnx\n  hnn-jax hash models/ --json > codes.json"
                "\n  hnn-jax hash a.onnx b.pt2 --bits        # 0/1 bits instead of hex"

@@ -166,6 +166,37 @@ def test_nhwc_transposes_around_pad_clip_and_bias_cancel():
     assert kinds(nhwc) == ["input", "conv", "relu6", "conv"]
 
 
+def test_a_squeeze_excite_gate_reshaped_to_nhwc_meets_the_transposes_like_a_transposed_one():
+    """TFLite files (through tf2onnx) reshape the [1, C, 1, 1] gate to [1, 1, 1, C] where a Keras
+    file transposes it: the reshape of unit axes reads as the transpose, so the transposes
+    around the Mul still cancel. A reshape that moves two axes of size > 1 stays a reshape."""
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+
+    def model(gate_shape, nhwc_gate, image=(6, 6)):
+        return onnx_model(
+            [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 3, 1]),
+             helper.make_node("Sigmoid", ["g"], ["s"]),
+             helper.make_node("Reshape", ["s", "shape"], ["st"]),
+             helper.make_node("Mul", ["ct", "st"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["y"], perm=[0, 3, 1, 2])],
+            [float_input("x", [1, 3, *image]), float_input("g", gate_shape)], [float_input("y", None)],
+            [("w", w), ("shape", np.array(nhwc_gate, np.int64))])
+
+    gate = model([1, 4, 1, 1], [1, 1, 1, 4])
+    feeds = {"x": RNG.standard_normal((1, 3, 6, 6)).astype(np.float32),
+             "g": RNG.standard_normal((1, 4, 1, 1)).astype(np.float32)}
+    prepared = assert_same_function(gate, feeds)
+    assert [n.op_type for n in prepared.graph.node if n.op_type == "Transpose"
+            and list(n.attribute[0].ints) != [0, 1, 2, 3]] == []
+    assert "transpose" not in kinds(gate)
+    grid = model([1, 4, 2, 3], [1, 2, 3, 4], (4, 5))  # a real reshape: the transpose stays
+    feeds["g"] = RNG.standard_normal((1, 4, 2, 3)).astype(np.float32)
+    feeds["x"] = RNG.standard_normal((1, 3, 4, 5)).astype(np.float32)
+    assert_same_function(grid, feeds)
+    assert "transpose" in kinds(grid)
+
+
 def test_transpose_read_by_an_elementwise_op_and_a_matmul_is_written_once():
     """Where a non-elementwise op reads the transpose too, nothing moves (no second copy)."""
     model = onnx_model(

@@ -528,7 +528,7 @@ def respell(model: onnx.ModelProto) -> None:
                 pending |= n.domain == MS
                 nodes.append(n)
         nodes = _sink_dequantize(nodes, sizes, {o.name for o in graph.output})
-        nodes = _sink_transposes(graph, nodes, rank, opset)
+        nodes = _sink_transposes(graph, nodes, rank, opset, tensor_type)
         if changed or [id(n) for n in nodes] != [id(n) for n in graph.node]:
             del graph.node[:]
             graph.node.extend(nodes)
@@ -608,7 +608,8 @@ def _sink_dequantize(nodes: list[onnx.NodeProto], sizes, outputs: set[str]) -> l
     return out
 
 
-def _sink_transposes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rank, opset: int) -> list[onnx.NodeProto]:
+def _sink_transposes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rank, opset: int,
+                     tensor_type=lambda x: None) -> list[onnx.NodeProto]:
     """Elementwise ops, reductions and Pad read Transpose(u) as the op on u, transposed after:
     op(T(u), c) becomes T(op(u, T^-1(c))), with constants (and tensors computed from constants
     only) broadcast to the rank and permuted back, and a reduction's axes mapped. A tensor stays
@@ -662,6 +663,24 @@ def _sink_transposes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rank, 
             r = rank(x)
         return r
 
+    def static_shape(x: str) -> list[int] | None:
+        t = tensor_type(x)
+        dims = list(t.shape.dim) if t is not None and t.HasField("shape") else None
+        return None if dims is None or not all(d.HasField("dim_value") for d in dims) else [d.dim_value for d in dims]
+
+    def unit_axes_moved(x: str, perm: list[int]) -> str | None:
+        """y where x = Reshape(y) only moves y's unit axes to where T^-1 puts them: TFLite writes
+        a squeeze-excite's [1, C, 1, 1] -> [1, 1, 1, C] so, where a Keras file has a transpose."""
+        p = producer.get(x)
+        if p is None or p.op_type != "Reshape":
+            return None
+        y_shape, x_shape = static_shape(p.input[0]), static_shape(x)
+        if y_shape is None or x_shape is None or len(x_shape) != len(perm):
+            return None
+        back = [x_shape[i] for i in np.argsort(perm)]
+        single = sum(d != 1 for d in x_shape) <= 1  # then a reshape and a transpose order values alike
+        return p.input[0] if single and back == y_shape else None
+
     def unpermuted(x: str, perm: list[int], hint: str) -> str | None:
         """x (a constant operand) as the op on u must read it: broadcast to rank, permuted back."""
         r = rank_of(x)
@@ -693,7 +712,7 @@ def _sink_transposes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], rank, 
                 if n.input[0] in pending:  # two transposes as one (the identity, where they cancel)
                     out.append(helper.make_node("Transpose", [u], [n.output[0]], perm=composed))
                     continue
-        moved = (_sunk(n, pending, consts, scalars, axes_values, unpermuted, int64s)
+        moved = (_sunk(n, pending, consts, scalars, axes_values, unpermuted, int64s, unit_axes_moved)
                  if standard and len(n.output) == 1 else None)
         if moved is not None:
             node, perm = moved
@@ -724,13 +743,18 @@ def _with_input(n: onnx.NodeProto, k: int, name: str) -> onnx.NodeProto:
     return copy
 
 
-def _sunk(n: onnx.NodeProto, pending, consts, scalars, axes_values, unpermuted, int64s):
-    """(n written on the untransposed tensors, the transpose of its output) or None."""
+def _sunk(n: onnx.NodeProto, pending, consts, scalars, axes_values, unpermuted, int64s, unit_axes_moved):
+    """(n written on the untransposed tensors, the transpose of its output) or None. A binary
+    op's other computed operand may be a reshape that moves unit axes as the transpose would."""
     dynamic = [x for x in n.input if x and x not in consts]
-    if not dynamic or any(x not in pending for x in dynamic):
+    transposed = [x for x in dynamic if x in pending]
+    if not transposed:
         return None
-    perm = pending[dynamic[0]][1]
-    if any(pending[x][1] != perm for x in dynamic):
+    perm = pending[transposed[0]][1]
+    if any(pending[x][1] != perm for x in transposed):
+        return None
+    reshaped = {x: unit_axes_moved(x, perm) for x in dynamic if x not in pending}
+    if reshaped and (n.op_type not in _BINARY or None in reshaped.values()):
         return None
     moved = onnx.NodeProto()
     moved.CopyFrom(n)
@@ -744,6 +768,8 @@ def _sunk(n: onnx.NodeProto, pending, consts, scalars, axes_values, unpermuted, 
         for k, x in enumerate(n.input):
             if x in pending:
                 moved.input[k] = pending[x][0]
+            elif x in reshaped:
+                moved.input[k] = reshaped[x]
             elif x:
                 moved.input[k] = unpermuted(x, perm, f"{n.output[0]}_{k}") or ""
                 if not moved.input[k]:
