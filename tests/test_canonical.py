@@ -329,15 +329,17 @@ def test_infinite_masks_and_nan_activations_give_finite_features():
 
 
 def test_tensors_read_only_inside_a_subgraph_are_kept():
-    then_branch = helper.make_graph([helper.make_node("Neg", ["r"], ["t"])], "then", [],
-                                    [float_input("t", [1, 4])])
-    else_branch = helper.make_graph([helper.make_node("Identity", ["r"], ["e"])], "else", [],
-                                    [float_input("e", [1, 4])])
-    cond = numpy_helper.from_array(np.array(True), "cond")
+    """A Loop body (bodies stay inside their node; If branches are written out, test_control.py)
+    reading the enclosing graph's tensor keeps that tensor's producer."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Neg", ["r"], ["t"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), float_input("t", [1, 4])])
     model = onnx_model([helper.make_node("Relu", ["x"], ["r"]),
-                        helper.make_node("Constant", [], ["c"], value=cond),
-                        helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)],
-                       [float_input("x", [1, 4])], [float_input("y", [1, 4])])
+                        helper.make_node("Loop", ["trips", ""], ["y"], body=body)],
+                       [float_input("x", [1, 4])], [float_input("y", None)],
+                       [("trips", np.array(2, np.int64))])
     assert "relu" in ops(model)
 
 

@@ -1,5 +1,6 @@
 """Preparation: the ONNX model as the probe will run it. Local functions inlined, names, nodes
-and weights checked, symbolic input sizes fixed, nodes sorted, onnxruntime's fused and QOperator
+and weights checked, `If` branches written into the graph (control.inline_branches), symbolic
+input sizes fixed, nodes sorted, onnxruntime's fused and QOperator
 ops spelled in standard ops (spelling.respell), shapes inferred. Nothing after
 this stage edits the prepared model."""
 
@@ -13,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, inliner
 
+from hnn_jax.converters.canonical.control import inline_branches
 from hnn_jax.converters.canonical.graph import infer_shapes, tensor_value
 from hnn_jax.converters.canonical.spelling import respell
 from hnn_jax.converters.load import tensor_array
@@ -42,6 +44,7 @@ def prepare(model: onnx.ModelProto, folder: Path | None = None) -> onnx.ModelPro
     for t in model.graph.initializer:
         if external_data_helper.uses_external_data(t):
             tensor_array(t, folder, maps)
+    inline_branches(model)
     initializers = {t.name for t in model.graph.initializer}
     for value in model.graph.input:
         if value.name in initializers or not value.type.HasField("tensor_type"):
