@@ -146,6 +146,34 @@ def torch_twin_of_keras_cnn(seed: int = 0):
     return Twin().eval(), torch.randn(1, 3, 16, 16)
 
 
+def copy_keras_weights_into_twin(keras_model, twin) -> None:
+    """keras_cnn_sequential's trained state into torch_twin_of_keras_cnn: kernels from HWIO to
+    OIHW, dense kernels transposed, BatchNorm statistics and both frameworks' epsilons. The
+    BatchNorm statistics are first moved off their initial values, so the copy carries them."""
+    import torch
+
+    conv, bn, ln, fc1, fc2 = [layer for layer in keras_model.layers if layer.weights]
+    rng = np.random.default_rng(0)
+    bn.moving_mean.assign(rng.uniform(-0.5, 0.5, 8).astype(np.float32))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, 8).astype(np.float32))
+
+    def put(param, value):
+        param.copy_(torch.tensor(np.asarray(value)))
+
+    with torch.no_grad():
+        put(twin.conv.weight, conv.kernel.numpy().transpose(3, 2, 0, 1))
+        put(twin.conv.bias, conv.bias.numpy())
+        for name, weight in zip(("weight", "bias", "running_mean", "running_var"), bn.weights):
+            put(getattr(twin.bn, name), weight.numpy())
+        twin.bn.eps = bn.epsilon
+        put(twin.ln.weight, ln.gamma.numpy())
+        put(twin.ln.bias, ln.beta.numpy())
+        twin.ln.eps = ln.epsilon
+        for linear, dense in ((twin.fc1, fc1), (twin.fc2, fc2)):
+            put(linear.weight, dense.kernel.numpy().T)
+            put(linear.bias, dense.bias.numpy())
+
+
 def external_data_mlp(folder, layers: int, width: int, seed: int = 0):
     """An ONNX MLP whose weights (layers x width x width float32) lie in `folder`/weights.bin,
     written a layer at a time so that making a model of several GB needs one layer of memory.

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from hnn_jax import CorruptFileError, converters
 from hnn_jax.converters import canonicalize

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
+import hnn_jax
 import models
 import transforms
 from hnn_jax import CorruptFileError, HNNError, UnsupportedModelError, converters, schema
@@ -115,6 +116,25 @@ def test_keras_sequential_and_its_torch_twin_give_the_same_canonical_graph():
     assert ops == ["input", "conv", "relu", "global_avg_pool", "layer_norm", "linear", "gelu", "linear", "silu"]
     assert np.array_equal(keras_graph.senders, torch_graph.senders)
     assert keras_graph.globals[0, schema.GLOBAL_PROBE] == schema.PROBE_OK  # Erfc was made runnable
+
+
+def test_keras_model_and_its_torch_twin_holding_the_same_weights_give_one_code():
+    """Cross-framework identity: the same trained weights (channel-last kernels transposed) in a
+    Keras model and a PyTorch module are one model, weight part included."""
+    import torch
+
+    keras_model = models.keras_cnn_sequential(0)
+    twin, x = models.torch_twin_of_keras_cnn(0)
+    models.copy_keras_weights_into_twin(keras_model, twin)
+    image = np.random.default_rng(1).standard_normal((1, 16, 16, 3)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(keras_model(image).numpy(), twin(torch.tensor(image.transpose(0, 3, 1, 2))).numpy(),
+                                   atol=1e-4)
+    a = hnn_jax.hash(converters.from_keras(keras_model))
+    b = hnn_jax.hash(converters.from_torch(twin, x))
+    assert a.distances(b).total == 0
+    other, _ = models.torch_twin_of_keras_cnn(1)  # the same architecture, its own weights
+    assert a.distances(hnn_jax.hash(converters.from_torch(other, x))).weights > 40
 
 
 def test_keras_functional_model():
