@@ -191,10 +191,13 @@ def _activation_features(value: np.ndarray | None) -> tuple[np.ndarray, np.ndarr
     if value is None or value.size == 0 or not (np.issubdtype(value.dtype, np.number) or is_float(value)):
         return stats, np.zeros(N_PROJ, np.float32)
     lo, hi, positive = np.inf, -np.inf, 0
+    n, total, squares = 0, 0.0, 0.0  # as _moments sums them, in one pass with the extremes
     for chunk in _chunks([value]):
         chunk = _finite(chunk)
         lo, hi, positive = min(lo, chunk.min()), max(hi, chunk.max()), positive + np.count_nonzero(chunk > 0)
-    n, total, squares, _ = _moments([value])
+        n += chunk.size
+        total += chunk.sum(dtype=np.float64)
+        squares += np.square(chunk, dtype=np.float64).sum()
     mean = total / n
     std = np.sqrt(max(squares / n - mean * mean, 0.0))
     stats[:5] = [slog(mean), slog(std), slog(lo), slog(hi), positive / n]

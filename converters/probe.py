@@ -326,7 +326,7 @@ _PROBE_SUFFIX = "__hnn_probe_float"
 
 
 def _serialized_with_outputs(model: onnx.ModelProto, tensors: list[str]) -> tuple[bytes, dict[str, str], dict]:
-    """The model's bytes with the wanted tensors added as outputs (the model is left as it was),
+    """The model's bytes with the wanted tensors added as outputs (the model is not edited),
     {output read: tensor wanted}, and {name: array} of the large weights, which the bytes hold
     as external stubs: onnxruntime takes the arrays as they are (add_external_initializers),
     instead of copying them through a serialised protobuf (a third of a ResNet's probe time).
@@ -343,29 +343,25 @@ def _serialized_with_outputs(model: onnx.ModelProto, tensors: list[str]) -> tupl
         read[n + _PROBE_SUFFIX if elem in _BIT_FED | _NIBBLES else n] = n
     casts = [helper.make_node("Cast", [n], [o], to=onnx.TensorProto.FLOAT) for o, n in read.items() if o != n]
     extra = [o for o in read if o not in present]
-    before_outputs, before_nodes = len(model.graph.output), len(model.graph.node)
-    model.graph.node.extend(casts)
-    model.graph.output.extend(known[o] if o in known else onnx.ValueInfoProto(name=o) for o in extra)
-    inline = list(model.graph.initializer)
+    shell = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                            functions=model.functions)  # the model, its weights left where they are
+    graph, source = shell.graph, model.graph
+    graph.name = source.name
+    graph.node.extend([*source.node, *casts])
+    graph.input.extend(source.input)
+    graph.output.extend([*source.output, *(known[o] if o in known else onnx.ValueInfoProto(name=o) for o in extra)])
+    graph.value_info.extend(source.value_info)
+    graph.sparse_initializer.extend(source.sparse_initializer)
     large = {}
-    stubs = []
-    for t in inline:
-        if t.HasField("raw_data") and len(t.raw_data) >= _EXTERNAL_BYTES and t.data_type in _NATIVE:
-            large[t.name] = np.frombuffer(t.raw_data, helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(t.dims)
-            stubs.append(_external_stub(t))
+    for t in source.initializer:
+        size = math.prod(t.dims) * _itemsize(t.data_type)
+        if t.data_type in _NATIVE and size >= _EXTERNAL_BYTES and t.HasField("raw_data"):
+            data = t.raw_data  # one copy out of the protobuf
+            large[t.name] = np.frombuffer(data, helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(t.dims)
+            graph.initializer.append(_external_stub(t, len(data)))
         else:
-            stubs.append(t)
-    try:
-        if large:
-            del model.graph.initializer[:]
-            model.graph.initializer.extend(stubs)
-        return model.SerializeToString(), read, large
-    finally:
-        if large:
-            del model.graph.initializer[:]
-            model.graph.initializer.extend(inline)
-        del model.graph.output[before_outputs:]
-        del model.graph.node[before_nodes:]
+            graph.initializer.append(t)
+    return shell.SerializeToString(), read, large
 
 
 _EXTERNAL_BYTES = 1 << 16  # weights at least this large go to onnxruntime as arrays, not bytes
@@ -374,11 +370,11 @@ _NATIVE = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLO
            onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64}
 
 
-def _external_stub(t: onnx.TensorProto) -> onnx.TensorProto:
+def _external_stub(t: onnx.TensorProto, length: int) -> onnx.TensorProto:
     """t's name, type and dims, its data marked external (supplied to the session as an array)."""
     stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims,
                             data_location=onnx.TensorProto.EXTERNAL)
-    for key, value in (("location", "hnn-probe-in-memory"), ("offset", "0"), ("length", str(len(t.raw_data)))):
+    for key, value in (("location", "hnn-probe-in-memory"), ("offset", "0"), ("length", str(length))):
         entry = stub.external_data.add()
         entry.key, entry.value = key, value
     return stub
