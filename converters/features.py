@@ -214,6 +214,26 @@ def _dtype_kind(elem_type: int) -> float:
     return 2.0 if elem_type else 0.0
 
 
+def _constant_valued(graph: CanonicalGraph) -> list[bool]:
+    """Per node: whether its output is a constant (no model input reaches it), like BERT's
+    token-type embedding read at the indices of a zero buffer. onnxsim, onnxslim and
+    onnxruntime fold such nodes into a constant, and their weights with them, so their weight
+    projections are left at 0 (the weight part, hnn_jax.weightcode, then reads the same
+    tensors in the file as written and as folded: it moved 29 of 208 bits)."""
+    senders: list[list[int]] = [[] for _ in graph.nodes]
+    for e in graph.edges:
+        senders[e.receiver].append(e.sender)
+    constant = [False] * len(graph.nodes)
+    changed = True
+    while changed:  # the order is topological in practice: one sweep, and one to confirm
+        changed = False
+        for i, node in enumerate(graph.nodes):
+            value = node.op != "input" and all(constant[s] for s in senders[i])
+            changed |= value != constant[i]
+            constant[i] = value
+    return constant
+
+
 def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTuple:
     n = len(graph.nodes)
     nodes = np.zeros((n, schema.NODE_WIDTH), np.float32)
@@ -223,6 +243,7 @@ def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTu
         in_degree[e.receiver] += 1
         out_degree[e.sender] += 1
     total_params = 0
+    folded = _constant_valued(graph)
     for i, node in enumerate(graph.nodes):
         row = nodes[i]
         row[schema.NODE_OP] = schema.OP_INDEX.get(node.op, 0)
@@ -231,7 +252,7 @@ def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTu
         row[schema.NODE_ATTRS] = _attr_features(node)
         w_stats, w_proj = _weight_features(node.weights)
         row[schema.NODE_WEIGHT_STATS] = w_stats
-        row[schema.NODE_WEIGHT_PROJ] = w_proj
+        row[schema.NODE_WEIGHT_PROJ] = 0.0 if folded[i] else w_proj
         total_params += sum(int(np.asarray(v).size) for v in node.weights)
         value = probe.values.get(node.tensor)
         if value is not None and node.probe_offset:

@@ -40,9 +40,12 @@ CODE_LAYOUT = 2  # 2: architecture part + exact integer weight part (hnn_jax.wei
 
 
 def fingerprint(config: HasherConfig, params: dict) -> str:
-    """Code version: schema version, code layout, and a digest of config and weights."""
+    """Code version: schema version, code layout, and a digest of config, weights and the
+    converter revision (schema.CONVERTER_REVISION)."""
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     digest.update(f"layout {CODE_LAYOUT}".encode())
+    if schema.CONVERTER_REVISION > 1:  # revision 1 is the digest code v2 was first released with
+        digest.update(f"converter revision {schema.CONVERTER_REVISION}".encode())
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     for key, leaf in sorted((checkpoint.path_key(p), np.asarray(leaf)) for p, leaf in flat):
         digest.update(f"{key}:{leaf.dtype}:{leaf.shape}".encode())

@@ -9,6 +9,13 @@ SCHEMA_VERSION = 4  # 2: weight projections normalised per output channel; 3: co
 #                     and node order only: the learned network reads neither, so schema-2 weights serve 3);
 #                     4: onnxruntime's fused / QOperator ops spelled back and NHWC transposes sunk (graphs
 #                     of such files change), instance bits read the weights of parameter ops only
+# Bump CONVERTER_REVISION when a converter change moves the graphs (and so the codes) of files
+# that converted before while every column keeps its meaning: the code version includes it, so
+# codes from before refuse to compare, and graphs stored by earlier revisions stay readable (the
+# learned part reads the same columns). 1: code v2 as first released; 2: onnxruntime.transformers'
+# attention / embedding / rotary / MatMulNBits ops spelled, If branches written into the graph,
+# TFLite's unit-axis reshapes read as transposes, weight projections of constant-valued nodes 0.
+CONVERTER_REVISION = 2
 
 # Canonical op vocabulary. Index 0 is the bucket for every op not listed here.
 OPS = (

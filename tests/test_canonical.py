@@ -412,3 +412,48 @@ def test_a_new_rewrite_is_one_function_and_one_line_in_PASSES(monkeypatch):
     model = onnx_model([helper.make_node("Tanh", ["x"], ["y"])], [float_input("x", [1, 4])], [float_input("y", [1, 4])])
     _with_pass(monkeypatch, tanh_is_softsign)
     assert ops(model) == ["input", "softsign"]
+
+
+def half_rms_norm(cast_to):
+    """x (fp16) -> Cast(to=cast_to) -> x / sqrt(mean(x^2) + eps) -> Cast(fp16) -> * gamma, every
+    tensor declared fp16, as onnxconverter-common writes Llama's RMSNorm (cast_to=FLOAT: the
+    model's own upcast, left unconverted, which onnxruntime refuses)."""
+    half = TensorProto.FLOAT16
+    d = 16
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=cast_to),
+             helper.make_node("Pow", ["xf", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]),
+             helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Div", ["xf", "rms"], ["n"]),
+             helper.make_node("Cast", ["n"], ["nh"], to=half),
+             helper.make_node("Mul", ["nh", "gamma"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", half, [4, d])],
+        [helper.make_tensor_value_info("y", half, None)],
+        [helper.make_tensor("two", half, [], [2.0]), helper.make_tensor("eps", half, [], [1e-5]),
+         helper.make_tensor("axes", TensorProto.INT64, [1], [-1]),
+         helper.make_tensor("gamma", half, [d], RNG.uniform(0.5, 2, d).astype(np.float16).tolist())],
+        value_info=[helper.make_tensor_value_info(t, half, None) for t in ("xf", "sq", "ms", "mse", "rms", "n")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_half_precision_norm_is_the_norm_and_its_unconverted_upcast_is_repaired():
+    import onnxruntime as ort
+
+    from hnn_jax.converters.canonical import prepare
+
+    broken = half_rms_norm(TensorProto.FLOAT)
+    with pytest.raises(Exception, match="Type Error"):
+        ort.InferenceSession(broken.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(prepare(broken).SerializeToString(), providers=["CPUExecutionProvider"])
+    x = RNG.standard_normal((4, 16)).astype(np.float16)
+    y = session.run(None, {"x": x})[0].astype(np.float32)
+    xf = x.astype(np.float32)
+    normed = xf / np.sqrt((xf ** 2).mean(-1, keepdims=True))
+    gamma = (y / normed)[0]
+    assert np.allclose(y, normed * gamma, rtol=0.05, atol=0.02)  # a norm times gamma, to half precision
+    assert ops(broken) == ops(half_rms_norm(TensorProto.FLOAT16)) == ["input", "rms_norm"]
+    assert converters.from_onnx(broken).globals[0, 1] == 1.0  # the probe ran

@@ -45,6 +45,7 @@ def prepare(model: onnx.ModelProto, folder: Path | None = None) -> onnx.ModelPro
         if external_data_helper.uses_external_data(t):
             tensor_array(t, folder, maps)
     inline_branches(model)
+    _retype_casts(model.graph)
     initializers = {t.name for t in model.graph.initializer}
     for value in model.graph.input:
         if value.name in initializers or not value.type.HasField("tensor_type"):
@@ -64,6 +65,22 @@ def prepare(model: onnx.ModelProto, folder: Path | None = None) -> onnx.ModelPro
         model.graph.value_info.extend(inferred)
     return model
 
+
+
+def _retype_casts(graph: onnx.GraphProto) -> None:
+    """A Cast between float types whose output the file declares of another float type casts to
+    that type: onnxconverter-common's fp16 converter declares every tensor half but leaves the
+    model's own Casts to float (Llama's RMSNorm upcast), a file onnxruntime refuses (the probe
+    then failed, and the code moved 3 bits). Valid files declare what their Casts write."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    declared = {v.name: v.type.tensor_type.elem_type for v in graph.value_info if v.type.HasField("tensor_type")}
+    for n in graph.node:
+        if n.op_type != "Cast" or n.domain not in ("", "ai.onnx") or not n.output:
+            continue
+        to = next((a for a in n.attribute if a.name == "to"), None)
+        want = declared.get(n.output[0])
+        if to is not None and to.i in floats and want in floats and want != to.i:
+            to.i = want
 
 
 def _sort_nodes(graph: onnx.GraphProto) -> None:
