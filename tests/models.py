@@ -146,16 +146,18 @@ def torch_twin_of_keras_cnn(seed: int = 0):
     return Twin().eval(), torch.randn(1, 3, 16, 16)
 
 
-def copy_keras_weights_into_twin(keras_model, twin) -> None:
-    """keras_cnn_sequential's trained state into torch_twin_of_keras_cnn: kernels from HWIO to
-    OIHW, dense kernels transposed, BatchNorm statistics and both frameworks' epsilons. The
-    BatchNorm statistics are first moved off their initial values, so the copy carries them."""
+def copy_keras_weights_into_twin(keras_model, twin, statistics: bool = True) -> None:
+    """keras_cnn_sequential's state into torch_twin_of_keras_cnn: kernels from HWIO to OIHW,
+    dense kernels transposed, BatchNorm statistics and both frameworks' epsilons. With
+    `statistics`, an untrained model's BatchNorm statistics are first moved off their initial
+    values, so the copy carries them (a trained model's are kept)."""
     import torch
 
     conv, bn, ln, fc1, fc2 = [layer for layer in keras_model.layers if layer.weights]
-    rng = np.random.default_rng(0)
-    bn.moving_mean.assign(rng.uniform(-0.5, 0.5, 8).astype(np.float32))
-    bn.moving_variance.assign(rng.uniform(0.5, 2.0, 8).astype(np.float32))
+    if statistics:
+        rng = np.random.default_rng(0)
+        bn.moving_mean.assign(rng.uniform(-0.5, 0.5, 8).astype(np.float32))
+        bn.moving_variance.assign(rng.uniform(0.5, 2.0, 8).astype(np.float32))
 
     def put(param, value):
         param.copy_(torch.tensor(np.asarray(value)))

@@ -457,3 +457,24 @@ def test_a_half_precision_norm_is_the_norm_and_its_unconverted_upcast_is_repaire
     assert np.allclose(y, normed * gamma, rtol=0.05, atol=0.02)  # a norm times gamma, to half precision
     assert ops(broken) == ops(half_rms_norm(TensorProto.FLOAT16)) == ["input", "rms_norm"]
     assert converters.from_onnx(broken).globals[0, 1] == 1.0  # the probe ran
+
+
+def test_a_gather_of_every_element_in_order_is_no_op():
+    """The dynamo exporter writes as_strided of a channels-last input as Reshape -> Gather of
+    0..n-1 -> Reshape before the head; a permutation stays a gather."""
+    w = RNG.standard_normal((16, 4)).astype(np.float32)
+
+    def head(indices):
+        return onnx_model(
+            [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=1),
+             helper.make_node("Reshape", ["m", "flat"], ["f"]),
+             helper.make_node("Gather", ["f", "idx"], ["g"], axis=0),
+             helper.make_node("Reshape", ["g", "row"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])],
+            [float_input("x", [1, 16, 4, 4])], [float_input("y", None)],
+            [("flat", np.array([-1], np.int64)),
+             ("idx", np.asarray(indices, np.int64).reshape(1, 16, 1, 1)), ("row", np.array([1, 16], np.int64)),
+             ("w", w)])
+
+    assert ops(head(np.arange(16))) == ["input", "global_avg_pool", "linear"]
+    assert "gather" in ops(head(np.arange(16)[::-1]))

@@ -317,6 +317,12 @@ def _is_noop(w: Work, n: Node, x: str, dyn: list[str]) -> bool:
         return len([i for i in n.inputs if i]) == 1
     if n.op in ("Slice", "Pad"):
         return w.shape(x) is not None and w.shape(x) == w.shape(out)
+    if n.op == "Gather" and len(n.inputs) == 2 and n.inputs[1] in w.consts and w.shape(x) is not None:
+        # every element in order (the dynamo exporter's as_strided of a channels-last input)
+        index = w.consts[n.inputs[1]].reshape(-1)
+        axis = int(n.attrs.get("axis", 0)) % len(w.shape(x)) if w.shape(x) else 0
+        return (len(w.shape(x)) >= 1 and np.array_equal(index, np.arange(w.shape(x)[axis]))
+                and _squeezed(w.shape(x)) == _squeezed(w.shape(out) or ()))
     return False
 
 
@@ -545,14 +551,14 @@ def drop_layout_transposes(w: Work) -> None:
 
 
 def _linear_weight(value: np.ndarray, transpose: bool, alpha: float = 1.0) -> np.ndarray:
-    """An [out, in] weight: a contiguous float32 copy when small; a large one stays a view, in
-    its own float type, of the mapped external data file if it came from one, so it is never
-    held in memory whole (features read it a piece at a time)."""
+    """An [out, in] weight, a view where it can be: float32 when small; a large one in its own
+    float type, of the mapped external data file if it came from one, so it is never held in
+    memory whole (features read it a piece at a time, in memory order). A MatMul's [in, out]
+    weight is read transposed, not copied (a third of ViT-B/16's canonicalisation)."""
     weight = value if value.size > MAX_COPY_ELEMENTS else value.astype(np.float32, copy=False)
     if alpha != 1.0:
         weight = weight.astype(np.float32) * np.float32(alpha)
-    weight = weight.T if transpose else weight
-    return np.ascontiguousarray(weight) if weight.size <= MAX_COPY_ELEMENTS else weight
+    return weight.T if transpose else weight
 
 
 def form_linear(w: Work) -> None:
