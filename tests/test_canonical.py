@@ -478,3 +478,30 @@ def test_a_gather_of_every_element_in_order_is_no_op():
 
     assert ops(head(np.arange(16))) == ["input", "global_avg_pool", "linear"]
     assert "gather" in ops(head(np.arange(16)[::-1]))
+
+
+def test_index_gathers_that_only_reshape_or_select_constants_leave_the_graph():
+    """BERT's exports: the dynamo exporter broadcasts the mask with a GatherND of every element
+    in order; the token-type ids are a GatherElements slice of a zero buffer, a constant once the
+    shapes are known (onnxsim, onnxslim and onnxruntime fold it in their files)."""
+    every = np.stack(np.unravel_index(np.arange(8), (1, 8)), -1).reshape(1, 1, 1, 8, 2)
+    broadcast = onnx_model(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("GatherND", ["r", "idx"], ["g"]),
+         helper.make_node("Add", ["g", "s"], ["y"])],
+        [float_input("x", [1, 8]), float_input("s", [1, 4, 8, 8])], [float_input("y", None)],
+        [("idx", every.astype(np.int64))])
+    assert ops(broadcast) == ["input", "input", "relu", "add"]
+    table = RNG.standard_normal((2, 8)).astype(np.float32)
+    lookup = onnx_model(
+        [helper.make_node("Shape", ["x"], ["shape"]),
+         helper.make_node("Gather", ["shape", "one"], ["length"], axis=0),
+         helper.make_node("Unsqueeze", ["length", "zero_axis"], ["end"]),
+         helper.make_node("Slice", ["positions", "start", "end", "one_axis"], ["cols"]),
+         helper.make_node("GatherElements", ["buffer", "cols"], ["types"], axis=1),
+         helper.make_node("Gather", ["table", "types"], ["embedded"]),
+         helper.make_node("Add", ["x", "embedded"], ["y"])],
+        [float_input("x", [1, 8, 8])], [float_input("y", None)],
+        [("buffer", np.zeros((1, 64), np.int64)), ("positions", np.arange(64, dtype=np.int64)[None]),
+         ("one", np.array(1, np.int64)), ("zero_axis", np.array([0], np.int64)), ("start", np.array([0], np.int64)),
+         ("one_axis", np.array([1], np.int64)), ("table", table)])
+    assert ops(lookup) == ["input", "add"]

@@ -342,9 +342,9 @@ def test_matmul_nbits_is_a_matmul_on_the_weights_it_decodes_to(bits):
     assert error < (0.25 if bits == 4 else 0.02) * np.abs(w).max()  # the weights, to the step of the grid
 
 
-def test_a_bert_file_fused_by_onnxruntime_transformers_keeps_its_weight_part(tmp_path):
+def test_a_bert_file_fused_by_onnxruntime_transformers_keeps_its_code(tmp_path):
     """optimize_model (what optimum writes) fuses attention, embeddings, skip layer norms and gelu;
-    spelled back, no node is unknown and the weight part is the exported file's, bit for bit."""
+    spelled back, no node is unknown and the code is the exported file's, bit for bit."""
     import torch
     import transformers as tr
     from onnxruntime.transformers.optimizer import optimize_model
@@ -372,4 +372,4 @@ def test_a_bert_file_fused_by_onnxruntime_transformers_keeps_its_weight_part(tmp
     assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= {n.op_type for n in fused.graph.node}
     assert "unknown" not in kinds(fused)
     a, b = hnn_jax.hash(converters.from_onnx(exported)), hnn_jax.hash(converters.from_onnx(fused))
-    assert a.distances(b).weights == 0
+    assert a.distances(b).total == 0

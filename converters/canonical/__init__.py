@@ -55,6 +55,9 @@ PASSES = (
     divide_as_multiply,      # after folding, which makes divisors constants
     drop_nan_guards,         # after folding, which makes the guard's fill value a constant
     remove_noops,            # after shape arithmetic: Reshape/Expand/Cast/Identity chains left between real ops
+    fold_constants,          # again, after the shape passes made more inputs constant: a lookup at indices
+                             # computed from buffers and shapes (BERT's token types) is a constant, as
+                             # onnxsim, onnxslim and onnxruntime's basic level fold it in their files
     drop_packaging,          # before layout transposes (its input chain may end at one) and fusion (would
                              # fuse the scaling)
     drop_layout_transposes,  # after no-ops (chains of transposes meet), before folding into producers

@@ -374,8 +374,24 @@ def evaluate(w: Work, nodes: list[Node], feeds: dict[str, np.ndarray],
     if opset < 19 and all(n.op in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
         opset = 19  # onnx.reference implements these from 19 on; older versions compute the same for int8
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    ref = ReferenceEvaluator(model)
+    ref = ReferenceEvaluator(model, new_ops=[_gather_elements()])
     return [np.asarray(v) for v in ref.run(outputs, feeds)]
+
+
+def _gather_elements():
+    """GatherElements as numpy's take_along_axis: onnx.reference's own fails on indices of
+    another shape than the data (BERT's token-type ids, a [1, 8] slice of a [1, 64] buffer)."""
+    from onnx.reference.op_run import OpRun
+
+    class GatherElements(OpRun):
+        op_domain = ""
+
+        def _run(self, data, indices, axis=None):
+            axis = int(axis or 0) % data.ndim
+            indices = np.where(indices < 0, indices + data.shape[axis], indices)
+            return (np.take_along_axis(data, indices, axis),)
+
+    return GatherElements
 
 
 def onnx_node(n: Node) -> onnx.NodeProto:

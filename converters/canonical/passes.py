@@ -323,6 +323,13 @@ def _is_noop(w: Work, n: Node, x: str, dyn: list[str]) -> bool:
         axis = int(n.attrs.get("axis", 0)) % len(w.shape(x)) if w.shape(x) else 0
         return (len(w.shape(x)) >= 1 and np.array_equal(index, np.arange(w.shape(x)[axis]))
                 and _squeezed(w.shape(x)) == _squeezed(w.shape(out) or ()))
+    if (n.op == "GatherND" and len(n.inputs) == 2 and n.inputs[1] in w.consts and w.shape(x)
+            and not n.attrs.get("batch_dims", 0)):
+        # full index tuples of every element in order (the dynamo exporter's mask broadcast)
+        index, shape = w.consts[n.inputs[1]], w.shape(x)
+        every = np.stack(np.unravel_index(np.arange(math.prod(shape)), shape), -1)
+        return (index.shape[-1] == len(shape) and np.array_equal(index.reshape(-1, len(shape)), every)
+                and _squeezed(shape) == _squeezed(w.shape(out) or ()))
     return False
 
 
