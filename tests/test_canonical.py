@@ -505,3 +505,4 @@ def test_index_gathers_that_only_reshape_or_select_constants_leave_the_graph():
          ("one", np.array(1, np.int64)), ("zero_axis", np.array([0], np.int64)), ("start", np.array([0], np.int64)),
          ("one_axis", np.array([1], np.int64)), ("table", table)])
     assert ops(lookup) == ["input", "add"]
+

@@ -27,9 +27,8 @@ def test_every_modality_exports_with_the_inputs_its_task_needs(model_type):
 
 def test_a_built_model_and_its_snapshot_folder_give_one_learned_code(tmp_path):
     """from_transformers(model) (the built model's export) and from_transformers(folder) (the
-    meta-device export, weights read from safetensors) give the same learned bits. (Their
-    attention-mask arithmetic still differs by a node, which moves node positions and so some
-    instance bits.)"""
+    meta-device export, weights read from safetensors) give the same learned bits. (The snapshot's
+    export builds the attention mask once per layer; canonical.merge_duplicates makes it one.)"""
     from hnn_jax.hasher import default_hasher
 
     model, _ = zoo.transformers_model("bert", zoo.TRANSFORMERS_SIZES[1], seed=0)

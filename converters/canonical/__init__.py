@@ -35,8 +35,8 @@ from hnn_jax.converters.canonical.passes import (DATA_SLOTS, canonical_pools, de
                                                  drop_dead, drop_layout_transposes, drop_nan_guards,
                                                  drop_packaging, drop_shape_arithmetic, explicit_pads,
                                                  flatten_concats, fold_constants, fold_into_producers, fold_pads,
-                                                 form_linear, linear_heads, merge_slices, reinfer_shapes,
-                                                 remove_noops)
+                                                 form_linear, linear_heads, merge_duplicates, merge_slices,
+                                                 reinfer_shapes, remove_noops)
 from hnn_jax.converters.canonical.prepare import prepare
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError
 
@@ -52,12 +52,13 @@ PASSES = (
     merge_slices,            # needs constant slice bounds and the re-inferred shapes
     dequantize,              # before form_linear and fusion, which want float MatMul/Conv with constant weights
     drop_shape_arithmetic,   # after folding: what is left computes sizes of dynamic shapes only
-    divide_as_multiply,      # after folding, which makes divisors constants
+    divide_as_multiply, merge_duplicates,      # after folding, which makes divisors constants
     drop_nan_guards,         # after folding, which makes the guard's fill value a constant
     remove_noops,            # after shape arithmetic: Reshape/Expand/Cast/Identity chains left between real ops
     fold_constants,          # again, after the shape passes made more inputs constant: a lookup at indices
                              # computed from buffers and shapes (BERT's token types) is a constant, as
                              # onnxsim, onnxslim and onnxruntime's basic level fold it in their files
+    merge_duplicates,        # after folding and no-ops, which make repeated mask arithmetic identical
     drop_packaging,          # before layout transposes (its input chain may end at one) and fusion (would
                              # fuse the scaling)
     drop_layout_transposes,  # after no-ops (chains of transposes meet), before folding into producers

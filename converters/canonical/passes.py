@@ -401,6 +401,45 @@ def remove_noops(w: Work) -> None:
     w.outputs = [resolve(o) for o in w.outputs]
 
 
+def merge_duplicates(w: Work) -> None:
+    """Nodes computing one op on the same inputs (the same tensors, or small constants of equal
+    value) with the same attributes are one node: a snapshot's export built BERT's attention
+    mask once per layer where the built model's export shares it, and the extra node moved 7
+    architecture bits between a model and its own snapshot. Random ops, subgraph holders and
+    nodes writing a graph output stay as they are."""
+    w.topo_sort()
+    alias: dict[str, str] = {}
+    seen: dict[tuple, Node] = {}
+    outputs = set(w.outputs)
+
+    def resolve(t: str) -> str:
+        while t in alias:
+            t = alias[t]
+        return t
+
+    def operand(x: str):
+        value = w.consts.get(x)
+        if value is None or value.size > 64:
+            return x
+        return "const", str(value.dtype), value.shape, np.ascontiguousarray(value).tobytes()
+
+    kept = []
+    for n in w.nodes:
+        n.inputs = [resolve(i) for i in n.inputs]
+        if (n.domain != "" or n.op in NONDETERMINISTIC or has_subgraph(n.attrs) or not n.outputs
+                or any(o in outputs for o in n.outputs)):
+            kept.append(n)
+            continue
+        attrs = tuple(sorted((k, repr(v.tolist() if isinstance(v, np.ndarray) else v)) for k, v in n.attrs.items()))
+        key = (n.op, n.kind, attrs, tuple(operand(i) for i in n.inputs), len(n.outputs))
+        first = seen.setdefault(key, n)
+        if first is n:
+            kept.append(n)
+            continue
+        alias.update((a, b) for a, b in zip(n.outputs, first.outputs) if a and b)
+    w.nodes = kept
+
+
 def explicit_pads(w: Work) -> None:
     """auto_pad SAME_UPPER / SAME_LOWER / VALID as the `pads` they stand for (tf2onnx writes
     Keras's padding="same" as SAME_UPPER, PyTorch exporters write the numbers)."""
