@@ -8,13 +8,15 @@ reference export (the converter's own: TorchScript exporter at its default opset
 converters.export.keras_to_onnx for Keras):
 - canonical graph equal: same op list in the same order and the same edges
   (sender, receiver, slot, sender_slot) as the reference's canonical graph;
-- learned bits / instance bits / total: Hamming distances of the 64-bit code's two parts.
+- learned bits / instance bits / total: Hamming distances of the code's two parts (code v2: 48
+  architecture bits, 208 weight bits).
 
-Targets (issue 16): learned 0 bits on every cell; whole code <= 1 bit except the
-weight-changing ways (fp16, int8, pruning, 1% weight noise as a short fine-tune leaves: <= 2).
-`other_init` (a second random initialisation) is a reference point, expected far; it is not held to the targets. Per
-architecture, the mean instance-bit distance among several random initialisations (target 6-10
-of 16) closes the run.
+Targets (issues 16 and 29): learned 0 bits on every cell; whole code <= 1 bit for the rewrites,
+<= 2 for the ways that round weights (fp16, int8). Pruning 30% and 1% weight noise (what a short
+fine-tune leaves) change the model: they are derivatives, judged by the same-model band (48 of
+208 weight bits, benchmarks/bench_null.py), not held to these targets; nor is `other_init` (a
+second random initialisation, expected far). Per architecture, the mean weight distance among
+several random initialisations (target about half of 208) closes the run.
 
 Ways whose tool is missing or fails are reported as skipped / error cells; the run goes on.
 `file written` gives the written file's opset and node count (nodes in other domains apart).
@@ -390,8 +392,8 @@ WAYS = {  # name -> (function, tolerance in bits on the whole code; None: not he
     "int8_dynamic": (lambda c: variants.int8_dynamic(c.ref), 2),
     "int8_static_qdq": (lambda c: variants.int8_static(c.ref, "QDQ"), 2),
     "int8_static_qop": (lambda c: variants.int8_static(c.ref, "QOperator"), 2),
-    "prune30": (way_prune30, 2),
-    "finetune": (lambda c: variants.perturb(c.ref, 0.01), 2),  # weight noise of 1% of each tensor's spread
+    "prune30": (way_prune30, None),  # a derivative: the same-model band judges it
+    "finetune": (lambda c: variants.perturb(c.ref, 0.01), None),  # weight noise of 1% of each tensor's spread
     "other_init": (way_other_init, None),
 }
 
@@ -580,7 +582,7 @@ def report(results):
     measured = [c for c in results["cells"] if c["status"] == "ok" and c.get("tolerance") is not None]
     unequal = [c for c in measured if not c["graph_equal"]]
     print(f"\n{len(measured)} cells measured against the targets; {len(bad)} violate them "
-          f"(learned 0; total <= 1, or <= 2 for fp16/int8/prune/finetune); {len(unequal)} canonical graphs differ "
+          f"(learned 0; total <= 1, or <= 2 for fp16/int8); {len(unequal)} canonical graphs differ "
           "from the reference")
     for c, v in bad:
         print(f"- {c['arch']} / {c['way']}: {v}" + (f" ({c.get('error', '')})" if c["status"] == "error" else ""))

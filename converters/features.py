@@ -110,7 +110,7 @@ def _chunks(arrays: list[np.ndarray]):
     large one is read in memory order (a transposed view is not copied), and the pages of a
     mapped weight are released after each piece, so memory stays flat however large it is."""
     if sum(a.size for a in arrays) <= CHUNK:
-        flat = [np.asarray(a, np.float32).reshape(-1) for a in arrays]
+        flat = [np.asarray(np.ravel(a, order="K"), np.float32) for a in arrays]  # a transposed view uncopied
         yield flat[0] if len(flat) == 1 else np.concatenate(flat)
         return
     for a in arrays:
