@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo lint test bench fuzz examples clean
+.PHONY: install demo lint test test-fast bench fuzz examples clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ demo: install  ## hash the bundled example models, print codes, distances and ne
 lint: install  ## ruff over the code (rules in pyproject.toml)
 	$(PY) -m ruff check .
 
-test: install  ## the whole test suite
+test: install  ## the whole test suite (as CI runs it)
 	$(PY) -m pytest -q
+
+test-fast: install  ## the quick tier: no slow, integration or fuzz tests (markers in pyproject.toml)
+	$(PY) -m pytest -q -m "not slow and not integration and not fuzz"
 
 bench: install  ## benchmark tables (see benchmarks/)
 	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"

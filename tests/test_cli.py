@@ -58,6 +58,7 @@ def hashed(models):
     return json.loads(proc.stdout)
 
 
+@pytest.mark.integration
 def test_the_console_script_keeps_compiled_hashers_on_disk(tmp_path):
     """A second run loads the compiled hasher from the cache folder and prints the same code;
     HNN_JAX_CACHE=off writes no cache."""
@@ -147,6 +148,7 @@ def test_compare(hashed, models, capsys):
     assert "lengths are 256" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_index_build_search_add(hashed, models, tmp_path, capsys):
     index_file = tmp_path / "models.hnnidx"
     proc = run_cli("index", "build", models, "-o", index_file)
@@ -309,7 +311,7 @@ def test_subcommands_from_other_modules(tmp_path, monkeypatch, capsys):
         "later": ("hnn_plugin_unfinished", "not yet"), "missing": ("hnn_plugin_nope", "nope")})
     monkeypatch.delitem(sys.modules, "hnn_plugin_ok_imported", raising=False)
 
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match="^0$") as exc:
         cli.main(["--help"])
     assert exc.value.code == 0
     listing = capsys.readouterr().out
@@ -322,7 +324,7 @@ def test_subcommands_from_other_modules(tmp_path, monkeypatch, capsys):
     assert cli.main(["hash", "/nonexistent"]) == 2  # other commands never import plugins
     assert "no such file" in capsys.readouterr().err
     assert sys.modules["hnn_plugin_ok_imported"] == [1]
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match="^2$") as exc:
         cli.main(["hello", "--bogus"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("hnn-jax: error: unrecognized arguments")

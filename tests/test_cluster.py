@@ -19,6 +19,8 @@ from hnn_jax.index import HammingIndex
 
 from models import onnx_mlp
 
+pytestmark = pytest.mark.integration
+
 # Ray reads this when first imported: with it, the node address is 127.0.0.1 (not the machine's
 # network address) and every Ray process listens on loopback only
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -141,7 +143,7 @@ def test_a_killed_job_resumes_from_its_journal(cluster, models, reference, tmp_p
         if summary.converted >= 4:
             raise KeyboardInterrupt  # the job is killed (the journal is all that is left)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^$"):
         build_index([models], out, ray_address="auto", workers=2, batch=2, progress=False,
                     on_batch=stop_after_two_batches)
     assert not out.exists()

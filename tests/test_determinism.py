@@ -16,6 +16,8 @@ import models
 import hnn_jax
 from hnn_jax import converters
 
+pytestmark = pytest.mark.integration
+
 EXAMPLES = sorted((Path(hnn_jax.__file__).parent / "examples").glob("*.onnx"))
 TESTS = Path(__file__).resolve().parent
 

@@ -281,7 +281,7 @@ def test_batched_dot_general_with_contracting_dims_in_the_middle():
 def test_unsupported_primitive_raises():
     with pytest.raises(UnsupportedModelError, match="'sort'"):
         jaxpr_to_onnx(lambda x: jnp.sort(x, axis=-1), _normal(3, 4))
-    with pytest.raises(UnsupportedModelError):
+    with pytest.raises(UnsupportedModelError, match="takes a Flax NNX or Linen module"):
         converters.from_flax(42, _normal(3))
 
 

@@ -19,6 +19,8 @@ import models
 from hnn_jax import CorruptFileError, HNNError, converters, schema
 from hnn_jax.hasher import validate_graph
 
+pytestmark = pytest.mark.fuzz
+
 EXAMPLES = int(os.environ.get("HNN_FUZZ_EXAMPLES", "1000"))  # per family; the file takes ~20 s here
 fuzz_settings = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -300,7 +302,7 @@ def test_external_location_that_is_not_a_path_is_a_clear_error(tmp_path, locatio
     onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="w.bin", size_threshold=0)
     data = (tmp_path / "m.onnx").read_bytes()
     (tmp_path / "m.onnx").write_bytes(data.replace(b"w.bin", location))
-    with pytest.raises(CorruptFileError):
+    with pytest.raises(CorruptFileError, match="is not a file name"):
         converters.from_onnx(tmp_path / "m.onnx")
 
 

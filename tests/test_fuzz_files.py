@@ -12,6 +12,8 @@ import pytest
 
 from hnn_jax import HNNError, converters
 
+pytestmark = pytest.mark.fuzz
+
 CASES = 12  # per format and kind of damage
 
 

@@ -19,7 +19,7 @@ def test_bits_len_and_hamming_distance():
     assert a.bits.dtype == np.uint8 and a.bits.tolist() == [1, 0, 1, 1, 0, 0, 1, 0]
     assert a - b == 3 and b - a == 3 and a - a == 0
     assert isinstance(a - b, int)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         a.bits[0] = 0  # codes are immutable
 
 
@@ -52,24 +52,24 @@ def test_text_form():
     "hnn1:s1-test0:0:", "hnn1:s1-test0:012:f000", "hnn1:s1-test0:12:f00f", "hnn1:s1-test0:16:zz00",
 ])
 def test_from_str_rejects_malformed_text(text):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a HashCode text|hex digits|padding bits"):
         HashCode.from_str(text)
-    with pytest.raises(HNNError):
+    with pytest.raises(HNNError, match="not a HashCode text|hex digits|padding bits"):
         HashCode.from_str(text)
 
 
 def test_bytes_and_int_errors():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="padding bits"):
         HashCode.from_bytes(b"\xff", version=V, nbits=4)  # non-zero padding bits
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot hold exactly"):
         HashCode.from_bytes(b"\xff\xff", version=V, nbits=8)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an unsigned 8-bit integer"):
         HashCode.from_int(256, 8, version=V)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an unsigned 8-bit integer"):
         HashCode.from_int(-1, 8, version=V)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must all be 0 or 1"):
         HashCode([0, 2, 1], V)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="code version must be"):
         HashCode([1, 0], "bad version:")
 
 
@@ -79,7 +79,7 @@ def test_comparing_other_hashers_or_lengths_is_an_error():
         a - code([1, 0] * 8, version="s1-other")
     with pytest.raises(SchemaMismatchError, match="16 vs 32"):
         a - code([1, 0] * 16)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="cannot compare HashCode with int"):
         a - 3
 
 

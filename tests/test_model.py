@@ -35,7 +35,7 @@ def test_output_shape_per_bit_count(bits):
 
 def test_config_rejects_bad_values():
     for bad in ({"bits": 48}, {"bits": 64.0}, {"hidden": 33}, {"layers": 0}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="must be one of|must be an even int|must be an int"):
             HasherConfig(**bad)
     with pytest.raises(ValueError, match="unknown"):
         HasherConfig.from_dict({"bits": 64, "width": 3})
@@ -68,6 +68,7 @@ def test_gradients_flow_through_the_sign_layer():
     assert float(jnp.abs(first[...]).sum()) > 0
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_groups_families():
     families, variants = 4, 4
     graphs = [family_graph(f, v, n_node=40) for f in range(families) for v in range(variants)]
@@ -152,6 +153,7 @@ def test_members_config():
     assert len(model.members) == 2 and model.members[0].to_bits.kernel.shape == (16, 24)
 
 
+@pytest.mark.slow
 def test_size_blind_learned_bits_read_no_absolute_size():
     """HasherConfig.size_blind: scaling every size column (numels, widths, parameter count) moves
     no learned value; a plain network does move; old configs keep their dict (and versions)."""

@@ -1,11 +1,13 @@
 """Executes notebooks/quickstart.ipynb top to bottom in a fresh kernel (as CI and Colab would,
 minus the install step, which is skipped where hnn_jax is importable)."""
 
-import time
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.integration
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -14,11 +16,9 @@ def test_quickstart_runs_and_shows_codes_heatmap_and_search(tmp_path):
     nb = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4)
     assert "colab.research.google.com/github/" in nb.cells[0].source
     assert 'find_spec("hnn_jax") is None' in nb.cells[2].source and "%pip install" in nb.cells[2].source
-    start = time.perf_counter()
     # raises CellExecutionError (with the cell and traceback) if any cell fails, asserts included
     NotebookClient(nb, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
-    elapsed = time.perf_counter() - start
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()  # cell timeout: a hang fails
 
     text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
@@ -28,7 +28,6 @@ def test_quickstart_runs_and_shows_codes_heatmap_and_search(tmp_path):
     images = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
               if "image/png" in out.get("data", {})]
     assert len(images) == 1  # the distance heatmap
-    assert elapsed < 120, f"quickstart took {elapsed:.0f} s; keep it under a minute"
 
 
 def test_train_on_tpu_runs_on_4_virtual_cpu_devices(tmp_path):

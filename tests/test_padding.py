@@ -41,5 +41,5 @@ def test_mixed_sizes_compile_a_handful_of_shapes():
 
 
 def test_pad_batch_rejects_an_empty_batch():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one graph"):
         pad_batch([])

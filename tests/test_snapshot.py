@@ -15,6 +15,8 @@ import hnn_jax
 from hnn_jax import CorruptFileError, UnsupportedModelError, converters
 from hnn_jax.converters import snapshot
 
+pytestmark = pytest.mark.integration
+
 SEQ = 16
 
 
@@ -126,7 +128,7 @@ def test_corrupt_snapshots(tmp_path, llama_dir):
 
     folder, _ = copy("no_config")
     (folder / "config.json").unlink()
-    with pytest.raises(UnsupportedModelError):  # a folder that is neither SavedModel nor snapshot
+    with pytest.raises(UnsupportedModelError, match="neither a TensorFlow SavedModel"):  # nor a snapshot
         converters.from_file(folder)
     with pytest.raises(CorruptFileError, match="config.json"):
         converters.from_snapshot(folder)

@@ -115,6 +115,7 @@ def test_distinct_picks_fill_a_batch_with_distinct_graphs(tiny_zoo):
     assert len({r["arch"] for r in rows}) < len({r["parent"] for r in rows})  # and other inits
 
 
+@pytest.mark.slow
 def test_training_on_4_devices_lowers_the_loss_and_orders_relations(tiny_zoo, tmp_path):
     assert jax.device_count() == 4
     data = train.Dataset(*zoo.load(tiny_zoo))
@@ -145,7 +146,7 @@ def test_eval_measures_the_architecture_bands_and_saves_them_in_the_checkpoint(t
     hasher = Hasher.init(HasherConfig(bits=256, hidden=16, layers=1, instance_bits=208), seed=5)
     hasher.save(tmp_path / "hasher")
     a, b = hasher.hash([random_graph(1, 30), random_graph(2, 40)])
-    with pytest.raises(NoThresholdsError):
+    with pytest.raises(NoThresholdsError, match="no relation bands are known"):
         a.relation(b)
     assert cli.main(["eval", str(tiny_zoo), "-o", str(tmp_path / "out"), "--hasher", str(tmp_path / "hasher"),
                      "--save-thresholds", "--no-plots"]) == 0
@@ -163,6 +164,7 @@ def test_eval_measures_the_architecture_bands_and_saves_them_in_the_checkpoint(t
     assert called["same-model"] == 0  # the tiny zoo's other initialisations are never the same model
 
 
+@pytest.mark.slow
 def test_members_are_trained_apart_and_their_bits_spliced(tiny_zoo, tmp_path):
     """members=2: two ordinary runs (seeds s and s+1) in workdir/member<i>; the saved hasher's
     learned bits are the first half of each member's, and a rerun resumes instead of training."""
@@ -195,6 +197,7 @@ train.Trainer(cfg, train.Dataset(*zoo.load(sys.argv[1])), sys.argv[2], progress=
 """
 
 
+@pytest.mark.integration
 def test_kill_and_resume_restores_the_same_step_and_parameters(tiny_zoo, tmp_path):
     cfg = config(steps=2000)  # far more than we let it run
     killed = tmp_path / "killed"
@@ -324,6 +327,7 @@ def test_config_round_trips_through_json():
     assert dataclasses.replace(train.tiny_cpu()).batch_size == 8
 
 
+@pytest.mark.integration
 def test_zoo_train_eval_from_the_command_line(tmp_path):
     def cli(*args):
         out = subprocess.run([sys.executable, "-m", "hnn_jax.cli", *map(str, args)], capture_output=True,

@@ -10,6 +10,8 @@ import hnn_jax
 from hnn_jax import converters, schema, zoo
 from hnn_jax.errors import UnsupportedModelError
 
+pytestmark = pytest.mark.integration
+
 pytest.importorskip("transformers")
 
 
