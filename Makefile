@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo lint test test-fast bench fuzz examples clean
+.PHONY: install demo lint docs test test-fast bench fuzz examples clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: install  ## hash the bundled example models, print codes, distances and ne
 
 lint: install  ## ruff over the code (rules in pyproject.toml)
 	$(PY) -m ruff check .
+
+docs: install  ## the documentation site from docs/ into build/site; a broken link fails (strict)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -q
 
 test: install  ## the whole test suite (as CI runs it)
 	$(PY) -m pytest -q

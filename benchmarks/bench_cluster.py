@@ -10,7 +10,7 @@ first jit compile included); "steady" is the rate between the first and the last
 (the workers warm), which is what a long job runs at. The Ray cluster is started here on
 loopback only, with as many CPUs as --workers asks at most. "conversion ms" is the
 single-process build's time per model (converters.from_file plus its share of the hash call),
-the figure the cost model in README ("Building on a cluster") scales. --cache: the workers'
+the figure the cost model in docs/usage.md ("Building on a cluster") scales. --cache: the workers'
 on-disk compilation cache (hnn_jax.config.use_compilation_cache) "cold" (off: every worker
 compiles each padding bucket, as on a machine's first job) or "warm" (a folder of this run's,
 filled by one untimed build first, as on later jobs).

@@ -18,7 +18,7 @@ into single models, so one model that crashes its worker is recorded as an error
 Ray is an optional extra (`pip install 'hnn-jax[ray]'`); the models must be readable at the same
 path on every Ray node (a shared filesystem), or be given as a URL every node can reach
 (`s3://bucket/models/`, any fsspec URL: files.find_models; each node needs the protocol's fsspec
-package, s3fs for s3://). Cost model: README, "Building on a cluster".
+package, s3fs for s3://). Cost model: docs/usage.md, "Building on a cluster".
 """
 
 from __future__ import annotations

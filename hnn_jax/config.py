@@ -28,7 +28,7 @@ class HasherConfig:
     instance_bits: int = 0
     # Networks trained apart (seeds seed, seed+1, ...), each to `learned_bits` bits; the code
     # keeps the first learned_bits / members of each. One network's family retrieval swings with
-    # its seed; a splice of several is steadier (README, Results).
+    # its seed; a splice of several is steadier (docs/previous-releases.md).
     members: int = 1
     # The learned bits read no absolute size: tensor numels and widths (node output, edge, weight
     # numel) and the model's parameter count are zeroed for them, so a family's code does not

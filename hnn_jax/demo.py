@@ -81,5 +81,5 @@ def _describe(match, format_chance) -> str:
 
 if __name__ == "__main__":
     from hnn_jax.config import use_compilation_cache
-    use_compilation_cache()  # a process of its own, as the console script's (README, "Compilation cache")
+    use_compilation_cache()  # a process of its own, as the console script's (docs/network.md, "Compilation cache")
     sys.exit(main())

@@ -266,7 +266,7 @@ DEFAULT_WEIGHTS = SHIPPED_META.parent
 @functools.cache
 def default_hasher() -> Hasher:
     """The hasher behind hnn_jax.hash, loaded once per process: the trained network (the
-    architecture part of 256-bit codes) shipped in hnn_jax/weights/default (see README, "Training
+    architecture part of 256-bit codes) shipped in hnn_jax/weights/default (see docs/training.md, "Training
     and evaluation")."""
     if not (DEFAULT_WEIGHTS / "hasher.json").is_file():
         raise HNNError(f"the shipped weights are missing from {DEFAULT_WEIGHTS}: reinstall hnn-jax, "
@@ -276,7 +276,7 @@ def default_hasher() -> Hasher:
 
 def hash(graphs, *, bits: int | None = None, hasher: Hasher | None = None):  # noqa: A001 - the public name
     """HashCode(s) for a jraph.GraphsTuple or a list of them, by `hasher` or the shipped default
-    (256 bits: 48 architecture bits, then a 208-bit weight part; see README). The version
+    (256 bits: 48 architecture bits, then a 208-bit weight part; see docs/network.md). The version
     string is on every code, so codes of other hashers are never compared silently; codes of
     other lengths refuse to compare too."""
     return (hasher or default_hasher()).hash(graphs, bits=bits)

@@ -92,7 +92,7 @@ class TrainConfig:
 def shipped() -> TrainConfig:
     """The recipe of the shipped weights (benchmarks/results/train_config.json): one network of 48
     learned bits (the architecture part of a 256-bit code v2), 1,200 steps at batch 64 with
-    distinct picks, seed 1 (seeds 0 and 1 tied on validation: README, "Results of code v2"). One
+    distinct picks, seed 1 (seeds 0 and 1 tied on validation: docs/results.md, "Results of code v2"). One
     network, not a splice of several (HasherConfig.members); size_blind, chosen on the validation
     split in an earlier release."""
     return TrainConfig(distinct_picks=True, seed=1)
@@ -100,7 +100,7 @@ def shipped() -> TrainConfig:
 
 def default() -> TrainConfig:
     """The recipe to train with: the shipped one (distinct picks, which on validation data tell
-    close relatives apart far better: README, "Why unseen sizes fall short")."""
+    close relatives apart far better: docs/training.md, "Why unseen sizes fall short")."""
     return shipped()
 
 

@@ -19,7 +19,7 @@ extra Mul) reorders the tensors after it. Keyed by position, such a file's weigh
 of 208 bits (2 of 70 fp16 files of the validation zoos); sorted, none. Sorted values move
 continuously with the weights, and a tensor that a tool drops or adds changes its own group only.
 The price: a long fine-tune that moves a tensor's fingerprint a lot moves its order statistics
-more than its own values (README, "The weight part").
+more than its own values (docs/network.md, "Two parts in one code").
 
 Every product is an integer and every partial sum is below 2**53, so float64 arithmetic is exact
 in any summation order: the bits are the same on any machine, alone or in any batch. A longer
