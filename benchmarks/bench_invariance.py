@@ -52,6 +52,7 @@ import numpy as np
 import onnx
 
 from hnn_jax import variants
+from hnn_jax.errors import first_line
 
 
 class Skip(Exception):
@@ -537,8 +538,7 @@ def _file_summary(model):
 
 
 def _first_line(e):
-    text = str(e).strip().splitlines()
-    return (text[0] if text else repr(e))[:200]
+    return first_line(e)[:200]
 
 
 def _brief(cell):

@@ -18,15 +18,9 @@ from pathlib import Path
 
 import onnx
 
-from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError
+from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError, first_line
 
 TF_OPSET = 17
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's first message line, or its type's name when the message is empty."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from hnn_jax.errors import UnsupportedModelError
+from hnn_jax.errors import UnsupportedModelError, first_line
 
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17: every onnxruntime that runs opset 17 reads it
@@ -40,8 +40,7 @@ def jaxpr_to_onnx(fn, *example_args) -> onnx.ModelProto:
     try:
         closed = jax.make_jaxpr(fn)(*example_args)
     except Exception as e:  # tracing raises many types
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UnsupportedModelError(f"jax.make_jaxpr failed: {message}") from e
+        raise UnsupportedModelError(f"jax.make_jaxpr failed: {first_line(e)}") from e
     g = _Graph()
     leaves = jax.tree_util.tree_leaves(example_args)
     if len(leaves) != len(closed.jaxpr.invars):

@@ -25,7 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from hnn_jax.converters import export
-from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError
+from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError, first_line
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 SEQUENCE = 16                   # tokens in the example text input
@@ -180,7 +180,7 @@ def build_meta_model(folder: Path, checkpoint_names: set[str]):
         config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError...
         raise UnsupportedModelError(f"{folder}/config.json: transformers cannot read it: "
-                                    f"{export.first_line(e)}") from None
+                                    f"{first_line(e)}") from None
     names = list(getattr(config, "architectures", None) or [])
     cls = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
@@ -199,7 +199,7 @@ def build_meta_model(folder: Path, checkpoint_names: set[str]):
         raise
     except Exception as e:  # noqa: BLE001 - any model __init__ error
         raise UnsupportedModelError(f"transformers could not build {names[:1] or config.model_type} from "
-                                    f"{folder}/config.json: {export.first_line(e)}") from None
+                                    f"{folder}/config.json: {first_line(e)}") from None
     return model.eval()
 
 
@@ -262,7 +262,7 @@ def export_meta(model, kwargs: dict) -> tuple[onnx.ModelProto, dict, dict]:
         raise
     except Exception as e:  # torch.export and the exporter raise many types
         raise UnsupportedModelError(f"torch.export of {type(model).__name__} failed: "
-                                    f"{export.first_line(e)}") from e
+                                    f"{first_line(e)}") from e
     import onnx_ir
 
     initializers = dict(onnx_program.model.graph.initializers)

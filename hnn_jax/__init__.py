@@ -5,15 +5,15 @@ Importing this package does not import torch or tensorflow; the converters load 
 """
 
 from hnn_jax.config import HasherConfig
-from hnn_jax.errors import (CorruptFileError, HNNError, ModelTooLargeError, SchemaMismatchError,
-                            UnsupportedModelError)
+from hnn_jax.errors import (CorruptFileError, HNNError, InvalidArgumentError, ModelTooLargeError,
+                            SchemaMismatchError, UnsupportedModelError)
 from hnn_jax.hashcode import HashCode
 from hnn_jax.schema import SCHEMA_VERSION
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "HNNError", "UnsupportedModelError", "CorruptFileError", "ModelTooLargeError",
+    "HNNError", "InvalidArgumentError", "UnsupportedModelError", "CorruptFileError", "ModelTooLargeError",
     "SchemaMismatchError", "SCHEMA_VERSION", "__version__",
     "hash", "hash_files", "Hasher", "HashCode", "HasherConfig",
 ]

@@ -504,7 +504,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    from hnn_jax.errors import HNNError
+    from hnn_jax.errors import HNNError, first_line
     try:
         with warnings.catch_warnings():
             if not args.debug:
@@ -520,13 +520,12 @@ def main(argv=None) -> int:
     except (HNNError, _CLIError, OSError) as e:
         if args.debug:
             traceback.print_exc()
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        _stderr(f"error: {message}")
+        _stderr(f"error: {first_line(e)}")
         return EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001 - converters can meet anything in a foreign file
         if args.debug:
             traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e) if str(e).strip() else ""
         _stderr(f"error: unexpected {type(e).__name__}: {first} (rerun with --debug for details)")
         return EXIT_BAD_INPUT
     return EXIT_OK if status is None else int(status)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hnn_jax.errors import InvalidArgumentError
+
 CACHE_ENV = "HNN_JAX_CACHE"
 CACHE_MAX_BYTES = 1 << 30
 
@@ -37,16 +39,16 @@ class HasherConfig:
 
     def __post_init__(self):
         if not isinstance(self.bits, int) or self.bits not in ALLOWED_BITS:
-            raise ValueError(f"bits must be one of {ALLOWED_BITS}, got {self.bits!r}")
+            raise InvalidArgumentError(f"bits must be one of {ALLOWED_BITS}, got {self.bits!r}")
         if not isinstance(self.hidden, int) or self.hidden < 2 or self.hidden % 2:
-            raise ValueError(f"hidden must be an even int >= 2, got {self.hidden!r}")
+            raise InvalidArgumentError(f"hidden must be an even int >= 2, got {self.hidden!r}")
         if not isinstance(self.layers, int) or self.layers < 1:
-            raise ValueError(f"layers must be an int >= 1, got {self.layers!r}")
+            raise InvalidArgumentError(f"layers must be an int >= 1, got {self.layers!r}")
         if not isinstance(self.instance_bits, int) or not 0 <= self.instance_bits < self.bits:
-            raise ValueError(f"instance_bits must be an int in [0, bits), got {self.instance_bits!r}")
+            raise InvalidArgumentError(f"instance_bits must be an int in [0, bits), got {self.instance_bits!r}")
         if (not isinstance(self.members, int) or self.members < 1
                 or (self.bits - self.instance_bits) % self.members):
-            raise ValueError(f"members must be an int >= 1 dividing the {self.bits - self.instance_bits} "
+            raise InvalidArgumentError(f"members must be an int >= 1 dividing the {self.bits - self.instance_bits} "
                              f"learned bits, got {self.members!r}")
 
     @property
@@ -73,7 +75,7 @@ class HasherConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown HasherConfig fields: {sorted(unknown)}")
+            raise InvalidArgumentError(f"unknown HasherConfig fields: {sorted(unknown)}")
         return cls(**data)
 
 

@@ -110,7 +110,7 @@ def _is_folder(fs, path: str, info: dict | None = None) -> bool:
 
 def _url_error(url: str, error: Exception) -> Exception:
     """An HNNError naming `url` for a filesystem error (FileNotFoundError: CorruptFileError)."""
-    from hnn_jax.errors import CorruptFileError, HNNError
+    from hnn_jax.errors import CorruptFileError, HNNError, first_line
 
     if isinstance(error, HNNError):
         return error
@@ -119,7 +119,7 @@ def _url_error(url: str, error: Exception) -> Exception:
         if not isinstance(cause, OSError) or isinstance(cause, FileNotFoundError):
             return CorruptFileError(f"no such file or folder: {url}")
         error = cause  # http says "not found" of a server out of reach (a connection error) too
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    first = first_line(error) if str(error).strip() else ""
     return HNNError(f"{url}: cannot read ({type(error).__name__}{': ' + first if first else ''})")
 
 
@@ -304,9 +304,9 @@ def find_models(paths) -> list[Path | str]:
 
 def named_error(path, error: Exception) -> Exception:
     """`error` as an HNNError whose message names `path` (unexpected errors say their type)."""
-    from hnn_jax.errors import HNNError
+    from hnn_jax.errors import HNNError, first_line
 
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    message = first_line(error) if str(error).strip() else ""
     if not isinstance(error, HNNError):
         return HNNError(f"{path}: unexpected {type(error).__name__}: {message}")
     if str(path) in message:

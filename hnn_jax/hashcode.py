@@ -20,16 +20,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hnn_jax.errors import HNNError, SchemaMismatchError
+from hnn_jax.errors import HNNError, InvalidArgumentError, MalformedCodeError, NoThresholdsError, SchemaMismatchError
 
 TEXT_PREFIX = "hnn2"
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 _TEXT_RE = re.compile(r"hnn2:([A-Za-z0-9._-]+):([0-9]+)\+([0-9]+):([0-9a-f]+)\Z")
 _TEXT_V1_RE = re.compile(r"hnn1:([A-Za-z0-9._-]+):([1-9][0-9]*):([0-9a-f]+)\Z")
-
-
-class MalformedCodeError(HNNError, ValueError):
-    """Text, bytes or integer that do not encode a valid HashCode."""
 
 
 RELATIONS: tuple[tuple[str, str], ...] = (
@@ -48,10 +44,6 @@ SAME_MODEL_RATE = 1e-6
 in the same-model band of the weight part: what a "same model" verdict may cost."""
 
 SHIPPED_META = Path(__file__).resolve().parent / "weights" / "default" / "hasher.json"
-
-
-class NoThresholdsError(HNNError, LookupError):
-    """No relation bands are known for a hasher and code length."""
 
 
 class Distances(NamedTuple):
@@ -138,7 +130,7 @@ class Bands:
         rest."""
         arch = self.architecture
         if not (0 <= distances.architecture <= arch_bits and 0 <= distances.weights <= weight_bits):
-            raise ValueError(f"distances {tuple(distances)} do not fit a {arch_bits}+{weight_bits}-bit code")
+            raise InvalidArgumentError(f"distances {tuple(distances)} do not fit a {arch_bits}+{weight_bits}-bit code")
         if (distances.architecture <= arch[0] and weight_bits
                 and distances.weights <= self.weights_band(weight_bits).same_model):
             return RELATIONS[0]
@@ -156,10 +148,11 @@ class Bands:
         """Read hasher.json's "relations"; ValueError/KeyError/TypeError when it is malformed."""
         arch = tuple(int(x) for x in data["architecture"])
         if len(arch) != 3 or min(arch) < 0 or not arch[0] <= arch[2] or not arch[1] <= arch[2]:
-            raise ValueError("architecture bands must be 3 distances, the same-family one (ascending) the largest")
+            raise InvalidArgumentError("architecture bands must be 3 distances, the same-family one (ascending) "
+                                       "the largest")
         weights = {int(n): WeightBand.from_json(w) for n, w in data.get("weights", {}).items()}
         if any(not -1 <= w.same_model < n for n, w in weights.items()):
-            raise ValueError("a weight band lies outside its part's length")
+            raise InvalidArgumentError("a weight band lies outside its part's length")
         return cls(arch, weights)
 
 

@@ -44,32 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hnn_jax.errors import CorruptFileError, HNNError, SchemaMismatchError
+from hnn_jax.errors import (BackendUnavailableError, CorruptFileError, DuplicateIdError, HNNError, IndexFormatError,
+                            SchemaMismatchError, UnknownIdError)
 from hnn_jax.hashcode import Distances, HashCode, bands
 
 FORMAT = "hnn-jax-index"
 FORMAT_VERSION = 2  # 2: arch_bits in the header (code v2)
 ORDERS = ("total", "architecture", "weights")
 _MAX_BITS = 65535  # distances are accumulated in uint16
-
-
-class UnknownIdError(HNNError, KeyError):
-    """An id that is not in the index."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0]) if self.args else ""
-
-
-class DuplicateIdError(HNNError, ValueError):
-    """An id that is already in the index (or twice in one batch)."""
-
-
-class IndexFormatError(SchemaMismatchError):
-    """An index file written in a format version this hnn-jax cannot read."""
-
-
-class BackendUnavailableError(HNNError, ImportError):
-    """A HammingIndex backend whose package is not installed (backend="faiss" without faiss-cpu)."""
 
 
 BACKENDS = ("numpy", "faiss")

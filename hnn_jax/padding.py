@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import jraph
 import numpy as np
 
+from hnn_jax.errors import InvalidArgumentError
+
 MIN_BUCKET = 64
 MAX_NODES = 1 << 17  # the largest bucket: one graph (plus the padding node) must fit in it
 MAX_EDGES = 1 << 18  # about 0.5 GB of activations per layer at width 128; more risks running out of memory
@@ -32,7 +34,7 @@ def pad_batch(graphs: Sequence[jraph.GraphsTuple], n_graph: int | None = None,
     """
     graphs = list(graphs)
     if not graphs:
-        raise ValueError("pad_batch needs at least one graph")
+        raise InvalidArgumentError("pad_batch needs at least one graph")
     bucket_nodes, bucket_edges = padded_sizes(graphs)
     n_node = bucket_nodes if n_node is None else n_node
     n_edge = bucket_edges if n_edge is None else n_edge

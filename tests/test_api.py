@@ -20,3 +20,17 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_bad_arguments_are_invalid_argument_errors_and_value_errors():
+    """One policy: a bad argument raises hnn_jax.InvalidArgumentError, an HNNError and a ValueError."""
+    import pytest
+
+    import hnn_jax
+    from hnn_jax.padding import pad_batch
+
+    with pytest.raises(hnn_jax.InvalidArgumentError, match="bits must be one of"):
+        hnn_jax.HasherConfig(bits=48)
+    with pytest.raises(hnn_jax.HNNError, match="at least one graph"):
+        pad_batch([])
+    assert issubclass(hnn_jax.InvalidArgumentError, ValueError)

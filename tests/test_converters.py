@@ -14,6 +14,7 @@ import models
 import transforms
 from hnn_jax import CorruptFileError, HNNError, UnsupportedModelError, converters, schema
 from hnn_jax.converters import export
+from hnn_jax.errors import first_line
 
 
 def check_graph(g):
@@ -345,4 +346,4 @@ def test_dynamo_export_writes_nothing_on_stderr_and_keeps_the_logger_level(capfd
     export.torch_to_onnx(torch.nn.Linear(4, 2), torch.randn(1, 4), dynamo=True)
     assert capfd.readouterr().err == ""  # no "torchvision is not installed" lines
     assert logging.getLogger("torch.onnx").level == level
-    assert export.first_line(ValueError("")) == "ValueError"
+    assert first_line(ValueError("")) == "ValueError"
