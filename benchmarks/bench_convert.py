@@ -22,9 +22,7 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 SMALL = ["resnet_like", "transformer_6x256", "mlp_300x128", "transformer_48x128"]
 HF = {  # name -> what it is (issue 15's transformer-era models)
@@ -103,7 +101,7 @@ def build(name):
     import torch
     from torch import nn
 
-    import models
+    from hnn_jax.testing import models
 
     if name in HF:
         return build_hf(name)
@@ -253,7 +251,7 @@ def main():
     args = parser.parse_args()
     if args.list:
         for name in MODELS:
-            print(f"{name:<20}{HF.get(name, 'built in this file or tests/models.py')}")
+            print(f"{name:<20}{HF.get(name, 'built in this file or hnn_jax/testing/models.py')}")
         return
     if args.one:
         print(json.dumps(measure(args.one, args.repeat, args.dynamo)))

@@ -1,22 +1,19 @@
 """Hashing throughput, first-call compile time and compile count of the default-size hasher.
 
 Usage: python benchmarks/bench_hash.py [--runs 7] [--nodes 300] [--members 1] [--node-budget N] ...
-Graphs are synthetic (tests/synthetic.py), ~300 nodes each, so the figures measure the hasher,
+Graphs are synthetic (hnn_jax/testing/synthetic.py), ~300 nodes each, so the figures measure the hasher,
 not the converters.
 """
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hnn_jax import Hasher, HasherConfig
-from synthetic import mixed_sizes, random_graph
+from hnn_jax.testing.synthetic import mixed_sizes, random_graph
 
 
 def timed(fn) -> float:

@@ -38,7 +38,6 @@ import itertools
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -46,7 +45,6 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import numpy as np
 import onnx
@@ -62,12 +60,12 @@ class Skip(Exception):
 # ----------------------------------------------------------------------------- architectures
 
 def build_cnn(seed):
-    import models
+    from hnn_jax.testing import models
     return models.torch_cnn(seed)
 
 
 def build_encoder(seed):
-    import models
+    from hnn_jax.testing import models
     return models.torch_transformer(seed)
 
 

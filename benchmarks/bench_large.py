@@ -1,6 +1,6 @@
 """Large models: several GB of external data (peak memory, time) and many nodes (time).
 
-The model (tests/models.py external_data_mlp: MatMul/Gemm layers of width x width float32) is
+The model (hnn_jax/testing/models.py external_data_mlp: MatMul/Gemm layers of width x width float32) is
 written once to --dir. Each row runs in a fresh process; "peak extra" is the growth of the
 process's peak RSS (VmHWM, reset just before the step) over what it held after warming up on a
 tiny model, so imports and jit compilation are not counted. Target (issue 6): near the largest
@@ -21,13 +21,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 STEP = r"""
 import json, sys, time, warnings
-sys.path.insert(0, {tests!r})
 warnings.simplefilter("ignore")
-import onnx, models, hnn_jax
+import onnx, hnn_jax
+from hnn_jax.testing import models
 from hnn_jax import converters
 
 def status(key):
@@ -51,7 +50,7 @@ print(json.dumps(dict(seconds=time.perf_counter() - start, base=base, extra=stat
 
 
 def run(step: str, path: Path, folder: Path) -> dict:
-    code = STEP.format(tests=str(ROOT / "tests"), small=str(folder / "small"), step=step, path=str(path))
+    code = STEP.format(small=str(folder / "small"), step=step, path=str(path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{step} failed:\n{out.stderr[-2000:]}")
@@ -63,7 +62,7 @@ def chain(n: int):
     import numpy as np
     from onnx import helper
 
-    import models
+    from hnn_jax.testing import models
 
     rng = np.random.default_rng(0)
     nodes, weights = [], []
@@ -107,7 +106,7 @@ def main():
     parser.add_argument("--nodes", type=int, nargs="*", default=[1000, 4000, 16000, 64000, 100000])
     args = parser.parse_args()
 
-    import models
+    from hnn_jax.testing import models
 
     big = args.dir / f"mlp_{args.layers}x{args.width}"
     path = big / "model.onnx"

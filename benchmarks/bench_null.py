@@ -20,7 +20,7 @@ most 1e-6: "same model" below it has a false-match rate of at most 1e-6 per pair
 threshold (the tail of an ideal SimHash) is reported beside it.
 
 Architectures, all built in code with random weights (no downloads): the CNN and the BERT
-(2 layers, hidden 64) of benchmarks/bench_lineage.py, tests/models.py's MLP, and two causal
+(2 layers, hidden 64) of benchmarks/bench_lineage.py, hnn_jax/testing/models.py's MLP, and two causal
 decoders of 2 layers, hidden 64 (GPT-2 and Llama, hnn_jax.zoo.transformers_model). They are
 exported as bench_lineage does (TorchScript; transformers models through
 export.transformers_to_onnx, which falls back to dynamo where tracing fails, as it does for
@@ -46,7 +46,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))       # models.torch_mlp
 sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_lineage.make_model
 
 ARCHS = ("cnn", "bert", "mlp", "gpt2", "llama")
@@ -70,7 +69,7 @@ def make_model(arch: str, seed: int):
 
         return bench_lineage.make_model("cnn" if arch == "cnn" else "transformer", seed)
     if arch == "mlp":
-        import models
+        from hnn_jax.testing import models
 
         return models.torch_mlp(seed)
     if arch in ("gpt2", "llama"):

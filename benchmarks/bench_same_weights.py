@@ -3,15 +3,15 @@ real-weights set, built here: no model hub, and none of the packages held out in
 
 Models are trained to convergence on data that ships with scikit-learn (the 8x8 digits, 0-3,
 upsampled to 16x16x3), each from its own seed:
-- `keras`: tests/models.keras_cnn_sequential (conv, BatchNorm, relu, pool, LayerNorm, dense gelu,
+- `keras`: hnn_jax/testing/models.keras_cnn_sequential (conv, BatchNorm, relu, pool, LayerNorm, dense gelu,
   dense swish), trained with Adam; its files:
   - `keras->onnx` (converters.from_keras, the reference), `tflite` (TFLiteConverter, read by
     converters.from_tflite), `tflite_fp16` (float16 weights), `onnx_opset13` (tf2onnx at 13),
     `onnx_fp16` (onnxconverter-common, if installed), `int8_dynamic` (onnxruntime), and
-  - `torch_twin`: tests/models.torch_twin_of_keras_cnn holding the copied weights (kernels
+  - `torch_twin`: hnn_jax/testing/models.torch_twin_of_keras_cnn holding the copied weights (kernels
     HWIO -> OIHW, dense kernels transposed, BatchNorm statistics and epsilons), exported by
     converters.from_torch; `torch_twin_dynamo` the same through the dynamo exporter.
-- `torch`: a PyTorch CNN (tests/models.torch_cnn) trained the same way; its files: TorchScript
+- `torch`: a PyTorch CNN (hnn_jax/testing/models.torch_cnn) trained the same way; its files: TorchScript
   export (reference), dynamo export, fp16 weights, int8 dynamic, onnxruntime's extended level.
 
 For each file: architecture and weight distances to its reference, HashCode.relation, and the
@@ -30,13 +30,11 @@ import io
 import itertools
 import json
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import numpy as np
 
@@ -56,7 +54,7 @@ def digits():
 
 def train_keras(seed: int, epochs: int):
     import keras
-    import models
+    from hnn_jax.testing import models
 
     x, y = digits()
     model = models.keras_cnn_sequential(seed)
@@ -68,7 +66,7 @@ def train_keras(seed: int, epochs: int):
 
 def train_torch(seed: int, epochs: int):
     import torch
-    import models
+    from hnn_jax.testing import models
 
     x, y = digits()
     net, _ = models.torch_cnn(seed)
@@ -91,7 +89,7 @@ def train_torch(seed: int, epochs: int):
 def keras_files(model, tmp: Path) -> dict:
     import tensorflow as tf
 
-    import models
+    from hnn_jax.testing import models
 
     files = {"keras->onnx": export.keras_to_onnx(model)}
     path = tmp / "model.tflite"

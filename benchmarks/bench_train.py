@@ -1,6 +1,6 @@
 """Training throughput: graphs/s and step time for the default network, by device count.
 
-Synthetic ~300-node graphs (tests/synthetic.py) with a family/arch/parent tree; each device count
+Synthetic ~300-node graphs (hnn_jax/testing/synthetic.py) with a family/arch/parent tree; each device count
 runs in its own process (XLA fixes it at start). On this 2-core CPU, 4 virtual devices share the
 same two cores: the row shows that sharding works, not a speed-up.
 
@@ -14,9 +14,7 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def measure(devices: int, steps: int) -> dict:
@@ -25,7 +23,7 @@ def measure(devices: int, steps: int) -> dict:
     jax.config.update("jax_num_cpu_devices", devices)
     import tempfile
 
-    from synthetic import random_graph
+    from hnn_jax.testing.synthetic import random_graph
 
     from hnn_jax import train
 

@@ -17,10 +17,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hnn_jax.hasher import default_hasher
-from synthetic import mixed_sizes
+from hnn_jax.testing.synthetic import mixed_sizes
 
 
 def cpu_values(cpu, graphs) -> np.ndarray:

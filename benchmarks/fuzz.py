@@ -1,9 +1,9 @@
 """Fuzz the converters by hand: N mutated ONNX models through from_onnx + hash, outcomes counted.
 
 Every case must end in a HashCode or an HNNError; anything else (another exception, a case past
-tests/fuzzing.CASE_TIME_LIMIT_S, an allocation beyond fuzzing.MEMORY_HEADROOM) is listed with a
+hnn_jax/testing/fuzzing.CASE_TIME_LIMIT_S, an allocation beyond fuzzing.MEMORY_HEADROOM) is listed with a
 reproducer shrunk to the fewest mutations that still fail the same way. Same mutators and
-harness as tests/test_fuzz.py (tests/fuzzing.py); cases are drawn by hypothesis from --seed.
+harness as tests/test_fuzz.py (hnn_jax/testing/fuzzing.py); cases are drawn by hypothesis from --seed.
 
     python benchmarks/fuzz.py [--cases 2000] [--seed 0] [--family all|bytes|structure|graphs] [--trace]
 """
@@ -19,9 +19,8 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import fuzzing
+from hnn_jax.testing import fuzzing
 import onnxruntime
 from hypothesis import HealthCheck, Phase, given, seed, settings
 

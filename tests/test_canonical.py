@@ -6,7 +6,7 @@ from onnx import TensorProto, helper
 
 from hnn_jax import CorruptFileError, converters
 from hnn_jax.converters import canonicalize
-from models import float_input, onnx_model
+from hnn_jax.testing.models import float_input, onnx_model
 
 RNG = np.random.default_rng(0)
 

@@ -17,7 +17,7 @@ from hnn_jax import HNNError, cli
 from hnn_jax.cluster import build_index, journal_path
 from hnn_jax.index import HammingIndex
 
-from models import onnx_mlp
+from hnn_jax.testing.models import onnx_mlp
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 import hnn_jax
 from hnn_jax import converters
 from hnn_jax.converters.canonical import canonicalize, prepare
-from models import float_input, onnx_model
+from hnn_jax.testing.models import float_input, onnx_model
 
 D = 16
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import hnn_jax
-import models
+from hnn_jax.testing import models
 import transforms
 from hnn_jax import CorruptFileError, HNNError, UnsupportedModelError, converters, schema
 from hnn_jax.converters import export

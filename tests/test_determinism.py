@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-import models
+from hnn_jax.testing import models
 import hnn_jax
 from hnn_jax import converters
 
@@ -33,7 +33,7 @@ sys.path.insert(0, sys.argv[2])
 warnings.simplefilter("ignore")
 import hnn_jax
 from hnn_jax import converters
-from synthetic import random_graph
+from hnn_jax.testing.synthetic import random_graph
 graphs = [converters.from_onnx(p, probe_threads=threads) for p in sys.argv[3:]]
 alone = [str(hnn_jax.hash(g)) for g in graphs]
 batch = [str(c) for c in hnn_jax.hash(graphs)]

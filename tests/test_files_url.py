@@ -28,7 +28,7 @@ from hnn_jax.errors import CorruptFileError, UnsupportedModelError
 from hnn_jax.files import convert_file, find_models, hash_files, is_url, model_metadata, url_fingerprint
 from hnn_jax.index import HammingIndex
 
-from models import external_data_mlp, onnx_mlp
+from hnn_jax.testing.models import external_data_mlp, onnx_mlp
 
 pytestmark = pytest.mark.integration
 

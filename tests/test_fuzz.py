@@ -1,5 +1,5 @@
 """Fuzzing: mutated ONNX models get a HashCode or an HNNError, never another exception, a hang
-or a huge allocation. Mutators and the harness are in tests/fuzzing.py.
+or a huge allocation. Mutators and the harness are in hnn_jax/testing/fuzzing.py.
 
 The CI run is bounded and deterministic; HNN_FUZZ_EXAMPLES=2000 runs more cases per family
 (or use benchmarks/fuzz.py for a table of outcomes).
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from onnx import TensorProto, helper, numpy_helper
 
-import fuzzing
+from hnn_jax.testing import fuzzing
 import hnn_jax
-import models
+from hnn_jax.testing import models
 from hnn_jax import CorruptFileError, HNNError, converters, schema
 from hnn_jax.hasher import validate_graph
 

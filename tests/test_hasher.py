@@ -14,7 +14,7 @@ import hnn_jax
 from hnn_jax import Hasher, HasherConfig, HashCode, HNNError, SchemaMismatchError, schema
 from hnn_jax.hasher import default_hasher
 from hnn_jax.padding import padded_sizes
-from synthetic import mixed_sizes, random_graph
+from hnn_jax.testing.synthetic import mixed_sizes, random_graph
 
 SMALL = HasherConfig(bits=32, hidden=32, layers=2)
 TESTS = Path(__file__).parent

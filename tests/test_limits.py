@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import helper
 
-import models
-import synthetic
+from hnn_jax.testing import models
+from hnn_jax.testing import synthetic
 import hnn_jax
 from hnn_jax import CorruptFileError, ModelTooLargeError, converters, schema
 from hnn_jax.padding import MAX_NODES

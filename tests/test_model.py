@@ -12,7 +12,7 @@ from flax import nnx
 from hnn_jax import HasherConfig, losses
 from hnn_jax.model import HashNet, ste_sign
 from hnn_jax.padding import pad_batch
-from synthetic import family_graph, random_graph
+from hnn_jax.testing.synthetic import family_graph, random_graph
 
 SMALL = HasherConfig(bits=16, hidden=32, layers=2)
 apply = nnx.jit(lambda model, graph: model(graph))  # eager op-by-op dispatch is slow

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from hnn_jax.converters.canonical import canonicalize, prepare
-from models import float_input, onnx_model
+from hnn_jax.testing.models import float_input, onnx_model
 
 RNG = np.random.default_rng(0)
 MS = "com.microsoft"

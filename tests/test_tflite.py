@@ -7,7 +7,7 @@ import pytest
 import hnn_jax
 from hnn_jax import converters
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError
-import models
+from hnn_jax.testing import models
 
 
 def to_tflite(model, path, sparse=False):

@@ -14,7 +14,7 @@ import pytest
 
 from hnn_jax import evaluate, train, zoo
 from hnn_jax.config import HasherConfig
-from synthetic import random_graph
+from hnn_jax.testing.synthetic import random_graph
 
 TRANSFORMS = ("original", "fp16", "noise", "prune30")
 
@@ -64,7 +64,7 @@ def test_neighbour_families_put_close_relatives_in_one_batch():
     """With neighbour_families, part of each batch is drawn among the structurally nearest
     families of the others: a family that differs from another by one node's op is the other's
     nearest, and every batch holds, for each neighbour-drawn family, a family it neighbours."""
-    from synthetic import random_graph
+    from hnn_jax.testing.synthetic import random_graph
 
     base = random_graph(0, 60)
     near = base._replace(nodes=base.nodes.copy())
@@ -93,7 +93,7 @@ def test_distinct_picks_fill_a_batch_with_distinct_graphs(tiny_zoo):
     """One graph per family (as transformers, timm and keras architectures are in the zoos): the
     default sampler repeats it in 8 slots of a batch; distinct_picks fills them with more families.
     Where derivatives exist (the generated zoo) every relation level stays in the batch."""
-    from synthetic import random_graph
+    from hnn_jax.testing.synthetic import random_graph
 
     single = train.Dataset([random_graph(seed, 30) for seed in range(20)],
                            [dict(id=f"g{i}", family=f"f{i}", arch=f"a{i}", parent=f"p{i}") for i in range(20)])

@@ -4,7 +4,7 @@ blind to the order in which a file lists tensors of one kind and size."""
 import hashlib
 
 import numpy as np
-from synthetic import random_graph
+from hnn_jax.testing.synthetic import random_graph
 
 from hnn_jax import schema, weightcode
 
@@ -129,7 +129,7 @@ def test_norm_scales_and_constant_tensors_are_left_out():
 
 def test_models_with_fewer_weight_tensors_than_measured_get_a_quality_note(tmp_path):
     import onnx
-    from models import onnx_mlp
+    from hnn_jax.testing.models import onnx_mlp
 
     from hnn_jax.files import hash_files
 

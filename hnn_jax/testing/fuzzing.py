@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 import hnn_jax
-import models
+from hnn_jax.testing import models
 from hnn_jax import HashCode, HNNError, converters
 from hnn_jax.converters.canonical import fusion, graph, passes
 from hnn_jax.hasher import validate_graph
