@@ -17,7 +17,6 @@ from hnn_jax.padding import padded_sizes
 from hnn_jax.testing.synthetic import mixed_sizes, random_graph
 
 SMALL = HasherConfig(bits=32, hidden=32, layers=2)
-TESTS = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +84,9 @@ def test_pre_sign_values_identical_in_every_bucket():
 def test_same_bits_in_a_fresh_process():
     graphs = [random_graph(i) for i in range(4)]
     script = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import hnn_jax; "
-        "from synthetic import random_graph; "
+        "import hnn_jax; from hnn_jax.testing.synthetic import random_graph; "
         "print('\\n'.join(str(c) for c in hnn_jax.hash([random_graph(i) for i in range(4)])))")
-    out = subprocess.run([sys.executable, "-c", script, str(TESTS)], capture_output=True,
-                         text=True, check=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.split() == [str(c) for c in hnn_jax.hash(graphs)]
 
 
