@@ -64,6 +64,7 @@ def test_same_graph_same_bits_alone_in_batches_and_repeated():
     assert len(set(alone)) > len(alone) // 2  # not one constant code
 
 
+@pytest.mark.slow
 def test_pre_sign_values_identical_in_every_bucket():
     """Stricter than bits: the float32 values before the sign match exactly, so no bit can
     flip with the padding bucket, the chunk neighbours or n_graph."""
@@ -81,6 +82,7 @@ def test_pre_sign_values_identical_in_every_bucket():
     assert [c.bits.tolist() for c in codes] == (alone >= 0).astype(int).tolist()
 
 
+@pytest.mark.integration
 def test_same_bits_in_a_fresh_process():
     graphs = [random_graph(i) for i in range(4)]
     script = (

@@ -250,6 +250,7 @@ def test_twins_leave_out_every_held_out_architecture():
     assert {zoo.KERAS_TIMM_TWINS[k] for k in held_out} <= zoo.TIMM_BUILDS_OF_HELD_OUT
 
 
+@pytest.mark.slow
 def test_training_never_sees_held_out_architectures_or_twin_queries(tiny_zoo, tmp_path):
     """train() leaves out what the evaluation uses, whichever zoo folders it is given: torchvision
     models, keras/timm/twins builds of their architectures, and the keras models the twins
