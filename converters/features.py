@@ -223,14 +223,9 @@ def _constant_valued(graph: CanonicalGraph) -> list[bool]:
     senders: list[list[int]] = [[] for _ in graph.nodes]
     for e in graph.edges:
         senders[e.receiver].append(e.sender)
-    constant = [False] * len(graph.nodes)
-    changed = True
-    while changed:  # the order is topological in practice: one sweep, and one to confirm
-        changed = False
-        for i, node in enumerate(graph.nodes):
-            value = node.op != "input" and all(constant[s] for s in senders[i])
-            changed |= value != constant[i]
-            constant[i] = value
+    constant: list[bool] = []
+    for i, node in enumerate(graph.nodes):  # canonical order is topological: senders come first
+        constant.append(node.op != "input" and all(constant[s] for s in senders[i]))
     return constant
 
 

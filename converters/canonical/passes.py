@@ -375,15 +375,9 @@ def remove_noops(w: Work) -> None:
     producer = {t: p for t, (p, _) in w.producers().items()}
     alias: dict[str, str] = {}
     outputs = set(w.outputs)
-
-    def resolve(t: str) -> str:
-        while t in alias:
-            t = alias[t]
-        return t
-
     kept = []
     for n in w.nodes:
-        n.inputs = [resolve(i) for i in n.inputs]
+        n.inputs = [_resolve(alias, i) for i in n.inputs]
         dyn = w.dynamic_inputs(n)
         if (n.domain != "" or not dyn or not n.outputs or any(readers.get(o) for o in n.outputs[1:] if o)
                 or not _is_noop(w, n, dyn[0], dyn)):
@@ -398,7 +392,14 @@ def remove_noops(w: Work) -> None:
             alias[out] = x
             readers[x] = readers.get(x, 0) - 1 + readers.get(out, 0)
     w.nodes = kept
-    w.outputs = [resolve(o) for o in w.outputs]
+    w.outputs = [_resolve(alias, o) for o in w.outputs]
+
+
+def _resolve(alias: dict[str, str], t: str) -> str:
+    """The tensor that `t` stands for after the nodes a pass removed (alias: output -> input)."""
+    while t in alias:
+        t = alias[t]
+    return t
 
 
 def merge_duplicates(w: Work) -> None:
@@ -412,11 +413,6 @@ def merge_duplicates(w: Work) -> None:
     seen: dict[tuple, Node] = {}
     outputs = set(w.outputs)
 
-    def resolve(t: str) -> str:
-        while t in alias:
-            t = alias[t]
-        return t
-
     def operand(x: str):
         value = w.consts.get(x)
         if value is None or value.size > 64:
@@ -425,7 +421,7 @@ def merge_duplicates(w: Work) -> None:
 
     kept = []
     for n in w.nodes:
-        n.inputs = [resolve(i) for i in n.inputs]
+        n.inputs = [_resolve(alias, i) for i in n.inputs]
         if (n.domain != "" or n.op in NONDETERMINISTIC or has_subgraph(n.attrs) or not n.outputs
                 or any(o in outputs for o in n.outputs)):
             kept.append(n)

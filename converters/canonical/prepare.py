@@ -15,7 +15,7 @@ import onnx
 from onnx import external_data_helper, helper, inliner
 
 from hnn_jax.converters.canonical.control import inline_branches
-from hnn_jax.converters.canonical.graph import infer_shapes, tensor_value
+from hnn_jax.converters.canonical.graph import FLOAT_TYPES, infer_shapes, tensor_value
 from hnn_jax.converters.canonical.spelling import respell
 from hnn_jax.converters.load import tensor_array
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError
@@ -72,14 +72,13 @@ def _retype_casts(graph: onnx.GraphProto) -> None:
     that type: onnxconverter-common's fp16 converter declares every tensor half but leaves the
     model's own Casts to float (Llama's RMSNorm upcast), a file onnxruntime refuses (the probe
     then failed, and the code moved 3 bits). Valid files declare what their Casts write."""
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
     declared = {v.name: v.type.tensor_type.elem_type for v in graph.value_info if v.type.HasField("tensor_type")}
     for n in graph.node:
         if n.op_type != "Cast" or n.domain not in ("", "ai.onnx") or not n.output:
             continue
         to = next((a for a in n.attribute if a.name == "to"), None)
         want = declared.get(n.output[0])
-        if to is not None and to.i in floats and want in floats and want != to.i:
+        if to is not None and to.i in FLOAT_TYPES and want in FLOAT_TYPES and want != to.i:
             to.i = want
 
 

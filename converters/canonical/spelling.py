@@ -309,6 +309,25 @@ def _causal(e: _Emit, query: str, key: str, filler: float) -> str:
     return _masked(e, e("LessOrEqual", [keys, queries]), filler)
 
 
+def _additive_terms(e: _Emit, a: dict, mask: str, query: str, key: str, bias: str, rank) -> list[str] | None:
+    """What an attention node adds to its scores: the key padding `mask` (keys counted along
+    `key`), a causal mask where the node is unidirectional, and its attention `bias`; None where
+    the mask's rank is unknown or not one onnxruntime takes."""
+    filler = float(a.get("mask_filter_value", -10000.0))
+    terms = []
+    if mask:
+        mask_rank = rank(mask)
+        term = None if mask_rank is None else _key_padding(e, mask, key, mask_rank, filler)
+        if term is None:
+            return None
+        terms.append(term)
+    if a.get("unidirectional"):
+        terms.append(_causal(e, query, key, filler))
+    if bias:
+        terms.append(bias)
+    return terms
+
+
 def _attend(e: _Emit, q: str, k: str, v: str, heads: int, qk_size: int, v_size: int, scale: float | None,
             additive: list[str], out: str) -> None:
     """softmax(q k^T * scale + masks) v over heads, merged back to [B, S, heads * v_size]."""
@@ -330,26 +349,19 @@ def _attention(n: onnx.NodeProto, e: _Emit, a: dict, rank, value) -> bool:
         return False
     heads = int(a["num_heads"])
     sizes = [int(x) for x in a.get("qkv_hidden_sizes") or [weights.shape[1] // 3] * 3]
-    filler = float(a.get("mask_filter_value", -10000.0))
     edges = np.cumsum([0, *sizes])
     projected = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         y = e("MatMul", [n.input[0], e.array(weights[:, lo:hi])])
         projected.append(e("Add", [y, e.array(bias[lo:hi])]) if bias is not None else y)
     q, k, v = projected
-    additive = []
-    if _input(n, 3):  # the raw mask where the lengths are a count of it (EmbedLayerNormalization, ReduceSum)
-        mask = e.memo.get(("raw mask", n.input[3]), n.input[3])
-        mask = mask if rank(mask) == 2 else n.input[3]
-        mask_rank = rank(mask)
-        term = None if mask_rank is None else _key_padding(e, mask, q, mask_rank, filler)
-        if term is None:
-            return False
-        additive.append(term)
-    if a.get("unidirectional"):
-        additive.append(_causal(e, q, q, filler))
-    if _input(n, 5):
-        additive.append(n.input[5])
+    mask = _input(n, 3)
+    if mask:  # the raw mask where the lengths are a count of it (EmbedLayerNormalization, ReduceSum)
+        raw = e.memo.get(("raw mask", mask), mask)
+        mask = raw if rank(raw) == 2 else mask
+    additive = _additive_terms(e, a, mask, q, q, _input(n, 5), rank)
+    if additive is None:
+        return False
     _attend(e, q, k, v, heads, sizes[0] // heads, sizes[2] // heads, a.get("scale"), additive, n.output[0])
     return True
 
@@ -370,18 +382,9 @@ def _multi_head_attention(n: onnx.NodeProto, e: _Emit, a: dict, rank, value) -> 
     else:
         sizes = [None, None, None]
     heads = int(a["num_heads"])
-    filler = float(a.get("mask_filter_value", -10000.0))
-    additive = []
-    if _input(n, 4):
-        mask_rank = rank(n.input[4])
-        term = None if mask_rank is None else _key_padding(e, n.input[4], k, mask_rank, filler)
-        if term is None:
-            return False
-        additive.append(term)
-    if a.get("unidirectional"):
-        additive.append(_causal(e, q, k, filler))
-    if _input(n, 5):
-        additive.append(n.input[5])
+    additive = _additive_terms(e, a, _input(n, 4), q, k, _input(n, 5), rank)
+    if additive is None:
+        return False
     hidden = sizes[0] or e.last_dim(n.input[0])
     v_hidden = sizes[2] or e.last_dim(n.input[2])
     if hidden is None or v_hidden is None:
