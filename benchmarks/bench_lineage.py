@@ -11,7 +11,7 @@ re-initialisations made in ONNX by permuting each weight tensor of one more real
 (same values, so the same distribution, in an order unrelated to any other base). The table's
 first rows compare a parent's distances to real and to permuted bases: they must agree.
 
-Methods at 64, 128 and 256 bits: the shipped hasher (hnn_jax.hash(..., bits=)), the weight-sign
+Methods at 256 bits: the shipped hasher (hnn_jax.hash), the weight-sign
 SimHash of hnn-jax eval at the same length and at the length of hnn-jax's instance part (16, 80,
 208: the learned bits are the same for every base, so they rank nothing), and sha256 of the
 weights (an exact content hash).
@@ -36,10 +36,11 @@ import numpy as np
 
 PARENTS = 12  # --parents
 REAL_BASES = 100
-LENGTHS = (64, 128, 256)
+LENGTHS = (256,)  # the shipped hasher makes 256-bit codes
 LEARNED_BITS = 48  # of the shipped hasher: the same for every base of one architecture
 KINDS = ("fp16", "int8", "prune30", "prune50", "tune", "tune+fp16", "tune+int8", "tune+prune30",
-         "tune+prune50", "lora", "lora+int8", "lora+prune30", "gen2", "gen2+int8", "gen2+prune30")
+         "tune+prune50", "lora", "lora+int8", "lora+prune30", "gen2", "gen2+int8", "gen2+prune30",
+         "renumber", "renumber+int8", "rtune", "rtune+int8")  # rtune: renumbered, then a new-head fine-tune
 
 
 def make_model(arch: str, seed: int):
@@ -103,9 +104,10 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _graph(proto):
-    from hnn_jax import converters
+    """(graph, the weights' fixed-place projections for the weight-sign baseline)."""
+    from hnn_jax import baselines, converters
 
-    return converters.from_onnx(proto)
+    return converters.from_onnx(proto), baselines.fixed_place_projections(proto)
 
 
 def _base(job):
@@ -115,7 +117,18 @@ def _base(job):
         proto = to_onnx(arch, *make_model(arch, i))
     else:
         proto = permuted(_template(arch), i)
-    return _graph(proto), weights_digest(proto)
+    return (*_graph(proto), weights_digest(proto), weight_kurtosis(proto))
+
+
+def weight_kurtosis(proto) -> float:
+    """Mean excess kurtosis of the model's float weight matrices and kernels: MoTHer's signal
+    for the direction of an edge (training makes weights heavier-tailed, so a child's is higher)."""
+    from onnx import TensorProto, numpy_helper
+
+    values = [numpy_helper.to_array(t).astype(np.float64).ravel() for t in proto.graph.initializer
+              if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16) and len(t.dims) >= 2 and np.prod(t.dims) > 16]
+    kurt = [((v - v.mean()) ** 4).mean() / max(v.var(), 1e-30) ** 2 - 3 for v in values]
+    return float(np.mean(kurt)) if kurt else 0.0
 
 
 _TEMPLATES = {}
@@ -133,9 +146,12 @@ def derivatives(arch: str, seed: int):
 
     model, x = make_model(arch, seed)
     tuned = lineage.tune_new_head(model, x, seed=seed)
+    renumbered = lineage.renumber(model, x, seed=seed + 2000)  # checked: the same outputs
     protos = {"": to_onnx(arch, model, x), "tune": to_onnx(arch, tuned, x),
               "lora": to_onnx(arch, lineage.lora_merge(model, x, seed=seed), x),
-              "gen2": to_onnx(arch, lineage.tune_new_head(tuned, x, seed=seed + 1000, classes=7), x)}
+              "gen2": to_onnx(arch, lineage.tune_new_head(tuned, x, seed=seed + 1000, classes=7), x),
+              "renumber": to_onnx(arch, renumbered, x),
+              "rtune": to_onnx(arch, lineage.tune_new_head(renumbered, x, seed=seed + 3000), x)}
     out = {}
     for kind in KINDS:
         base, _, op = kind.rpartition("+") if "+" in kind else ("", "", kind)
@@ -145,7 +161,7 @@ def derivatives(arch: str, seed: int):
             proto = protos[base]
             proto = (variants.fp16_weights(proto) if op == "fp16" else variants.int8_dynamic(proto) if op == "int8"
                      else variants.prune(proto, int(op[5:]) / 100))
-        out[kind] = (_graph(proto), weights_digest(proto))
+        out[kind] = (*_graph(proto), weights_digest(proto), weight_kurtosis(proto))
     return out
 
 
@@ -162,8 +178,9 @@ def rank_scores(dist: np.ndarray, target: int, top: int) -> tuple[float, float]:
     return float(np.mean(ranks <= top)), float(np.mean(1.0 / ranks))
 
 
-def codes(graphs, digests):
-    """{method: uint8 [n, bits] array (sha256: [n, 1] ids)}."""
+def codes(graphs, fixed, digests):
+    """{method: uint8 [n, bits] array (sha256: [n, 1] ids)}. weight-sign: over the weights'
+    projections at fixed places (`fixed`, the baseline as it was)."""
     import hnn_jax
     from hnn_jax import baselines
 
@@ -171,7 +188,8 @@ def codes(graphs, digests):
     for bits in LENGTHS:
         out[f"hnn-jax {bits}"] = np.stack([c.bits for c in hnn_jax.hash(graphs, bits=bits)])
         for length in (bits, bits - LEARNED_BITS):  # the same length; hnn-jax's instance bits only
-            out[f"weight-sign {length}"] = np.stack([baselines.weight_sign_hash(g, length) for g in graphs])
+            out[f"weight-sign {length}"] = np.stack([baselines.weight_sign_hash(g, length, f)
+                                                     for g, f in zip(graphs, fixed)])
     ids = {d: i for i, d in enumerate(dict.fromkeys(digests))}
     out["sha256"] = np.array([[ids[d]] for d in digests])
     return out
@@ -187,32 +205,38 @@ def run_arch(arch: str, sizes: list[int], workers: int, cache: Path, parents: in
     import jraph
     from tqdm import tqdm
 
+    from hnn_jax import schema
+
     n_max = max(sizes)
-    path = cache / f"{arch}-{n_max}.npz"
+    path = cache / f"{arch}-{n_max}-s{schema.SCHEMA_VERSION}c{schema.CONVERTER_REVISION}.npz"
     t0 = time.time()
     if path.exists():
         with np.load(path, allow_pickle=True) as f:  # our own cache: pickled GraphsTuple fields
             base_graphs = [jraph.GraphsTuple(*fields) for fields in f["graphs"]]
-            base_digests = [str(d) for d in f["digests"]]
+            base_fixed, base_digests = list(f["fixed"]), [str(d) for d in f["digests"]]
+            base_kurtosis = list(f["kurtosis"])
     else:
         with _pool(workers) as pool:
             jobs = [(arch, i) for i in range(n_max)]
             made = list(tqdm(pool.map(_base, jobs, chunksize=8), total=n_max, desc=f"{arch} bases"))
-        base_graphs, base_digests = [g for g, _ in made], [d for _, d in made]
+        base_graphs, base_fixed, base_digests, base_kurtosis = (list(column) for column in zip(*made))
         cache.mkdir(parents=True, exist_ok=True)
         fields = np.empty((len(base_graphs), len(jraph.GraphsTuple._fields)), dtype=object)
         for i, g in enumerate(base_graphs):
             for j, value in enumerate(g):
                 fields[i, j] = value
-        np.savez(path, graphs=fields, digests=np.array(base_digests))
+        fixed = np.empty(len(base_fixed), dtype=object)
+        fixed[:] = base_fixed
+        np.savez(path, graphs=fields, fixed=fixed, digests=np.array(base_digests), kurtosis=np.array(base_kurtosis))
     base_time = time.time() - t0
     with _pool(workers) as pool:
         derived = list(tqdm(pool.map(_derivatives, [(arch, s) for s in range(parents)]), total=parents,
                             desc=f"{arch} derivatives"))
-    base_codes = codes(base_graphs, base_digests)
+    base_codes = codes(base_graphs, base_fixed, base_digests)
     query_graphs = [derived[p][k][0] for p in range(parents) for k in KINDS]
-    query_digests = [derived[p][k][1] for p in range(parents) for k in KINDS]
-    query_codes = codes(query_graphs, query_digests)
+    query_fixed = [derived[p][k][1] for p in range(parents) for k in KINDS]
+    query_digests = [derived[p][k][2] for p in range(parents) for k in KINDS]
+    query_codes = codes(query_graphs, query_fixed, query_digests)
     # sha256 ids: a query's digest matches a base's only if the bytes are equal
     lookup = {d: i for i, d in enumerate(dict.fromkeys(base_digests))}
     query_codes["sha256"] = np.array([[lookup.get(d, -1)] for d in query_digests])
@@ -239,13 +263,34 @@ def run_arch(arch: str, sizes: list[int], workers: int, cache: Path, parents: in
                             if n_max > REAL_BASES else None)}
     c = base_codes["hnn-jax 256"][:, :48]
     results["learned_bits_spread"] = int(np.count_nonzero((c != c[0]).any(axis=1)))
+    results["null"] = false_matches(base_graphs[:min(n_max, 1000)])
+    # direction: is the parent the one of lower weight kurtosis (MoTHer)? per fine-tuned kind
+    results["direction"] = {kind: float(np.mean([base_kurtosis[p] < derived[p][kind][3] for p in range(parents)]))
+                            for kind in ("tune", "lora", "rtune")}
     return results
+
+
+def false_matches(graphs) -> dict:
+    """Pairs of independent bases that the shipped 256-bit code calls the same model."""
+    import hnn_jax
+
+    found = hnn_jax.hash(graphs, bits=256)
+    pairs = [c.distances(d) for i, c in enumerate(found) for d in found[:i]]
+    keys = [c.relation(d)[0] for i, c in enumerate(found) for d in found[:i]]
+    return {"pairs": len(pairs), "same-model": keys.count("same-model"),
+            "nearest weight distance": min(p.weights for p in pairs)}
 
 
 def table(arch: str, res: dict) -> str:
     methods = [m for b in LENGTHS for m in (f"hnn-jax {b}", f"weight-sign {b}", f"weight-sign {b - LEARNED_BITS}")]
     methods.append("sha256")
+    null, direction = res["null"], res["direction"]
     lines = [f"\n### {arch}\n",
+             f"Independent bases called the same model: {null['same-model']} of {null['pairs']:,} pairs "
+             f"(nearest pair {null['nearest weight distance']} weight bits apart). Direction by weight "
+             "kurtosis (the parent's is lower), share right: "
+             + ", ".join(f"{k} {v:.2f}" for k, v in direction.items()),
+             "",
              f"Bases: {res['bases_seconds']:.0f} s to convert. Bases whose learned bits differ from "
              f"base 0's: {res['learned_bits_spread']}. Mean 256-bit distance of a parent to real "
              f"re-inits / permuted re-inits: " + "; ".join(

@@ -22,7 +22,8 @@ from hnn_jax.converters.probe import (DEFAULT_MAX_ACTIVATION_BYTES, DEFAULT_MAX_
 from hnn_jax.errors import CorruptFileError, ModelTooLargeError, UnsupportedModelError
 from hnn_jax.schema import PROBE_OK, PROBE_SKIPPED
 
-__all__ = ["from_onnx", "from_torch", "from_flax", "from_keras", "from_tf", "from_snapshot", "from_transformers",
+__all__ = ["from_onnx", "from_torch", "from_flax", "from_keras", "from_tf", "from_tflite", "from_snapshot", "from_gguf",
+           "from_transformers",
            "from_file", "canonicalize", "CanonicalGraph"]
 
 
@@ -107,6 +108,20 @@ def from_snapshot(folder, **options) -> jraph.GraphsTuple:
     return from_onnx(model, folder=data_folder, **options)
 
 
+def from_gguf(path, **options) -> jraph.GraphsTuple:
+    """A GGUF file (llama.cpp's format; F32, F16 or block-quantised) -> GraphsTuple: the graph of
+    the transformers model its metadata describes, with its tensors dequantised one at a time,
+    named and laid out as in the source checkpoint (gguf.py), so the file's code is its source's
+    up to what quantisation moved. Needs gguf and transformers. Options as from_onnx."""
+    import tempfile
+
+    from hnn_jax.converters import gguf
+
+    with tempfile.TemporaryDirectory(prefix="hnn-gguf-") as data:
+        model, data_folder = gguf.gguf_to_onnx(path, data)
+        return from_onnx(model, folder=data_folder, **options)
+
+
 def from_transformers(model_or_path, **options) -> jraph.GraphsTuple:
     """A transformers.PreTrainedModel, or a Hugging Face snapshot folder (config.json +
     *.safetensors, sharded too; from_snapshot) -> GraphsTuple. A built model is exported with
@@ -120,8 +135,8 @@ def from_transformers(model_or_path, **options) -> jraph.GraphsTuple:
 
 
 def from_file(path, **options) -> jraph.GraphsTuple:
-    """Dispatch on what the path is: .onnx, .keras, .tflite, a SavedModel folder, a Hugging Face
-    snapshot folder (config.json + *.safetensors), a torch.export .pt2.
+    """Dispatch on what the path is: .onnx, .keras, .tflite, .gguf, a SavedModel folder, a Hugging
+    Face snapshot folder (config.json + *.safetensors), a torch.export .pt2.
 
     Pickled PyTorch files (.pt, .pth, .bin, .pkl) are refused: unpickling runs arbitrary code.
     """
@@ -144,10 +159,12 @@ def from_file(path, **options) -> jraph.GraphsTuple:
         return from_onnx(export.exported_program_to_onnx(path), **options)
     if suffix == ".tflite":
         return from_tflite(path, **options)
+    if suffix == ".gguf":
+        return from_gguf(path, **options)
     if suffix in (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"):
         raise UnsupportedModelError(f"{path}: pickled PyTorch files are never unpickled (that can run "
                                     "arbitrary code); save with torch.export.save (.pt2) or export to ONNX")
     raise UnsupportedModelError(f"{path}: unknown model format '{suffix}' (expected .onnx, .keras, "
-                                ".tflite, .pt2 or a SavedModel folder)")
+                                ".tflite, .gguf, .pt2 or a SavedModel folder)")
 
 

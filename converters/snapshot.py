@@ -171,16 +171,19 @@ def _imports():
     return torch, transformers
 
 
-def build_meta_model(folder: Path, checkpoint_names: set[str]):
-    """The model of the snapshot's config (architectures[0], else AutoModel), parameters on meta,
-    float32, eval mode, weights tied as from_pretrained ties them for this checkpoint. No code
-    from the folder runs: trust_remote_code stays off."""
+def build_meta_model(folder: Path, checkpoint_names: set[str], config=None):
+    """The model of the snapshot's config (or `config`: a GGUF file's) (architectures[0], else
+    AutoModelForCausalLM for a GGUF file, AutoModel otherwise), parameters on meta, float32, eval
+    mode, weights tied as from_pretrained ties them for this checkpoint. No code from the folder
+    runs: trust_remote_code stays off."""
     _, transformers = _imports()
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError...
-        raise UnsupportedModelError(f"{folder}/config.json: transformers cannot read it: "
-                                    f"{first_line(e)}") from None
+    auto = transformers.AutoModel if config is None else transformers.AutoModelForCausalLM
+    if config is None:
+        try:
+            config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError...
+            raise UnsupportedModelError(f"{folder}/config.json: transformers cannot read it: "
+                                        f"{first_line(e)}") from None
     names = list(getattr(config, "architectures", None) or [])
     cls = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
@@ -189,7 +192,7 @@ def build_meta_model(folder: Path, checkpoint_names: set[str]):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with meta_parameters():
-                model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+                model = cls(config) if cls is not None else auto.from_config(config)
             missing = {n for n, _ in model.named_parameters(remove_duplicate=False)} - checkpoint_names
             if "missing_keys" in inspect.signature(model.tie_weights).parameters:  # transformers >= 5
                 model.tie_weights(missing_keys=missing)  # from_pretrained's tying: what the checkpoint lacks

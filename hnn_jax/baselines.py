@@ -2,8 +2,9 @@
 
 - op-histogram SimHash: the multiset of canonical ops;
 - WL-subtree SimHash: Weisfeiler-Lehman subtree labels along and against the data flow;
-- weight-sign SimHash: signs of fixed random projections of every node's weight projections,
-  in canonical node order (knows instances, not families).
+- weight-sign SimHash: signs of fixed random projections of every node's weight features, in
+  canonical node order (knows instances, not families). bench_lineage also gives it the weights'
+  projections at fixed places (fixed_place_projections), the features before schema 5.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ def wl_subtree_hash(graph: jraph.GraphsTuple, bits: int = 64) -> np.ndarray:
     return simhash(wl_labels(graph), bits)
 
 
-def weight_sign_hash(graph: jraph.GraphsTuple, bits: int = 64) -> np.ndarray:
-    """Node i's weight projections times a fixed Gaussian matrix seeded by (i, op): summed, signed."""
+def weight_sign_hash(graph: jraph.GraphsTuple, bits: int = 64, projections: np.ndarray | None = None) -> np.ndarray:
+    """Node i's weight features (or the given [nodes, 16] `projections`) times a fixed Gaussian
+    matrix seeded by (i, op): summed, signed."""
     ops = graph.nodes[:, schema.NODE_OP].astype(int)
-    proj = graph.nodes[:, schema.NODE_WEIGHT_PROJ].astype(np.float64)
+    proj = (graph.nodes[:, schema.NODE_WEIGHT_PROJ] if projections is None else projections).astype(np.float64)
     total = np.zeros(bits)
     for i in np.flatnonzero(np.abs(proj).sum(1) > 0):
         rng = np.random.default_rng([i, ops[i]])
@@ -68,3 +70,22 @@ def weight_sign_hash(graph: jraph.GraphsTuple, bits: int = 64) -> np.ndarray:
 
 BASELINES = {"op-histogram SimHash": op_histogram_hash, "WL-subtree SimHash": wl_subtree_hash,
              "weight-sign SimHash": weight_sign_hash}
+
+
+def fixed_place_projections(onnx_model) -> np.ndarray:
+    """float32 [nodes, 16]: each canonical node's primary weight projected at fixed random places
+    (16 signed sums of 64 elements, each row rms-normalised), in the graph's node order: the weight
+    features of schema 4, which renumbering a model's hidden units moves."""
+    from hnn_jax.converters import canonicalize, features, load_onnx
+
+    model, folder = load_onnx(onnx_model, None)
+    graph = canonicalize(model, folder)
+    out = np.zeros((len(graph.nodes), features.N_PROJ), np.float32)
+    for i, node in enumerate(graph.nodes):
+        floats = [v for v in node.weights if np.issubdtype(v.dtype, np.floating)]
+        if floats:
+            primary = max(floats, key=lambda v: v.size)
+            row_rms = features._row_rms(primary)
+            scale = row_rms if row_rms is not None else np.sqrt(np.mean(np.square(primary, dtype=np.float64)))
+            out[i] = features.projections(primary, "weight", 0.0, scale)
+    return out

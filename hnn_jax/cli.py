@@ -42,14 +42,15 @@ _EPILOG = """\
 examples:
   hnn-jax demo                                  hash the example models bundled with hnn-jax
   hnn-jax hash model.onnx                       print the code of one model
-  hnn-jax hash models/ --json                   every .onnx/.keras/.tflite/.pt2/SavedModel under models/
+  hnn-jax hash models/ --json                   every .onnx/.keras/.tflite/.gguf/.pt2/SavedModel under models/
   hnn-jax compare a.onnx b.keras                Hamming distance and what it suggests
+  hnn-jax lineage models/                       each model's likely parent, as trees
   hnn-jax index build models/ -o models.hnnidx  hash a folder into an index file
   hnn-jax index add models.hnnidx new.onnx      add models to an existing index
   hnn-jax search models.hnnidx query.onnx -k 5  the 5 indexed models nearest to query.onnx
   hnn-jax search models.hnnidx query.onnx --radius 4 || echo "no near copy"
 
-A model is a path to a .onnx, .keras, .tflite or torch.export .pt2 file, or a TensorFlow SavedModel folder;
+A model is a path to a .onnx, .keras, .tflite, .gguf or torch.export .pt2 file, or a TensorFlow SavedModel folder;
 files and folders can be fsspec URLs too (s3://bucket/models/, gs://..., http://host/dir/, file:///abs),
 given the protocol's fsspec package (s3fs, gcsfs, aiohttp for http).
 Wherever a single model is expected, a code printed by `hnn-jax hash` (hnn2:...) works too.
@@ -210,6 +211,44 @@ def _cmd_compare(args) -> int:
     return EXIT_OK
 
 
+def _cmd_lineage(args) -> int:
+    from hnn_jax import lineage
+    from hnn_jax.hashcode import format_chance
+    if len(args.paths) == 1 and str(args.paths[0]).endswith(".hnnidx"):
+        from hnn_jax.index import HammingIndex
+        index = HammingIndex.load(args.paths[0])
+        ids = index.ids
+        codes = [index.get(i)[0] for i in ids]
+    else:
+        ids, codes, _ = _entries(args, args.length)
+    edges, roots = lineage.forest(codes, args.max_chance)
+    parent_of = {e.child: e for e in edges}
+    children: dict[int, list] = {}
+    for e in edges:
+        children.setdefault(e.parent, []).append(e)
+    if args.json:
+        json.dump([{"model": ids[i], "parent": ids[parent_of[i].parent] if i in parent_of else None,
+                    **({"architecture_distance": parent_of[i].architecture, "weights_distance": parent_of[i].weights,
+                        "chance": parent_of[i].chance} if i in parent_of else {})} for i in range(len(ids))],
+                  sys.stdout, indent=2)
+        print()
+        return EXIT_OK
+
+    def show(i: int, depth: int) -> None:
+        e = parent_of.get(i)
+        link = "" if e is None else f"   (weights {e.weights} bits, chance {format_chance(e.chance)})"
+        print(f"{'    ' * depth}{'└── ' if depth else ''}{ids[i]}{link}")
+        for child in sorted(children.get(i, []), key=lambda c: c.weights):
+            show(child.child, depth + 1)
+
+    for root in sorted(roots, key=lambda r: (-len(children.get(r, [])), ids[r])):
+        show(root, 0)
+    print(f"{len(roots)} tree{'s' if len(roots) != 1 else ''} over {len(ids)} models; an edge links models whose "
+          f"architecture parts agree and whose weight parts are closer than chance allows (<= {args.max_chance:g}); "
+          "each tree is rooted at its medoid (which way an edge points, codes cannot tell)")
+    return EXIT_OK
+
+
 def _entries(args, length: int | None = None):
     """(ids, codes, metadata) for the models in args.paths, codes of `length` bits."""
     from hnn_jax.files import model_metadata
@@ -344,7 +383,7 @@ def _add_builtin_commands(sub) -> None:
     p = sub.add_parser(
         "hash", help="print the code of each model",
         description="Print one line per model: its code (hnn2:<version>:<arch>+<weights>:<hex>) and its "
-        "path. Folders are searched recursively for .onnx, .keras, .tflite, .pt2 files and SavedModel "
+        "path. Folders are searched recursively for .onnx, .keras, .tflite, .gguf, .pt2 files and SavedModel "
         "folders. A progress bar goes to stderr when it is a terminal.",
         epilog="examples:\n  hnn-jax hash model.onnx\n  hnn-jax hash models/ --json > codes.json"
                "\n  hnn-jax hash a.onnx b.pt2 --bits        # 0/1 bits instead of hex"
@@ -355,6 +394,21 @@ def _add_builtin_commands(sub) -> None:
                    help="print a JSON list of {path, code, nbits, version, probe}")
     p.add_argument("--bits", action="store_true", help="print the bits as 0/1 characters")
     p.set_defaults(func=_cmd_hash)
+
+    p = sub.add_parser(
+        "lineage", help="the family trees of a folder of models (or an index)",
+        description="Hash the models (or read an index file's codes) and print their lineage trees: "
+        "models are linked when their architecture parts agree and their weight parts are closer "
+        "than the measured chance allows; each tree is the minimum spanning tree of those links, "
+        "rooted at its medoid, with the weight distance and the chance of each edge.",
+        epilog="examples:\n  hnn-jax lineage models/\n  hnn-jax lineage models.hnnidx --json\n")
+    _add_hash_inputs(p, paths_help=PATHS_HELP + " Or one index file (.hnnidx).")
+    _add_length(p)
+    p.add_argument("--max-chance", type=float, default=1e-6,
+                   help="link two models when the measured chance of their weight parts being this close "
+                        "is at most this (default 1e-6)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {model, parent, distances, chance}")
+    p.set_defaults(func=_cmd_lineage)
 
     p = sub.add_parser(
         "compare", help="Hamming distance between two models and what it suggests",

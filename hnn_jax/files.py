@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-MODEL_SUFFIXES = (".onnx", ".keras", ".tflite", ".pt2")
+MODEL_SUFFIXES = (".onnx", ".keras", ".tflite", ".gguf", ".pt2")
 """File suffixes picked up when walking folders (TensorFlow SavedModel folders, with a
 saved_model.pb, and Hugging Face snapshot folders given by name are picked up too)."""
 
@@ -248,7 +248,7 @@ def _renamed(error: Exception, local: str, url: str) -> Exception:
 # ----------------------------------------------------------------------------- models
 def model_format(path) -> str:
     """What the model at `path` (a find_models result) is: its file suffix ("onnx", "keras",
-    "tflite", "pt2"), or for a folder "savedmodel" or "snapshot" (a Hugging Face snapshot). A URL folder
+    "tflite", "gguf", "pt2"), or for a folder "savedmodel" or "snapshot" (a Hugging Face snapshot). A URL folder
     costs a request: the cluster build asks on its workers, next to the conversion."""
     if is_url(path):
         suffix = PurePosixPath(path.split("::", 1)[0].rstrip("/")).suffix.lower()

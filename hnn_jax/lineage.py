@@ -3,6 +3,8 @@ benchmark: a fine-tune with a replaced task head, a merged LoRA adapter, a fine-
 fine-tune. All train for real (AdamW, hundreds of steps) on a synthetic task: fixed random
 inputs like the model's example, each with a fixed random label.
 
+`forest` (used by `hnn-jax lineage`) reads lineage back from codes alone.
+
 The task head is the last `torch.nn.Linear` in module order (a classifier's `fc`, `head` or
 `classifier`). A model without one (a transformers base model) is tuned through a temporary
 head on its pooled first output, which is dropped again: its published form has no head either.
@@ -11,6 +13,7 @@ head on its pooled first output, which is dropped again: its published form has 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -198,3 +201,160 @@ def lora_merge(model, example, *, rank: int = LORA_RANK, alpha: float = LORA_ALP
         parent, attr = _owner(tuned, name)
         setattr(parent, attr, getattr(parent, attr).merged())
     return tuned.requires_grad_(True).eval()
+
+
+def _permute_(tensor, perm, dim: int):
+    """Reorder `tensor` along `dim` by `perm`, in place (a parameter or a buffer)."""
+    import torch
+
+    with torch.no_grad():
+        tensor.copy_(tensor.index_select(dim, perm))
+
+
+def _renumber_channels(model, generator) -> int:
+    """Renumber the output channels of every Conv2d or Linear in a Sequential whose channels only
+    BatchNorms and elementwise modules carry to the next Conv2d or Linear; how many were."""
+    import torch
+
+    carriers = (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.ReLU6, torch.nn.GELU,
+                torch.nn.SiLU, torch.nn.Tanh, torch.nn.Identity, torch.nn.Dropout, torch.nn.AdaptiveAvgPool2d,
+                torch.nn.AdaptiveMaxPool2d, torch.nn.MaxPool2d, torch.nn.AvgPool2d, torch.nn.Flatten)
+    count = 0
+    for seq in [m for m in model.modules() if isinstance(m, torch.nn.Sequential)]:
+        layers = list(seq)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)) or getattr(layer, "groups", 1) != 1:
+                continue
+            between, consumer = [], None
+            for nxt in layers[i + 1:]:
+                if isinstance(nxt, (torch.nn.Conv2d, torch.nn.Linear)):
+                    consumer = nxt
+                    break
+                if not isinstance(nxt, carriers):
+                    break
+                between.append(nxt)
+            if consumer is None or getattr(consumer, "groups", 1) != 1:
+                continue
+            width = layer.weight.shape[0]
+            spatial = any(isinstance(m, torch.nn.Flatten) for m in between)
+            if consumer.weight.shape[1] != width and not spatial:
+                continue
+            if spatial and consumer.weight.shape[1] != width:  # a Flatten of more than one position
+                continue
+            perm = torch.randperm(width, generator=generator)
+            _permute_(layer.weight, perm, 0)
+            if layer.bias is not None:
+                _permute_(layer.bias, perm, 0)
+            for norm in between:
+                if isinstance(norm, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+                    for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var):
+                        if t is not None:
+                            _permute_(t, perm, 0)
+            _permute_(consumer.weight, perm, 1)
+            count += 1
+    return count
+
+
+def _renumber_attention_and_ffn(model, generator) -> int:
+    """In every transformers layer with BERT's module names (attention.self.query/key/value,
+    attention.output.dense, intermediate.dense, output.dense): renumber the FFN units, the heads,
+    and the dimensions inside each head (q and k together, v and the output projection together);
+    how many layers were."""
+    import torch
+
+    count = 0
+    for layer in model.modules():
+        attention = getattr(getattr(layer, "attention", None), "self", None)
+        if attention is None or not hasattr(layer, "intermediate") or not hasattr(layer, "output"):
+            continue
+        heads, size = attention.num_attention_heads, attention.attention_head_size
+        head_order = torch.randperm(heads, generator=generator)
+
+        # the same head order for q, k, v and the output projection; a permutation of the
+        # dimensions inside each head for q and k together, another for v and the output
+        qk, vo = (torch.cat([h * size + torch.randperm(size, generator=generator) for h in head_order.tolist()])
+                  for _ in range(2))
+        for linear, perm in ((attention.query, qk), (attention.key, qk), (attention.value, vo)):
+            _permute_(linear.weight, perm, 0)
+            _permute_(linear.bias, perm, 0)
+        _permute_(layer.attention.output.dense.weight, vo, 1)
+        units = torch.randperm(layer.intermediate.dense.out_features, generator=generator)
+        _permute_(layer.intermediate.dense.weight, units, 0)
+        _permute_(layer.intermediate.dense.bias, units, 0)
+        _permute_(layer.output.dense.weight, units, 1)
+        count += 1
+    return count
+
+
+def renumber(model, example, *, seed: int = 0, atol: float = 1e-4):
+    """A copy of `model` with its hidden units renumbered: the same function, other weights at
+    each place. A CNN's inner channels (with their BatchNorms), a transformer's FFN units, heads
+    and the dimensions inside each head. The cheapest obfuscation a model thief has; checked by
+    running both models on `example` (ValueError if the outputs differ, or nothing was
+    renumbered)."""
+    import torch
+
+    renumbered = copy.deepcopy(model).eval()
+    generator = torch.Generator().manual_seed(seed)
+    count = _renumber_attention_and_ffn(renumbered, generator) or _renumber_channels(renumbered, generator)
+    if not count:
+        raise ValueError(f"{type(model).__name__}: no hidden units found to renumber")
+    with torch.no_grad():
+        before, after = _run(copy.deepcopy(model).eval(), example), _run(renumbered, example)
+    if not torch.allclose(before, after, atol=atol, rtol=1e-4):
+        raise ValueError(f"renumbering {type(model).__name__} changed its outputs by "
+                         f"{float((before - after).abs().max()):.3g}")
+    return renumbered
+
+
+@dataclass(frozen=True)
+class Edge:
+    """`child` (an index into the codes) descends from `parent`: their distances and the measured
+    chance that two independent models have weight parts this close."""
+    child: int
+    parent: int
+    architecture: int
+    weights: int
+    chance: float
+
+
+def forest(codes, max_chance: float = 1e-6) -> tuple[list[Edge], list[int]]:
+    """(edges, roots): the lineage trees of a set of codes. Two models are linked when their
+    architecture parts agree and the chance of their weight parts being this close by accident
+    (HashCode.chance, the measured null) is at most `max_chance`; each tree is the minimum
+    spanning tree of its links by weight distance, rooted at its medoid (the model nearest to all
+    the others: a base from which several derivatives were made is nearest to them all). The
+    direction of an edge is a guess the codes cannot settle (a child's code is as near its parent
+    as the parent's is to it); roots are listed alone too when nothing links them."""
+    n = len(codes)
+    weights = np.array([[codes[i].distances(codes[j]).weights if i != j else 0 for j in range(n)] for i in range(n)])
+    linked = np.zeros((n, n), bool)
+    for i in range(n):
+        for j in range(i):
+            d = codes[i].distances(codes[j])
+            linked[i, j] = linked[j, i] = d.architecture == 0 and codes[i].chance(codes[j]) <= max_chance
+    component = -np.ones(n, int)
+    for start in range(n):
+        if component[start] >= 0:
+            continue
+        component[start], stack = start, [start]
+        while stack:
+            i = stack.pop()
+            for j in np.flatnonzero(linked[i] & (component < 0)):
+                component[j] = start
+                stack.append(int(j))
+    edges, roots = [], []
+    for label in np.unique(component):
+        members = [int(i) for i in np.flatnonzero(component == label)]
+        sub = weights[np.ix_(members, members)].astype(float)
+        root = members[int(np.argmin(np.where(linked[np.ix_(members, members)] | np.eye(len(members), dtype=bool),
+                                              sub, sub.max() + 1).sum(1)))]
+        roots.append(root)
+        placed = {root}
+        while len(placed) < len(members):  # Prim's algorithm over the links, outward from the root
+            _, parent, child = min((weights[p, c], p, c) for p in placed for c in members
+                                   if c not in placed and linked[p, c])
+            d = codes[child].distances(codes[parent])
+            edges.append(Edge(child, parent, d.architecture, d.weights, codes[child].chance(codes[parent])))
+            placed.add(child)
+    return edges, roots

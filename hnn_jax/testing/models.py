@@ -207,3 +207,68 @@ def external_data_mlp(folder, layers: int, width: int, seed: int = 0):
     path = folder / "model.onnx"
     onnx.save(model, path)
     return path
+
+
+def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+               vocab: int = 256):
+    """A Llama-shaped causal LM (transformers) with seeded random weights, rows a multiple of 32
+    so that GGUF's block quantisers take every matrix."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                                      num_hidden_layers=layers, num_attention_heads=heads,
+                                      num_key_value_heads=kv_heads, max_position_embeddings=64,
+                                      tie_word_embeddings=False)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def _llama_cpp_permute(weights: np.ndarray, heads: int) -> np.ndarray:
+    """What llama.cpp's convert_hf_to_gguf.py does to query and key rows (its rotary layout)."""
+    return (weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def write_llama_gguf(model, path, quantisation: str = "F32") -> None:
+    """Write a transformers Llama model as llama.cpp's converter does: its metadata, its tensor
+    names (blk.N.attn_q ...), query and key rows permuted, norms in F32 and every matrix in
+    `quantisation` (F32, F16, Q8_0, Q4_0: gguf's own quantisers)."""
+    import gguf
+
+    config = model.config
+    kind = gguf.GGMLQuantizationType[quantisation]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().float().numpy()
+        stem, _, suffix = name.rpartition(".")
+        target = names.get_name(stem)
+        if target is None:
+            continue
+        if stem.endswith("q_proj"):
+            value = _llama_cpp_permute(value, config.num_attention_heads)
+        elif stem.endswith("k_proj"):
+            value = _llama_cpp_permute(value, config.num_key_value_heads)
+        if value.ndim == 1 or kind == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(f"{target}.{suffix}", value.astype(np.float32))
+        elif kind == gguf.GGMLQuantizationType.F16:
+            writer.add_tensor(f"{target}.{suffix}", value.astype(np.float16))
+        else:
+            quantised = gguf.quants.quantize(value, kind)  # [rows, bytes]: the writer reads its shape
+            writer.add_tensor(f"{target}.{suffix}", quantised, raw_shape=quantised.shape, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

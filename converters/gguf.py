@@ -1,0 +1,89 @@
+"""A GGUF file (llama.cpp's format, quantised or not) -> ONNX graph + dequantised weights, for
+tracing a quantised LLM file to its source checkpoint.
+
+The graph is the one from_snapshot builds: the transformers model of the file's config (which
+transformers maps from the GGUF metadata), parameters on the meta device, exported by the dynamo
+exporter. The weights are dequantised one tensor at a time (gguf's own dequantisers), renamed
+back to the checkpoint's names and un-permuted where llama.cpp's converter permuted them (the
+query and key rows, for its rotary layout: transformers' GGUF tensor processors), and written to
+a float32 data file that the graph's initializers point into, so no more than one tensor is
+held in memory. The code is then the source checkpoint's, up to what quantisation moved.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from hnn_jax.converters import snapshot
+from hnn_jax.errors import CorruptFileError, UnsupportedModelError, first_line
+
+DATA_FILE = "weights.bin"
+MAGIC = b"GGUF"
+
+
+def _imports():
+    try:
+        import gguf
+    except ImportError:
+        raise UnsupportedModelError("hashing a GGUF file needs the gguf package: pip install 'hnn-jax[hf]'") from None
+    torch, transformers = snapshot._imports()
+    return gguf, torch, transformers
+
+
+def _reader(path: Path):
+    gguf, _, _ = _imports()
+    with open(path, "rb") as f:
+        if f.read(4) != MAGIC:
+            raise CorruptFileError(f"{path}: not a GGUF file (no GGUF magic)")
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - gguf raises ValueError, struct.error, IndexError...
+        raise CorruptFileError(f"{path}: gguf cannot read it: {first_line(e)}") from None
+
+
+def gguf_to_onnx(path, data_folder) -> tuple[onnx.ModelProto, Path]:
+    """(ONNX model whose weights are external data in `data_folder`/weights.bin, that folder).
+    The caller owns the folder (a temporary one) and removes it after the conversion."""
+    path, data_folder = Path(path), Path(data_folder)
+    gguf, _, transformers = _imports()
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+
+    reader = _reader(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = transformers.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:  # noqa: BLE001 - transformers raises ValueError, KeyError, OSError...
+        raise UnsupportedModelError(f"{path}: transformers cannot map its GGUF metadata to a config: "
+                                    f"{first_line(e)}") from None
+    architecture = str(getattr(config, "model_type", ""))
+    gguf_architecture = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    processor = hf_gguf.TENSOR_PROCESSORS.get(gguf_architecture, hf_gguf.TensorProcessor)(config=config.to_dict())
+    meta_model = snapshot.build_meta_model(path, set(), config=config)
+    key_map = hf_gguf.get_gguf_hf_weights_map(meta_model, processor)
+    shards, offset = {}, 0
+    data_folder.mkdir(parents=True, exist_ok=True)
+    with open(data_folder / DATA_FILE, "wb") as out:
+        for tensor in reader.tensors:
+            weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+            result = processor.process(weights=weights, name=tensor.name, tensor_key_mapping=key_map,
+                                       parsed_parameters={"config": config.to_dict(), "tensors": {}})
+            if result.name not in key_map:
+                continue
+            value = np.ascontiguousarray(result.weights, np.float32)
+            out.write(value.tobytes())
+            shards[key_map[result.name]] = {"dtype": onnx.TensorProto.FLOAT, "shape": list(value.shape),
+                                            "offset": offset, "length": value.nbytes, "location": DATA_FILE}
+            offset += value.nbytes
+            del weights, value
+    if not shards:
+        raise UnsupportedModelError(f"{path}: none of its tensors maps to a {architecture} checkpoint's names")
+    model = snapshot.build_meta_model(path, set(shards), config=config)
+    aliases = snapshot._aliases(model, getattr(model, "base_model_prefix", "") or "")
+    proto, weights, values = snapshot.export_meta(model, snapshot.example_inputs(model))
+    snapshot.attach_weights(proto, weights, values, shards, aliases)
+    return proto, data_folder
