@@ -1,9 +1,7 @@
 """Features: a CanonicalGraph and its probe figures become one unpadded jraph.GraphsTuple.
 
-Column layout: hnn_jax.schema. Activation projections use positions and signs drawn from a seed
-that depends only on the tensor's shape, so two models of one architecture are compared at the same
-places. Weight matrices and kernels are read as sets of units instead (unit_sets), so that
-renumbering a model's hidden units, which leaves its function as it was, leaves them too.
+Column layout: hnn_jax.schema. Projections use positions and signs drawn from a seed that depends
+only on the tensor's shape, so two models of one architecture are compared at the same places.
 """
 
 from __future__ import annotations
@@ -160,148 +158,7 @@ def _row_rms(primary: np.ndarray) -> np.ndarray | None:
     return np.sqrt(squares / (primary.size // rows))
 
 
-UNIT_PATTERNS = 8    # random patterns each unit is projected on, per set
-KERNEL_TAPS = 4      # a kernel of this many taps or more is a unit of its own (the set of kernels)
-
-
-@functools.lru_cache(maxsize=1024)
-def _patterns(length: int, salt: int, count: int) -> np.ndarray:
-    """float64 [length, count] of +-1/sqrt(length), drawn from (length, salt)."""
-    rng = np.random.default_rng([length, salt])
-    return rng.choice([-1.0, 1.0], (length, count)) / np.sqrt(length)
-
-
-@functools.lru_cache(maxsize=1024)
-def _quantile_weights(size: int, salt: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """(Blom's expected order statistics of `size` standard normals, float64 [size, count] low-
-    frequency weights over the quantiles: random +-1 mixtures of the first four cosines)."""
-    from scipy.special import ndtri
-
-    rng = np.random.default_rng([size, salt, 1])
-    quantile = (np.arange(size) + 0.5) / size
-    cosines = np.cos(np.pi * np.outer(quantile, np.arange(1, 5)))                      # [size, 4]
-    return ndtri((np.arange(size) + 1 - 0.375) / (size + 0.25)), cosines @ rng.choice([-1.0, 1.0], (4, count)) / 2
-
-
-def _set_summary(projected: np.ndarray, salt: int) -> np.ndarray:
-    """[units, k] projections of a set of units -> k numbers that do not depend on the units'
-    order: each column scaled to unit rms and sorted, its expected order statistics taken off,
-    and the rest weighed by low-frequency functions of the quantile. Sorting moves continuously
-    with the values (a fine-tune moves it as much as the units, no more), and the low frequencies
-    are the part of a sorted sample that a perturbation of every unit keeps."""
-    units, k = projected.shape
-    scale = np.sqrt(np.square(projected).mean(0))
-    if units < 2 or not np.all(scale > 0):
-        return np.zeros(k)
-    expected, weights = _quantile_weights(units, salt, k)
-    residual = np.sort(projected / scale, axis=0) - expected[:, None]
-    return 4.0 * (residual * weights).sum(0) / np.sqrt(units)
-
-
-def unit_sets(primary: np.ndarray, row_rms: np.ndarray, sides: str = "both") -> np.ndarray:
-    """2 * UNIT_PATTERNS numbers of a weight [out, in, taps...] that renumbering its output
-    units, its input units or both leaves as they are (schema 5).
-
-    A kernel of KERNEL_TAPS or more taps (a 3x3 conv's) is read as the set of its out x in
-    kernels, each projected on random patterns over the taps, which no renumbering moves. A
-    matrix (or 1x1 conv) is read as the set of its rows, each projected over the columns
-    (invariant to renumbering its outputs), or as the set of its columns, each projected over the
-    rows (invariant to renumbering its inputs): `sides` says which, from where the matrix sits
-    (unit_sides), or "both" (half the numbers each) where that does not tell.
-    Every entry is divided by its row's rms first (a BatchNorm folded into the weight, which
-    fine-tuning recalibrates, scales whole rows). Read a block of about CHUNK values at a time,
-    in memory order, so a mapped weight is never held whole."""
-    k = UNIT_PATTERNS
-    rows, cols = primary.shape[0], primary.shape[1]
-    taps = primary.size // (rows * cols)
-    scale = np.where(row_rms > 0, row_rms, 1.0)
-    transposed = primary.ndim == 2 and not primary.flags.c_contiguous and primary.flags.f_contiguous
-    blocks = primary.T if transposed else primary.reshape(rows, cols, taps)  # C order either way
-    step = max(1, CHUNK // max(1, blocks[0].size))
-    if taps >= KERNEL_TAPS:
-        pattern, kernels = _patterns(taps, 1, 2 * k), []
-        for first in range(0, rows, step):
-            block = _finite(np.asarray(blocks[first:first + step], np.float32)).astype(np.float64)
-            kernels.append((block / scale[first:first + step, None, None]).reshape(-1, taps) @ pattern)
-            release_pages(primary)
-        return _set_summary(np.concatenate(kernels), 1)
-    width = cols * taps
-    k = {"rows": 2 * k, "cols": 0}.get(sides, k)   # patterns of the row set; the column set has the rest
-    row_pattern, col_pattern = _patterns(width, 2, k), _patterns(rows, 3, 2 * UNIT_PATTERNS - k)
-    by_row, by_col = np.zeros((rows, k)), np.zeros((width, 2 * UNIT_PATTERNS - k))
-    for first in range(0, blocks.shape[0], step):
-        block = _finite(np.asarray(blocks[first:first + step], np.float32)).astype(np.float64)
-        part = slice(first, first + block.shape[0])
-        if transposed:  # block: whole columns [b, rows] of the [rows, cols] weight
-            block = block / scale[None, :]
-            by_row += block.T @ row_pattern[part]
-            by_col[part] = block @ col_pattern
-        else:           # block: whole rows
-            block = block.reshape(block.shape[0], width) / scale[part, None]
-            by_row[part] = block @ row_pattern
-            by_col += block.T @ col_pattern[part]
-        release_pages(primary)
-    return np.concatenate([_set_summary(by_row, 2) if k else np.zeros(0),
-                           _set_summary(by_col, 3) if k < 2 * UNIT_PATTERNS else np.zeros(0)])
-
-
-# Where a model's residual stream (or its input, or its output) is: units no renumbering of
-# hidden units moves. A matrix reading it and writing hidden units (a transformer's query, key,
-# value and FFN-in projections) is renumbered on its output side only; one reading hidden units
-# and writing it (the attention output and FFN-out projections, a classifier's head) on its input
-# side only. Reshapes and transposes between carry the same units.
-_STREAM_SOURCES = {"input", "layer_norm", "rms_norm", "add", "embedding", "gather", "concat"}
-_STREAM_SINKS = {"add", "layer_norm", "rms_norm"}
-_CARRIERS = {"reshape", "transpose", "cast"}
-
-
-def unit_sides(graph: CanonicalGraph) -> list[str]:
-    """Per node: which set unit_sets reads of its weight matrix. "rows" where its input is the
-    stream and its output is not, "cols" where its output is the stream (or the model's output)
-    and its input is not, else "both"."""
-    senders: list[list[int]] = [[] for _ in graph.nodes]
-    receivers: list[list[int]] = [[] for _ in graph.nodes]
-    first_input = {}
-    for e in graph.edges:
-        senders[e.receiver].append(e.sender)
-        receivers[e.sender].append(e.receiver)
-        if e.slot == 0:
-            first_input[e.receiver] = e.sender
-
-    def reads_stream(i: int) -> bool:
-        source = first_input.get(i)
-        while source is not None and graph.nodes[source].op in _CARRIERS:
-            source = first_input.get(source)
-        return source is None or graph.nodes[source].op in _STREAM_SOURCES
-
-    def writes_stream(i: int) -> bool:
-        frontier, seen = list(receivers[i]), set()
-        if not frontier:
-            return True  # the model's output
-        while frontier:
-            j = frontier.pop()
-            if j in seen:
-                continue
-            seen.add(j)
-            if graph.nodes[j].op in _CARRIERS:
-                frontier += receivers[j] or [None]
-                if None in frontier:
-                    return True
-            elif graph.nodes[j].op in _STREAM_SINKS:
-                return True
-        return False
-
-    sides = []
-    for i, node in enumerate(graph.nodes):
-        if not node.weights:
-            sides.append("both")
-            continue
-        stream_in, stream_out = reads_stream(i), writes_stream(i)
-        sides.append("rows" if stream_in and not stream_out else "cols" if stream_out and not stream_in else "both")
-    return sides
-
-
-def _weight_features(weights: list[np.ndarray], sides: str = "both") -> tuple[np.ndarray, np.ndarray]:
+def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     stats = np.zeros(8, np.float32)
     floats = [v for v in weights if np.issubdtype(v.dtype, np.number) or is_float(v)]
     if not floats:
@@ -322,13 +179,7 @@ def _weight_features(weights: list[np.ndarray], sides: str = "both") -> tuple[np
     # Per output channel: a BatchNorm folded into the weight (recalibrated by fine-tuning) scales
     # whole channels, which must not move the fingerprint.
     row_rms = _row_rms(primary)
-    varies = n and squares / n - (total / n) ** 2 > 1e-12 * squares / n  # a constant says nothing
-    if row_rms is not None and primary.ndim >= 2 and varies:
-        weight_proj = np.clip(unit_sets(primary, row_rms, sides), -8, 8).astype(np.float32)
-    elif row_rms is not None and primary.ndim >= 2:
-        weight_proj = np.zeros(N_PROJ, np.float32)
-    else:
-        weight_proj = projections(primary, "weight", 0.0, rms if row_rms is None else row_rms)
+    weight_proj = projections(primary, "weight", 0.0, rms if row_rms is None else row_rms)
     release_pages(primary)
     return stats, weight_proj
 
@@ -388,14 +239,13 @@ def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTu
         out_degree[e.sender] += 1
     total_params = 0
     folded = _constant_valued(graph)
-    sides = unit_sides(graph)
     for i, node in enumerate(graph.nodes):
         row = nodes[i]
         row[schema.NODE_OP] = schema.OP_INDEX.get(node.op, 0)
         row[schema.NODE_SHAPE] = _shape_features(node.shape)
         row[schema.NODE_DEGREE] = (in_degree[i], out_degree[i], node.n_outputs)
         row[schema.NODE_ATTRS] = _attr_features(node)
-        w_stats, w_proj = _weight_features(node.weights, sides[i])
+        w_stats, w_proj = _weight_features(node.weights)
         row[schema.NODE_WEIGHT_STATS] = w_stats
         row[schema.NODE_WEIGHT_PROJ] = 0.0 if folded[i] else w_proj
         total_params += sum(int(np.asarray(v).size) for v in node.weights)
