@@ -67,3 +67,37 @@ def test_a_lineage_code_finds_the_parent_of_a_real_fine_tune():
     codes = hnn_jax.hash(graphs, bits=256)
     d = [codes[-1] - c for c in codes[:-1]]
     assert d[0] < 0.8 * min(d[1:]), d  # (the 64-bit code's 16 instance bits miss it here)
+
+
+def test_renumber_keeps_the_function_and_moves_the_weights():
+    model, x = classifier(3)
+    renumbered = lineage.renumber(model, x, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(renumbered(x), model(x), atol=1e-5, rtol=1e-5)
+    assert not torch.equal(renumbered[0].weight, model[0].weight)
+    assert torch.equal(renumbered[0].weight.sort(0).values, model[0].weight.sort(0).values)  # rows reordered
+
+
+def test_renumber_refuses_a_model_without_hidden_units():
+    with pytest.raises(ValueError, match="no hidden units"):
+        lineage.renumber(torch.nn.Linear(4, 2), torch.randn(1, 4))
+
+
+def test_forest_links_derivatives_to_their_base_and_leaves_others_alone():
+    """The bundled examples: cnn_a's dynamo, fp16, int8 and pruned files hang from cnn_a; the
+    other models stand alone."""
+    from pathlib import Path
+
+    import hnn_jax
+    from hnn_jax import converters
+
+    folder = Path(hnn_jax.__file__).parent / "examples"
+    names = sorted(p.name for p in folder.glob("*.onnx"))
+    codes = hnn_jax.hash([converters.from_onnx(folder / n) for n in names])
+    edges, roots = lineage.forest(codes)
+    family = {names[e.child] for e in edges}
+    assert {names[e.parent] for e in edges} <= {n for n in names if n.startswith("cnn_a")}
+    assert family | {names[r] for r in roots if names[r].startswith("cnn_a")} == {
+        n for n in names if n.startswith("cnn_a")}
+    assert len(roots) == len(names) - len(edges)
+    assert all(e.chance <= 1e-6 and e.architecture == 0 for e in edges)
