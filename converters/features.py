@@ -1,7 +1,10 @@
 """Features: a CanonicalGraph and its probe figures become one unpadded jraph.GraphsTuple.
 
-Column layout: hnn_jax.schema. Projections use positions and signs drawn from a seed that depends
-only on the tensor's shape, so two models of one architecture are compared at the same places.
+Column layout: hnn_jax.schema. A weight is read twice for the weight part of the code: at fixed
+places (projections: positions and signs drawn from a seed that depends only on the tensor's
+shape, so two models of one architecture are compared at the same places), and as a set of units
+(unit_sets: numbers that renumbering the model's hidden units, which leaves its function as it
+was, leaves as they are).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from hnn_jax.converters.canonical import CanonicalGraph, CanonicalNode
 from hnn_jax.converters.load import is_float, release_pages, values_at
 from hnn_jax.converters.probe import ProbeResult
 
-N_PROJ = 16       # projections per tensor (schema.NODE_WEIGHT_PROJ / NODE_ACT_PROJ width)
+N_PROJ = 16       # projections per tensor (schema.NODE_WEIGHT_PROJ width)
 PROJ_SAMPLES = 64  # elements summed into each projection
 CHUNK = 1 << 22    # weight elements read at a time for statistics
 
@@ -158,11 +161,153 @@ def _row_rms(primary: np.ndarray) -> np.ndarray | None:
     return np.sqrt(squares / (primary.size // rows))
 
 
-def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+UNIT_FEATURES = N_PROJ  # schema.NODE_UNIT_PROJ width
+KERNEL_TAPS = 4         # a kernel of this many taps or more is a unit of its own (the set of kernels)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unit_patterns(length: int, salt: int, count: int) -> np.ndarray:
+    """float32 [length, 3 * count]: three Gaussian directions per feature, drawn from (length, salt)."""
+    rng = np.random.default_rng([length, salt, 7])
+    return (rng.standard_normal((length, 3 * count)) / np.sqrt(length)).astype(np.float32)
+
+
+def _third_cumulants(projected: np.ndarray, norms: np.ndarray, count: int) -> np.ndarray:
+    """[units, 3 * count] projections of a set of units and the units' norms -> `count` numbers:
+    sqrt(units) times the third cross-cumulant of three directions over the unit-normalised units
+    (zero-norm units, a pruned kernel, say nothing). A sum over units does not depend on their
+    order; a third-order one is about N(0, 1) for any symmetric initialisation (no shared part),
+    and the low-rank, near-Gaussian moves of fine-tuning change second-order ones (a Gram form
+    W^T W lost a 500-step fine-tune entirely) far more than third-order ones."""
+    keep = norms > 0
+    if keep.sum() < 3:
+        return np.zeros(count)
+    x = projected[keep].astype(np.float64) / norms[keep, None]
+    x -= x.mean(0)
+    scale = x.std(0)
+    if not np.all(scale > 0):
+        return np.zeros(count)
+    x /= scale
+    a, b, c = x[:, :count], x[:, count:2 * count], x[:, 2 * count:]
+    return (a * b * c).sum(0) / np.sqrt(len(x))
+
+
+def unit_sets(primary: np.ndarray, row_rms: np.ndarray, sides: str = "both") -> np.ndarray:
+    """UNIT_FEATURES numbers of a weight [out, in, taps...] that renumbering its output units,
+    its input units or both leaves as they are (schema.NODE_UNIT_PROJ).
+
+    A kernel of KERNEL_TAPS or more taps (a 3x3 conv's) is read as the set of its out x in
+    kernels, vectors over the taps, which no renumbering moves. A matrix (or a 1x1 conv) is read
+    as the set of its rows, vectors over the columns (invariant to renumbering its outputs), or
+    as the set of its columns (invariant to renumbering its inputs): `sides` says which, from
+    where the matrix sits (unit_sides), or "both" (half the numbers each) where that does not
+    tell. Each set gives third cumulants (_third_cumulants). Entries are divided by their row's
+    rms first (a BatchNorm folded into the weight, which fine-tuning recalibrates, scales whole
+    rows). Read a block of about CHUNK values at a time, in memory order, so a mapped weight is
+    never held whole."""
+    rows, cols = primary.shape[0], primary.shape[1]
+    taps = primary.size // (rows * cols)
+    scale = np.where(row_rms > 0, row_rms, 1.0).astype(np.float32)
+    transposed = primary.ndim == 2 and not primary.flags.c_contiguous and primary.flags.f_contiguous
+    blocks = primary.T if transposed else primary.reshape(rows, cols, taps)  # C order either way
+    step = max(1, CHUNK // max(1, blocks[0].size))
+    if taps >= KERNEL_TAPS:
+        pattern, projected, norms = _unit_patterns(taps, 1, UNIT_FEATURES), [], []
+        for first in range(0, rows, step):
+            block = _finite(np.asarray(blocks[first:first + step], np.float32))
+            kernels = (block / scale[first:first + step, None, None]).reshape(-1, taps)
+            projected.append(kernels @ pattern)
+            norms.append(np.sqrt(np.square(kernels, dtype=np.float64).sum(1)))
+            release_pages(primary)
+        return _third_cumulants(np.concatenate(projected), np.concatenate(norms), UNIT_FEATURES)
+    width = cols * taps
+    k = {"rows": UNIT_FEATURES, "cols": 0}.get(sides, UNIT_FEATURES // 2)  # features of the row set
+    row_pattern, col_pattern = _unit_patterns(width, 2, k), _unit_patterns(rows, 3, UNIT_FEATURES - k)
+    by_row, by_col = np.zeros((rows, 3 * k)), np.zeros((width, 3 * (UNIT_FEATURES - k)))
+    row_sq, col_sq = np.zeros(rows), np.zeros(width)
+    for first in range(0, blocks.shape[0], step):
+        block = _finite(np.asarray(blocks[first:first + step], np.float32))
+        part = slice(first, first + block.shape[0])
+        if transposed:  # block: whole columns [b, rows] of the [rows, cols] weight
+            block = block / scale[None, :]
+            by_row += block.T @ row_pattern[part]
+            row_sq += np.square(block, dtype=np.float64).sum(0)
+            by_col[part] = block @ col_pattern
+            col_sq[part] = np.square(block, dtype=np.float64).sum(1)
+        else:           # block: whole rows
+            block = block.reshape(block.shape[0], width) / scale[part, None]
+            by_row[part] = block @ row_pattern
+            row_sq[part] = np.square(block, dtype=np.float64).sum(1)
+            by_col += block.T @ col_pattern[part]
+            col_sq += np.square(block, dtype=np.float64).sum(0)
+        release_pages(primary)
+    return np.concatenate([_third_cumulants(by_row, np.sqrt(row_sq), k) if k else np.zeros(0),
+                           _third_cumulants(by_col, np.sqrt(col_sq), UNIT_FEATURES - k)
+                           if k < UNIT_FEATURES else np.zeros(0)])
+
+
+# Where a model's residual stream (or its input, or its output) is: units no renumbering of
+# hidden units moves. A matrix reading it and writing hidden units (a transformer's query, key,
+# value and FFN-in projections) is renumbered on its output side only; one reading hidden units
+# and writing it (the attention output and FFN-out projections, a classifier's head) on its input
+# side only. Reshapes and transposes between carry the same units.
+_STREAM_SOURCES = {"input", "layer_norm", "rms_norm", "add", "embedding", "gather", "concat"}
+_STREAM_SINKS = {"add", "layer_norm", "rms_norm"}
+_CARRIERS = {"reshape", "transpose", "cast"}
+
+
+def unit_sides(graph: CanonicalGraph) -> list[str]:
+    """Per node: which set unit_sets reads of its weight matrix. "rows" where its input is the
+    stream and its output is not, "cols" where its output is the stream (or the model's output)
+    and its input is not, else "both"."""
+    senders: list[list[int]] = [[] for _ in graph.nodes]
+    receivers: list[list[int]] = [[] for _ in graph.nodes]
+    first_input = {}
+    for e in graph.edges:
+        senders[e.receiver].append(e.sender)
+        receivers[e.sender].append(e.receiver)
+        if e.slot == 0:
+            first_input[e.receiver] = e.sender
+
+    def reads_stream(i: int) -> bool:
+        source = first_input.get(i)
+        while source is not None and graph.nodes[source].op in _CARRIERS:
+            source = first_input.get(source)
+        return source is None or graph.nodes[source].op in _STREAM_SOURCES
+
+    def writes_stream(i: int) -> bool:
+        frontier, seen = list(receivers[i]), set()
+        if not frontier:
+            return True  # the model's output
+        while frontier:
+            j = frontier.pop()
+            if j in seen:
+                continue
+            seen.add(j)
+            if graph.nodes[j].op in _CARRIERS:
+                frontier += receivers[j] or [None]
+                if None in frontier:
+                    return True
+            elif graph.nodes[j].op in _STREAM_SINKS:
+                return True
+        return False
+
+    sides = []
+    for i, node in enumerate(graph.nodes):
+        if not node.weights:
+            sides.append("both")
+            continue
+        stream_in, stream_out = reads_stream(i), writes_stream(i)
+        sides.append("rows" if stream_in and not stream_out else "cols" if stream_out and not stream_in else "both")
+    return sides
+
+
+
+def _weight_features(weights: list[np.ndarray], sides: str = "both") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     stats = np.zeros(8, np.float32)
     floats = [v for v in weights if np.issubdtype(v.dtype, np.number) or is_float(v)]
     if not floats:
-        return stats, np.zeros(N_PROJ, np.float32)
+        return stats, np.zeros(N_PROJ, np.float32), np.zeros(UNIT_FEATURES, np.float32)
     primary = max(floats, key=lambda v: v.size)
     n, total, squares, absolute = _moments([primary])
     rms = np.sqrt(squares / n) if n else 0.0
@@ -180,16 +325,19 @@ def _weight_features(weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     # whole channels, which must not move the fingerprint.
     row_rms = _row_rms(primary)
     weight_proj = projections(primary, "weight", 0.0, rms if row_rms is None else row_rms)
+    unit_proj = np.zeros(UNIT_FEATURES, np.float32)
+    if row_rms is not None and weight_proj.any():  # a matrix or kernel that is not constant
+        unit_proj = np.clip(unit_sets(primary, row_rms, sides), -8, 8).astype(np.float32)
     release_pages(primary)
-    return stats, weight_proj
+    return stats, weight_proj, unit_proj
 
 
-def _activation_features(value: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _activation_features(value: np.ndarray | None) -> np.ndarray:
     """Mean, std, min, max and share of positives, read a chunk at a time: a float64 copy of a
     1 GB activation (what std() made) would be 2 GB more."""
     stats = np.zeros(6, np.float32)
     if value is None or value.size == 0 or not (np.issubdtype(value.dtype, np.number) or is_float(value)):
-        return stats, np.zeros(N_PROJ, np.float32)
+        return stats
     lo, hi, positive = np.inf, -np.inf, 0
     n, total, squares = 0, 0.0, 0.0  # as _moments sums them, in one pass with the extremes
     for chunk in _chunks([value]):
@@ -202,7 +350,7 @@ def _activation_features(value: np.ndarray | None) -> tuple[np.ndarray, np.ndarr
     std = np.sqrt(max(squares / n - mean * mean, 0.0))
     stats[:5] = [slog(mean), slog(std), slog(lo), slog(hi), positive / n]
     stats[5] = 1.0
-    return stats, projections(value, "act", mean, std)
+    return stats
 
 
 def _dtype_kind(elem_type: int) -> float:
@@ -239,15 +387,17 @@ def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTu
         out_degree[e.sender] += 1
     total_params = 0
     folded = _constant_valued(graph)
+    sides = unit_sides(graph)
     for i, node in enumerate(graph.nodes):
         row = nodes[i]
         row[schema.NODE_OP] = schema.OP_INDEX.get(node.op, 0)
         row[schema.NODE_SHAPE] = _shape_features(node.shape)
         row[schema.NODE_DEGREE] = (in_degree[i], out_degree[i], node.n_outputs)
         row[schema.NODE_ATTRS] = _attr_features(node)
-        w_stats, w_proj = _weight_features(node.weights)
+        w_stats, w_proj, unit_proj = _weight_features(node.weights, sides[i])
         row[schema.NODE_WEIGHT_STATS] = w_stats
         row[schema.NODE_WEIGHT_PROJ] = 0.0 if folded[i] else w_proj
+        row[schema.NODE_UNIT_PROJ] = 0.0 if folded[i] else unit_proj
         total_params += sum(int(np.asarray(v).size) for v in node.weights)
         value = probe.values.get(node.tensor)
         if value is not None and node.probe_offset:
@@ -255,9 +405,7 @@ def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTu
         if (value is not None and node.shape is not None and value.shape != node.shape
                 and [d for d in value.shape if d != 1] == [d for d in node.shape if d != 1]):
             value = value.reshape(node.shape)  # unit dims dropped by canonical.linear_heads
-        a_stats, a_proj = _activation_features(value)
-        row[schema.NODE_ACT_STATS] = a_stats
-        row[schema.NODE_ACT_PROJ] = a_proj
+        row[schema.NODE_ACT_STATS] = _activation_features(value)
     edges = np.zeros((len(graph.edges), schema.EDGE_WIDTH), np.float32)
     for k, e in enumerate(graph.edges):
         shape = e.shape

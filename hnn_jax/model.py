@@ -36,12 +36,12 @@ ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
 
 # Columns whose values depend on the weights, not only on the architecture: weight count of
 # tensors, rms/mean/|mean|, has-bias and bias rms (a zero bias counts as none), probe activation
-# figures, and the fixed-position projections of weights and activations. With a weight part
+# figures, the weights' fixed-position projections and their unit sets. With a weight part
 # (config.instance_bits), the architecture part reads none of them (so an fp16, pruned or
 # fine-tuned copy, or a twin from another framework with its own initialiser, keeps it) and the
 # weight part (hnn_jax.weightcode) reads the weight projections.
 WEIGHT_DEPENDENT_COLUMNS = np.r_[schema.NODE_WEIGHT_STATS.start + np.array([1, 3, 4, 5, 6, 7]),
-                                 schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_STATS, schema.NODE_ACT_PROJ]
+                                 schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_STATS, schema.NODE_UNIT_PROJ]
 # HasherConfig.size_blind: the absolute sizes (log numel and widths of node outputs, edges and
 # weights; the model's parameter count) the learned bits then do not read.
 SIZE_COLUMNS = np.r_[schema.NODE_SHAPE.start, schema.NODE_SHAPE.start + np.arange(2, 6),

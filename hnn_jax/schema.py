@@ -4,11 +4,14 @@ Bump SCHEMA_VERSION whenever the meaning of any column or the vocabulary changes
 record the version they were trained on and refuse graphs of another one.
 """
 
-SCHEMA_VERSION = 4  # 2: weight projections normalised per output channel; 3: constant weights project to 0, ties in
+SCHEMA_VERSION = 5  # 2: weight projections normalised per output channel; 3: constant weights project to 0, ties in
 #                     canonical order broken by what is downstream before weight values (instance columns
 #                     and node order only: the learned network reads neither, so schema-2 weights serve 3);
 #                     4: onnxruntime's fused / QOperator ops spelled back and NHWC transposes sunk (graphs
-#                     of such files change), instance bits read the weights of parameter ops only
+#                     of such files change), instance bits read the weights of parameter ops only;
+#                     5: columns 48-64 hold each weight read as a set of units (features.unit_sets),
+#                     which renumbering hidden units leaves, instead of activation projections (the
+#                     learned network reads neither, so schema-4 network weights serve 5)
 # Bump CONVERTER_REVISION when a converter change moves the graphs (and so the codes) of files
 # that converted before while every column keeps its meaning: the code version includes it, so
 # codes from before refuse to compare, and graphs stored by earlier revisions stay readable (the
@@ -57,7 +60,7 @@ NODE_ATTRS = slice(10, 18)       # kernel numel, stride, groups, dilation, pads,
 NODE_WEIGHT_STATS = slice(18, 26)  # #params, #tensors, primary: log numel, rms, mean, |mean|, has bias, bias rms
 NODE_WEIGHT_PROJ = slice(26, 42)   # 16 fixed random projections of the primary weight, each row rms-normalised
 NODE_ACT_STATS = slice(42, 48)     # probe activation: mean, std, min, max, fraction > 0, probed flag
-NODE_ACT_PROJ = slice(48, 64)      # 16 fixed random projections of the activation, std-normalised
+NODE_UNIT_PROJ = slice(48, 64)     # 16 numbers of the primary weight as a set of units (features.unit_sets)
 NODE_WIDTH = 64
 
 # Edge features: float32 [n_edge, EDGE_WIDTH]; edges point along the data flow (sender -> receiver).

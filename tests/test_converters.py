@@ -104,7 +104,7 @@ def test_variants_keep_topology_and_stay_closer_than_another_init(fixture, reque
         near = feature_distance(original, converters.from_onnx(variant))
         assert near < ratio * far, (name, near, far)
     # relation 2 is in the instance-specific columns, not only in summary statistics
-    cols = np.r_[schema.NODE_WEIGHT_PROJ, schema.NODE_ACT_PROJ]
+    cols = np.r_[schema.NODE_WEIGHT_PROJ, schema.NODE_UNIT_PROJ]
     assert np.abs(original.nodes[1:, cols] - other_init.nodes[1:, cols]).mean() > 0.3
 
 

@@ -101,3 +101,23 @@ def test_forest_links_derivatives_to_their_base_and_leaves_others_alone():
         n for n in names if n.startswith("cnn_a")}
     assert len(roots) == len(names) - len(edges)
     assert all(e.chance <= 1e-6 and e.architecture == 0 for e in edges)
+
+
+def test_renumbered_units_leave_the_unit_sets_and_so_half_the_weight_part():
+    """A CNN whose inner channels are renumbered (same outputs): every weight's unit-set numbers
+    (schema.NODE_UNIT_PROJ) are the original's, so the odd bits of the weight part, which read
+    them (weightcode.READINGS), agree; the fixed-place reading, the even bits, does not."""
+    from hnn_jax import converters, schema, weightcode
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    a = converters.from_torch(model, x)
+    b = converters.from_torch(lineage.renumber(model, x, seed=2), x)
+    np.testing.assert_allclose(a.nodes[:, schema.NODE_UNIT_PROJ], b.nodes[:, schema.NODE_UNIT_PROJ], atol=1e-4)
+    assert np.abs(a.nodes[:, schema.NODE_WEIGHT_PROJ] - b.nodes[:, schema.NODE_WEIGHT_PROJ]).max() > 0.5
+    bits = weightcode.weight_bits([a, b], 208)
+    assert np.array_equal(bits[0, 1::2], bits[1, 1::2])
+    assert np.count_nonzero(bits[0, ::2] != bits[1, ::2]) > 20

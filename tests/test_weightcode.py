@@ -10,7 +10,14 @@ from hnn_jax import schema, weightcode
 
 
 def _reference(graph, nbits):
-    """weight_bits restated in plain Python (and scipy's normal quantiles) for one graph."""
+    """weight_bits restated in plain Python (and scipy's normal quantiles) for one graph: bit b
+    is the sign of reading b % 2's SimHash sum."""
+    sums = [_reference_sums(graph, nbits, columns, weightcode.SEED + 0x1000 * n)
+            for n, columns in enumerate(weightcode.READINGS)]
+    return np.array([1 if sums[b % 2][b] >= 0 else 0 for b in range(nbits)], np.uint8)
+
+
+def _reference_sums(graph, nbits, columns, seed):
     from scipy.stats import norm
 
     def fmix(x):
@@ -25,7 +32,7 @@ def _reference(graph, nbits):
     groups = {}
     for row in np.asarray(graph.nodes):
         cls = classes.get(int(row[schema.NODE_OP]))
-        values = [float(v) for v in row[schema.NODE_WEIGHT_PROJ]]
+        values = [float(v) for v in row[columns]]
         if cls is None or not any(values):
             continue
         size_bits = int(np.float32(row[schema.NODE_WEIGHT_STATS.start + 2]).view(np.uint32))
@@ -38,9 +45,9 @@ def _reference(graph, nbits):
             q = [int(round((sorted(col)[k] - expected) * weightcode.SCALE)) for col in zip(*members)]
             key = fmix(signature ^ fmix((k + 0x9E3779B9) & 0xFFFFFFFF))
             for b in range(nbits):
-                word = fmix(key ^ fmix((weightcode.SEED + b) & 0xFFFFFFFF))
+                word = fmix(key ^ fmix((seed + b) & 0xFFFFFFFF))
                 total[b] += sum(v if (word >> j) & 1 else -v for j, v in enumerate(q))
-    return np.array([1 if t >= 0 else 0 for t in total], np.uint8)
+    return total
 
 
 def weighted_graph(seed, n_node=60):
@@ -87,13 +94,15 @@ def test_independent_weights_differ_in_about_half_and_copies_keep_theirs():
     others = []
     for _ in range(20):
         nodes = g.nodes.copy()
-        nodes[:, schema.NODE_WEIGHT_PROJ] = rng.standard_normal((len(nodes), 16)).astype(np.float32)
+        for columns in weightcode.READINGS:
+            nodes[:, columns] = rng.standard_normal((len(nodes), 16)).astype(np.float32)
         others.append(g._replace(nodes=nodes))
     bits = weightcode.weight_bits(others, 208)
     d = (bits[:, None] != bits[None]).sum(-1)[np.triu_indices(20, 1)]
     assert 85 < d.mean() < 123 and d.min() > 60
     nodes = g.nodes.copy()
-    nodes[:, schema.NODE_WEIGHT_PROJ] *= np.float32(1.0005)  # a near copy (fp16-like rounding)
+    for columns in weightcode.READINGS:
+        nodes[:, columns] *= np.float32(1.0005)  # a near copy (fp16-like rounding)
     near = g._replace(nodes=nodes)
     assert (weightcode.weight_bits([g], 208) != weightcode.weight_bits([near], 208)).sum() <= 2
 
