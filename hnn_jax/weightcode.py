@@ -14,11 +14,13 @@ is their sum. Fixed places follow ordinary derivatives most closely; unit sets f
 whose units were renumbered, where fixed places read other units. Halves measured on validation
 models (seeds apart from the benchmarks'; docs/results.md): renumbered copies 5.7-7.8 null
 standard deviations below the null (fixed places alone: -0.4 to 2.9), ordinary derivatives
-within 0.7 of where fixed places alone put them; a third for fixed places lost more of those. For each reading, the tensors are grouped by op class and size; within a group
-each of the 16 columns is sorted and its expected order statistics taken off (fingerprints), and
-the k-th row of a group gets the key (group, k). Rounded to integers (1/1024 steps), bit b of the
-code is the sign of the sum over rows t and columns j of q[t, j] * r(key_t, j, b), with r = +-1
-drawn by hashing (key_t, b): a SimHash with independent hyperplanes, one per bit.
+within 0.7 of where fixed places alone put them; a third for fixed places lost more of those.
+
+In each reading, the tensors are grouped by op class and size; within a group each of the 16
+columns is sorted and its expected order statistics taken off (fingerprints), and the k-th row of
+a group gets the key (group, k). Rounded to integers (1/1024 steps), bit b of the code is the sign
+of the sum over rows t and columns j of q[t, j] * r(key_t, j, b), with r = +-1 drawn by hashing
+(key_t, b) and the reading: a SimHash with independent hyperplanes, one per bit.
 
 Why sorted: the canonical order interleaves a model's parallel branches (an encoder's and a
 decoder's blocks) by their structure, and a tool that changes one node there (an fp16 converter's
