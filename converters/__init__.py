@@ -99,13 +99,18 @@ def from_tflite(path, **options) -> jraph.GraphsTuple:
 def from_snapshot(folder, **options) -> jraph.GraphsTuple:
     """Hugging Face snapshot folder (config.json + *.safetensors shards) -> GraphsTuple, without
     materialising the model: the graph is exported from the model built on the meta device and
-    the weights are read in place from the memory-mapped shards (snapshot.py). Options as
-    from_onnx. Pickled weights (pytorch_model.bin) are refused, never unpickled.
+    the weights are read in place from the memory-mapped shards (snapshot.py). A GPTQ or AWQ
+    checkpoint's linears are dequantised first, one at a time, into a temporary file
+    (quantized.py). Options as from_onnx. Pickled weights (pytorch_model.bin) are refused, never
+    unpickled.
     """
+    import tempfile
+
     from hnn_jax.converters import snapshot
 
-    model, data_folder = snapshot.snapshot_to_onnx(folder)
-    return from_onnx(model, folder=data_folder, **options)
+    with tempfile.TemporaryDirectory(prefix="hnn-snapshot-") as scratch:  # a quantised one's weights
+        model, data_folder = snapshot.snapshot_to_onnx(folder, scratch)
+        return from_onnx(model, folder=data_folder, **options)
 
 
 def from_gguf(path, **options) -> jraph.GraphsTuple:

@@ -332,13 +332,26 @@ def attach_weights(proto: onnx.ModelProto, weights: dict, values: dict, shards: 
         graph.node.extend(nodes)
 
 
-def snapshot_to_onnx(folder) -> tuple[onnx.ModelProto, Path]:
+def snapshot_to_onnx(folder, scratch=None) -> tuple[onnx.ModelProto, Path]:
     """(ONNX model whose weights are external data inside the shards, the folder that data is
-    read from). from_onnx -> load.load_onnx checks every location against that folder."""
+    read from). from_onnx -> load.load_onnx checks every location against that folder. A GPTQ or
+    AWQ checkpoint's weights are dequantised into `scratch` (a folder the caller removes) and
+    read from there (quantized.py)."""
+    from hnn_jax.converters import quantized
+
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CorruptFileError(f"{folder} has no config.json: not a Hugging Face snapshot")
     data_folder, shards = read_shards(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"{folder}/config.json: {first_line(e)}") from None
+    method = quantized.quantization(config) if isinstance(config, dict) else None
+    if method is not None:
+        if scratch is None:
+            raise HNNError("a quantised snapshot needs a scratch folder for its dequantised weights")
+        data_folder, shards = quantized.dequantized_shards(data_folder, shards, method, Path(scratch))
     model = build_meta_model(folder, set(shards))
     aliases = _aliases(model, getattr(model, "base_model_prefix", "") or "")
     proto, weights, values = export_meta(model, example_inputs(model))

@@ -272,3 +272,60 @@ def write_llama_gguf(model, path, quantisation: str = "F32") -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _pack(values: np.ndarray, bits: int, axis: int) -> np.ndarray:
+    """Values below 2**bits -> int32 words of 32 // bits values each along `axis`, lowest bits
+    first (GPTQ's and AWQ's packing)."""
+    per = 32 // bits
+    moved = np.moveaxis(values.astype(np.uint32), axis, -1)
+    moved = moved.reshape(*moved.shape[:-1], -1, per) << (np.arange(per, dtype=np.uint32) * bits)
+    return np.ascontiguousarray(np.moveaxis(np.bitwise_or.reduce(moved, axis=-1), -1, axis)).view(np.int32)
+
+
+def write_quantized_snapshot(model, folder, method: str = "gptq", bits: int = 4, group_size: int = 32) -> None:
+    """Save a transformers model as a GPTQ (original checkpoint format) or AWQ (GEMM) snapshot:
+    every Linear but lm_head as symmetric `bits`-bit integers in groups of `group_size` inputs,
+    packed as those formats pack them, the rest in fp16; config.json with its
+    quantization_config. Written here because their quantisers need a GPU; converters/quantized.py
+    documents the layouts both follow."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    linears = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+    middle = 1 << (bits - 1)
+    for name, value in model.state_dict().items():
+        prefix, _, leaf = name.rpartition(".")
+        if prefix not in linears or leaf != "weight":
+            tensors[name] = value.detach().half().numpy()
+            continue
+        weight = value.detach().float().numpy().T                                    # [in, out]
+        grouped = weight.reshape(-1, group_size, weight.shape[1])
+        scales = (np.abs(grouped).max(1) / (middle - 1)).astype(np.float16)          # [groups, out]
+        q = np.clip(np.rint(grouped / scales.astype(np.float32)[:, None, :]) + middle, 0, 2 * middle - 1)
+        q = q.reshape(weight.shape).astype(np.uint32)
+        zeros = np.full(scales.shape, middle, np.uint32)
+        if method == "gptq":
+            tensors[f"{prefix}.qweight"] = _pack(q, bits, 0)
+            tensors[f"{prefix}.qzeros"] = _pack(zeros - 1, bits, 1)  # the original format: zero point less one
+            tensors[f"{prefix}.g_idx"] = (np.arange(weight.shape[0]) // group_size).astype(np.int32)
+        else:
+            order = np.array([0, 2, 4, 6, 1, 3, 5, 7])
+            per_word = q.reshape(q.shape[0], -1, 8)[:, :, order].reshape(q.shape)
+            tensors[f"{prefix}.qweight"] = _pack(per_word, bits, 1)
+            tensors[f"{prefix}.qzeros"] = _pack(zeros.reshape(zeros.shape[0], -1, 8)[:, :, order].reshape(zeros.shape),
+                                                bits, 1)
+        tensors[f"{prefix}.scales"] = scales
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    config = model.config.to_dict()
+    config["quantization_config"] = (
+        {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False, "sym": True,
+         "checkpoint_format": "gptq"} if method == "gptq" else
+        {"quant_method": "awq", "bits": bits, "group_size": group_size, "version": "gemm", "zero_point": True})
+    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))

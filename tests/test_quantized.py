@@ -1,4 +1,5 @@
-"""GGUF files (converters.from_gguf): a quantised llama.cpp file traced to its source checkpoint."""
+"""Quantised LLM files traced to their source checkpoint: GGUF files (converters.from_gguf) and
+GPTQ / AWQ safetensors snapshots (converters.from_snapshot, quantized.py)."""
 
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ from hnn_jax.testing import models
 
 @pytest.fixture(scope="module")
 def llama_files(tmp_path_factory):
-    """A tiny Llama as an fp16 safetensors snapshot and as GGUF F16, Q8_0 and Q4_0 (written as
-    llama.cpp's converter writes them: renamed, query and key rows permuted), and three
-    independent bases of the same architecture as snapshots."""
+    """A tiny Llama as an fp16 safetensors snapshot, as GGUF F16, Q8_0 and Q4_0 (written as
+    llama.cpp's converter writes them: renamed, query and key rows permuted), as 4-bit GPTQ and
+    AWQ snapshots, and three independent bases of the same architecture as snapshots."""
     root = tmp_path_factory.mktemp("gguf")
     source = models.tiny_llama(0)
     source.half().save_pretrained(root / "source")
@@ -25,13 +26,16 @@ def llama_files(tmp_path_factory):
     files = {q: root / f"source-{q}.gguf" for q in ("F16", "Q8_0", "Q4_0")}
     for quantisation, path in files.items():
         models.write_llama_gguf(source, path, quantisation)
+    for method in ("gptq", "awq"):
+        models.write_quantized_snapshot(source, root / method, method)
+        files[method] = root / method
     for seed in (1, 2, 3):
         models.tiny_llama(seed).half().save_pretrained(root / f"base{seed}")
     return root, files
 
 
 @pytest.mark.slow
-def test_gguf_files_of_a_checkpoint_are_its_same_model_and_no_other_bases(llama_files):
+def test_quantised_files_of_a_checkpoint_are_its_same_model_and_no_other_bases(llama_files):
     root, files = llama_files
     source = converters.from_snapshot(root / "source")
     bases = [converters.from_snapshot(root / f"base{seed}") for seed in (1, 2, 3)]
@@ -64,3 +68,34 @@ def test_a_file_without_the_gguf_magic_is_corrupt(tmp_path):
     path.write_bytes(b"GGML" + bytes(64))
     with pytest.raises(CorruptFileError, match="not a GGUF file"):
         converters.from_file(path)
+
+
+def test_a_gptq_snapshot_dequantises_to_its_source_weights(llama_files):
+    """The dequantised query projection is the source's to within half a quantisation step."""
+    import json
+
+    from hnn_jax.converters import quantized, snapshot
+
+    root, files = llama_files
+    data, shards = snapshot.read_shards(files["gptq"])
+    config = json.loads((files["gptq"] / "config.json").read_text())["quantization_config"]
+    prefix = "model.layers.0.self_attn.q_proj"
+    parts = {p: quantized._read(data, shards[f"{prefix}.{p}"]) for p in ("qweight", "qzeros", "scales", "g_idx")}
+    weight = quantized.dequantize(parts, config)
+    source = models.tiny_llama(0).model.layers[0].self_attn.q_proj.weight.detach().numpy()
+    step = np.repeat(np.asarray(parts["scales"], np.float32), 32, axis=0).T  # [out, in]
+    assert weight.shape == source.shape
+    assert np.all(np.abs(weight - source) <= 0.5 * step + 1e-3 * np.abs(source) + 1e-6)
+
+
+def test_a_snapshot_of_an_unread_quantisation_method_is_refused(tmp_path):
+    import json
+
+    from hnn_jax.errors import UnsupportedModelError
+
+    models.tiny_llama(0).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match="'bitsandbytes' are not read"):
+        converters.from_snapshot(tmp_path)
