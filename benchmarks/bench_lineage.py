@@ -11,13 +11,17 @@ re-initialisations made in ONNX by permuting each weight tensor of one more real
 (same values, so the same distribution, in an order unrelated to any other base). The table's
 first rows compare a parent's distances to real and to permuted bases: they must agree.
 
-Methods at 256 bits: the shipped hasher (hnn_jax.hash), the weight-sign
-SimHash of hnn-jax eval at the same length and at the length of hnn-jax's instance part (16, 80,
-208: the learned bits are the same for every base, so they rank nothing), and sha256 of the
-weights (an exact content hash).
+Methods at 256 bits: the shipped hasher (hnn_jax.hash); the same codes ranked by the nearer of
+their weight part's two readings ("either": fixed places or unit sets, twice its distance); the
+weight-sign SimHash at the weights' fixed places (baselines.fixed_place_projections, the
+features before schema 5) at the same length and at the weight part's (208: the learned bits are
+the same for every base, so they rank nothing); and sha256 of the weights (an exact content hash).
+Kinds: every derivative above; renumbered (lineage.renumber, checked function-preserving) and
+renumbered then fine-tuned with a new head (rtune); each with int8. Also: independent bases the
+code calls the same model, and the direction of an edge by weight kurtosis (MoTHer).
 
-    python benchmarks/bench_lineage.py                 # N = 100, 1,000, 10,000 (about 40 min)
-    python benchmarks/bench_lineage.py --max-n 1000    # quicker
+    python benchmarks/bench_lineage.py                       # N = 100, 1,000, 10,000
+    python benchmarks/bench_lineage.py --sizes 100,1000      # quicker (about 15 minutes here)
 """
 
 from __future__ import annotations
@@ -187,6 +191,7 @@ def codes(graphs, fixed, digests):
     out = {}
     for bits in LENGTHS:
         out[f"hnn-jax {bits}"] = np.stack([c.bits for c in hnn_jax.hash(graphs, bits=bits)])
+        out[f"hnn-jax {bits} either"] = out[f"hnn-jax {bits}"]  # ranked by its nearer weight reading
         for length in (bits, bits - LEARNED_BITS):  # the same length; hnn-jax's instance bits only
             out[f"weight-sign {length}"] = np.stack([baselines.weight_sign_hash(g, length, f)
                                                      for g, f in zip(graphs, fixed)])
@@ -196,9 +201,17 @@ def codes(graphs, fixed, digests):
 
 
 def distances(query: np.ndarray, base: np.ndarray, method: str) -> np.ndarray:
+    """Hamming distances; for "... either", the architecture part's plus twice the nearer of the
+    weight part's two readings (even bits: fixed places; odd bits: unit sets; weightcode.READINGS):
+    what a search that trusts either reading would rank by."""
     if method == "sha256":
         return (base[:, 0] != query[0]).astype(int)
-    return np.count_nonzero(base != query, axis=1)
+    differ = base != query
+    if not method.endswith("either"):
+        return np.count_nonzero(differ, axis=1)
+    weights = differ[:, LEARNED_BITS:]
+    return (np.count_nonzero(differ[:, :LEARNED_BITS], axis=1)
+            + 2 * np.minimum(np.count_nonzero(weights[:, ::2], axis=1), np.count_nonzero(weights[:, 1::2], axis=1)))
 
 
 def run_arch(arch: str, sizes: list[int], workers: int, cache: Path, parents: int = PARENTS) -> dict:
@@ -282,7 +295,8 @@ def false_matches(graphs) -> dict:
 
 
 def table(arch: str, res: dict) -> str:
-    methods = [m for b in LENGTHS for m in (f"hnn-jax {b}", f"weight-sign {b}", f"weight-sign {b - LEARNED_BITS}")]
+    methods = [m for b in LENGTHS for m in (f"hnn-jax {b}", f"hnn-jax {b} either", f"weight-sign {b}",
+                                            f"weight-sign {b - LEARNED_BITS}")]
     methods.append("sha256")
     null, direction = res["null"], res["direction"]
     lines = [f"\n### {arch}\n",
