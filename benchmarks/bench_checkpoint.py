@@ -8,7 +8,13 @@ weights), features, hash (hasher load + jit compile + GNN). "peak RSS growth" is
 peak RSS (VmHWM, reset after each step) over its RSS right after the imports (torch,
 transformers, hnn_jax). Issue 15's targets: 1.1B in <= 60 s, 7B in <= 5 min, both <= 2 GB.
 
+--format gguf-q4_0 (or gguf-q8_0) writes the same weights as llama.cpp's converter would (its
+names, query and key rows permuted, norms F32, matrices block-quantised by gguf) into one .gguf
+file and times converters.from_gguf's steps instead: "export" then includes dequantising every
+tensor into the scratch data file (issue 30's target: a 7B GGUF in <= 5 min, <= 2 GB).
+
     python benchmarks/bench_checkpoint.py --size 1b [--dir /tmp/hnn_checkpoints] [--keep]
+    python benchmarks/bench_checkpoint.py --size 1b --format gguf-q4_0
 """
 
 from __future__ import annotations
@@ -86,6 +92,49 @@ def write_checkpoint(folder: Path, s: dict) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
+def write_gguf(path: Path, s: dict, quantisation: str) -> None:
+    """The checkpoint's tensors (same seed and values as write_checkpoint's) as one GGUF file."""
+    import gguf
+    import numpy as np
+
+    from hnn_jax.testing.models import _llama_cpp_permute
+
+    kind = gguf.GGMLQuantizationType[quantisation.upper()]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("bench-llama")
+    writer.add_context_length(2048)
+    writer.add_embedding_length(s["hidden"])
+    writer.add_block_count(s["layers"])
+    writer.add_feed_forward_length(s["intermediate"])
+    writer.add_head_count(s["heads"])
+    writer.add_head_count_kv(s["kv_heads"])
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_vocab_size(s["vocab"])
+    writer.add_rope_dimension_count(s["hidden"] // s["heads"])
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, s["layers"])
+    rng = np.random.default_rng(0)
+    for name, shape in tensors(s):
+        value = np.ones(shape, np.float32) if len(shape) == 1 else rng.standard_normal(shape, dtype=np.float32) * 0.02
+        stem, _, suffix = name.rpartition(".")
+        if stem.endswith("q_proj"):
+            value = _llama_cpp_permute(value, s["heads"])
+        elif stem.endswith("k_proj"):
+            value = _llama_cpp_permute(value, s["kv_heads"])
+        target = f"{names.get_name(stem)}.{suffix}"
+        if value.ndim == 1:
+            writer.add_tensor(target, value)
+        elif value.shape[-1] % 32:  # rows that are not whole blocks: F16, as llama.cpp falls back
+            writer.add_tensor(target, value.astype(np.float16))
+        else:
+            quantised = gguf.quants.quantize(value, kind)
+            writer.add_tensor(target, quantised, raw_shape=quantised.shape, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 STEP = r"""
 import json, time, warnings
 warnings.simplefilter("ignore")
@@ -115,7 +164,13 @@ def step(name, fn):
     out[name] = dict(seconds=time.perf_counter() - start, peak=status("VmHWM") - base)
     return value
 
-proto, folder = step("export", lambda: snapshot.snapshot_to_onnx({folder!r}))
+import tempfile
+from hnn_jax.converters import gguf
+scratch = tempfile.mkdtemp(prefix="hnn-bench-")
+if {folder!r}.endswith(".gguf"):
+    proto, folder = step("export", lambda: gguf.gguf_to_onnx({folder!r}, scratch))
+else:
+    proto, folder = step("export", lambda: snapshot.snapshot_to_onnx({folder!r}, scratch))
 model, folder = load_onnx(proto, folder)
 graph = step("canonical", lambda: canonicalize(model, folder))
 result = step("probe", lambda: run_probe(graph.model, [n.tensor for n in graph.nodes], folder=graph.folder))
@@ -140,27 +195,35 @@ def main():
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="override the size's dtype")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/hnn_checkpoints"))
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint (default: delete it)")
+    parser.add_argument("--format", choices=["safetensors", "gguf-q4_0", "gguf-q8_0"], default="safetensors")
     args = parser.parse_args()
     s = dict(SIZES[args.size], **({"dtype": args.dtype} if args.dtype else {}))
     folder = args.dir / f"llama_{args.size}_{s['dtype']}"
     params = sum(int(__import__("math").prod(shape)) for _, shape in tensors(s))
     need = params * (4 if s["dtype"] == "float32" else 2)
-    if not (folder / "model.safetensors.index.json").is_file():
+    if args.format != "safetensors":
+        folder = args.dir / f"llama_{args.size}_{args.format}.gguf"
+        if not folder.is_file():
+            args.dir.mkdir(parents=True, exist_ok=True)
+            print(f"writing {params / 1e9:.2f}B parameters as {args.format} to {folder} ...", flush=True)
+            write_gguf(folder, s, args.format.split("-")[1])
+        s["dtype"] = args.format
+    elif not (folder / "model.safetensors.index.json").is_file():
         args.dir.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(args.dir).free
         if free < need * 1.1:
             raise SystemExit(f"{args.dir}: {free / 1e9:.1f} GB free, the checkpoint needs {need / 1e9:.1f} GB")
         print(f"writing {params / 1e9:.2f}B parameters ({need / 1e9:.1f} GB) to {folder} ...", flush=True)
         write_checkpoint(folder, s)
-    size = sum(p.stat().st_size for p in folder.iterdir())
+    size = folder.stat().st_size if folder.is_file() else sum(p.stat().st_size for p in folder.iterdir())
     try:
         r = run(folder)
     finally:
         if not args.keep:
-            shutil.rmtree(folder)
+            folder.unlink() if folder.is_file() else shutil.rmtree(folder)
     steps = ["export", "canonical", "probe", "features", "hash"]
     total = sum(r[k]["seconds"] for k in steps)
-    print(f"\n{args.size}: {params / 1e6:,.0f}M parameters, {s['dtype']}, folder {size / 1e9:.2f} GB; "
+    print(f"\n{args.size}: {params / 1e6:,.0f}M parameters, {s['dtype']}, {size / 1e9:.2f} GB on disk; "
           f"{r['nodes']} ONNX nodes -> {r['canonical_nodes']} canonical; probe: {r['probe_reason']}; "
           f"RSS after imports {r['base'] / 2**20:.0f} MiB\n")
     print("| step | seconds | peak RSS growth (MiB) |")
