@@ -6,7 +6,7 @@ from onnx import TensorProto, helper
 
 from hnn_jax import CorruptFileError, converters
 from hnn_jax.converters import canonicalize
-from hnn_jax.testing.models import float_input, onnx_model
+from hnn_jax.testing.models import float_input, onnx_mlp, onnx_model
 
 RNG = np.random.default_rng(0)
 
@@ -506,3 +506,21 @@ def test_index_gathers_that_only_reshape_or_select_constants_leave_the_graph():
          ("one_axis", np.array([1], np.int64)), ("table", table)])
     assert ops(lookup) == ["input", "add"]
 
+
+
+def test_the_invariant_check_is_an_argument_too(monkeypatch):
+    """check=False skips the checks the environment asks for; check=True runs them without it."""
+    from hnn_jax.converters import canonical
+    from hnn_jax.converters.canonical import InvariantError
+
+    def broken(w):
+        w.nodes[0].outputs = ["made_up"]
+
+    model = onnx_mlp(0, 2, 8)
+    _with_pass(monkeypatch, broken)
+    with pytest.raises(InvariantError, match="made_up"):
+        canonical.canonicalize(model)                    # HNN_CHECK_PASSES=1 (conftest)
+    monkeypatch.delenv("HNN_CHECK_PASSES")
+    canonical.canonicalize(model, check=False)           # no check: the broken pass goes unseen
+    with pytest.raises(InvariantError, match="made_up"):
+        canonical.canonicalize(model, check=True)

@@ -14,8 +14,9 @@ Stages, one module each, data moving one way: `prepare` (the model the probe run
 after it), `graph` (the Work graph the passes rewrite, and helpers they share), `passes` and
 `fusion` (the rewrites, run in the order of PASSES below), `order` (the canonical graph, nodes
 ordered by structure). To add a rewrite: write `def my_rewrite(w: Work) -> None` that edits `w`
-in place, and put it in PASSES where its comment says it belongs. With HNN_CHECK_PASSES=1 (the
-tests set it) every pass is followed by `check_invariants`.
+in place, and put it in PASSES where its comment says it belongs. With `canonicalize(...,
+check=True)`, or HNN_CHECK_PASSES=1 in the environment where `check` is left out (the tests set
+it), every pass is followed by `check_invariants`.
 """
 
 from __future__ import annotations
@@ -108,9 +109,10 @@ def _digest(model: onnx.ModelProto) -> bytes:
     return hashlib.blake2b(model.SerializeToString(), digest_size=16).digest()
 
 
-def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> CanonicalGraph:
+def canonicalize(model: onnx.ModelProto, folder: Path | None = None, *, check: bool | None = None) -> CanonicalGraph:
     """The whole merge operation: ONNX model -> CanonicalGraph. `folder` holds its external
-    data files, if any (converters.load.load_onnx checks them)."""
+    data files, if any (converters.load.load_onnx checks them). `check`: run check_invariants
+    after every pass (a debugging aid for pass authors, slower); None: as HNN_CHECK_PASSES=1 says."""
     prepared = prepare(model, folder)
     w = Work(prepared, folder)
     if not w.nodes and not w.outputs:
@@ -120,7 +122,7 @@ def canonicalize(model: onnx.ModelProto, folder: Path | None = None) -> Canonica
     dangling = sorted({x for n in w.nodes for x in n.inputs if x and x not in produced})
     if dangling:
         raise CorruptFileError(f"the ONNX graph reads tensors nothing produces: {dangling[:5]}")
-    checking = os.environ.get("HNN_CHECK_PASSES") == "1"
+    checking = os.environ.get("HNN_CHECK_PASSES") == "1" if check is None else check
     if checking:
         before = _digest(prepared)
         prepared_tensors = produced | {o for n in prepared.graph.node for o in n.output}
