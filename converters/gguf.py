@@ -6,8 +6,9 @@ transformers maps from the GGUF metadata), parameters on the meta device, export
 exporter. The weights are dequantised one tensor at a time (gguf's own dequantisers), renamed
 back to the checkpoint's names and un-permuted where llama.cpp's converter permuted them (the
 query and key rows, for its rotary layout: transformers' GGUF tensor processors), and written to
-a float32 data file that the graph's initializers point into, so no more than one tensor is
-held in memory. The code is then the source checkpoint's, up to what quantisation moved.
+a float32 data file that the graph's initializers point into: no more than one tensor is held
+in memory, a large one a block of rows at a time, and the file's pages are dropped once read.
+The code is then the source checkpoint's, up to what quantisation moved.
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ import numpy as np
 import onnx
 
 from hnn_jax.converters import snapshot
+from hnn_jax.converters.load import release_pages
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError, first_line
 
 DATA_FILE = "weights.bin"
 MAGIC = b"GGUF"
+CHUNK_ROWS_VALUES = 1 << 22  # a large tensor is dequantised this many values at a time
+# Tensors the GGUF tensor processors may reorder as a whole (llama.cpp's query / key permutation,
+# split or fused projections): never cut into row chunks.
+_WHOLE = ("attn_q", "attn_k", "attn_qkv", "attn_kv")
 
 
 def _imports():
@@ -67,19 +73,38 @@ def gguf_to_onnx(path, data_folder) -> tuple[onnx.ModelProto, Path]:
     key_map = hf_gguf.get_gguf_hf_weights_map(meta_model, processor)
     shards, offset = {}, 0
     data_folder.mkdir(parents=True, exist_ok=True)
+    parsed = {"config": config.to_dict(), "tensors": {}}
+
+    def processed(weights, name):
+        return processor.process(weights=weights, name=name, tensor_key_mapping=key_map, parsed_parameters=parsed)
+
     with open(data_folder / DATA_FILE, "wb") as out:
         for tensor in reader.tensors:
-            weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-            result = processor.process(weights=weights, name=tensor.name, tensor_key_mapping=key_map,
-                                       parsed_parameters={"config": config.to_dict(), "tensors": {}})
-            if result.name not in key_map:
-                continue
-            value = np.ascontiguousarray(result.weights, np.float32)
-            out.write(value.tobytes())
-            shards[key_map[result.name]] = {"dtype": onnx.TensorProto.FLOAT, "shape": list(value.shape),
-                                            "offset": offset, "length": value.nbytes, "location": DATA_FILE}
-            offset += value.nbytes
-            del weights, value
+            rows = tensor.data.shape[0] if tensor.data.ndim > 1 else 0
+            whole = not rows or tensor.n_elements <= CHUNK_ROWS_VALUES or any(k in tensor.name for k in _WHOLE)
+            if whole:
+                result = processed(gguf.quants.dequantize(tensor.data, tensor.tensor_type), tensor.name)
+                if result.name not in key_map:
+                    continue
+                name, shape, length = result.name, list(result.weights.shape), 0
+                pieces = [result.weights]
+            else:  # one block of rows at a time: a large tensor is never held dequantised whole
+                step = max(1, CHUNK_ROWS_VALUES // (tensor.n_elements // rows))
+                name = processed(gguf.quants.dequantize(tensor.data[:1], tensor.tensor_type), tensor.name).name
+                if name not in key_map:
+                    continue
+                shape, length = None, 0
+                pieces = (processed(gguf.quants.dequantize(tensor.data[first:first + step], tensor.tensor_type),
+                                    tensor.name).weights for first in range(0, rows, step))
+            for piece in pieces:
+                piece = np.ascontiguousarray(piece, np.float32)
+                shape = shape or [rows, *piece.shape[1:]]
+                out.write(piece.tobytes())
+                length += piece.nbytes
+            release_pages(tensor.data)  # the file's pages, read once
+            shards[key_map[name]] = {"dtype": onnx.TensorProto.FLOAT, "shape": shape, "offset": offset,
+                                     "length": length, "location": DATA_FILE}
+            offset += length
     if not shards:
         raise UnsupportedModelError(f"{path}: none of its tensors maps to a {architecture} checkpoint's names")
     model = snapshot.build_meta_model(path, set(shards), config=config)

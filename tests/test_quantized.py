@@ -99,3 +99,16 @@ def test_a_snapshot_of_an_unread_quantisation_method_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedModelError, match="'bitsandbytes' are not read"):
         converters.from_snapshot(tmp_path)
+
+
+def test_a_gguf_tensor_read_in_row_blocks_gives_the_same_graph(llama_files, monkeypatch):
+    """Large tensors are dequantised a block of rows at a time (gguf.CHUNK_ROWS_VALUES): with tiny
+    blocks, every matrix but the query and key ones (which llama.cpp permuted as a whole) is cut,
+    and the graph is the one read whole."""
+    from hnn_jax.converters import gguf
+
+    root, files = llama_files
+    whole = converters.from_file(files["Q8_0"])
+    monkeypatch.setattr(gguf, "CHUNK_ROWS_VALUES", 256)
+    blocks = converters.from_file(files["Q8_0"])
+    np.testing.assert_array_equal(np.asarray(whole.nodes), np.asarray(blocks.nodes))
