@@ -51,6 +51,7 @@ def test_quantised_files_of_a_checkpoint_are_its_same_model_and_no_other_bases(l
             assert code.distances(base).weights > 3 * max(d.weights, 4), (name, d, code.distances(base))
 
 
+@pytest.mark.slow
 def test_the_llama_cpp_permutation_is_undone(llama_files):
     """The query and key rows the file holds permuted come back in the checkpoint's order: the
     F16 file's graph, probe activations included (rotary pairs up rows, so permuted rows compute
@@ -70,6 +71,7 @@ def test_a_file_without_the_gguf_magic_is_corrupt(tmp_path):
         converters.from_file(path)
 
 
+@pytest.mark.slow
 def test_a_gptq_snapshot_dequantises_to_its_source_weights(llama_files):
     """The dequantised query projection is the source's to within half a quantisation step."""
     import json
@@ -101,6 +103,7 @@ def test_a_snapshot_of_an_unread_quantisation_method_is_refused(tmp_path):
         converters.from_snapshot(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_gguf_tensor_read_in_row_blocks_gives_the_same_graph(llama_files, monkeypatch):
     """Large tensors are dequantised a block of rows at a time (gguf.CHUNK_ROWS_VALUES): with tiny
     blocks, every matrix but the query and key ones (which llama.cpp permuted as a whole) is cut,
