@@ -178,6 +178,8 @@ g = step("features", lambda: to_graphs_tuple(graph, result))
 code = step("hash", lambda: hnn_jax.hash(g))
 out.update(code=str(code), nodes=len(proto.graph.node), canonical_nodes=int(g.n_node[0]),
            probe_reason=result.reason or "ran")
+import shutil
+shutil.rmtree(scratch)  # a quantised file's dequantised weights
 print(json.dumps(out))
 """
 

@@ -148,6 +148,8 @@ def release_pages(array: np.ndarray) -> None:
         base = base.base
     if isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap):
         base.obj.madvise(mmap.MADV_DONTNEED)
+    elif isinstance(base, mmap.mmap):  # a numpy.memmap's (gguf's reader maps its file so)
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def is_float(values: np.ndarray) -> bool:
