@@ -3,7 +3,7 @@
 For each architecture, the same weights are written to ONNX every way a user's pipeline would
 (exporters and opsets, tf2onnx without the converter's onnxruntime post-pass, onnxsim, onnxslim,
 onnxoptimizer, onnxconverter-common fp16, onnxruntime quantisation and graph optimisation levels,
-the fp16 round trip and pruning of hnn_jax.variants), and each file is measured against the
+the fp16 round trip and pruning of hnn_jax.training.variants), and each file is measured against the
 reference export (the converter's own: TorchScript exporter at its default opset for PyTorch,
 converters.export.keras_to_onnx for Keras):
 - canonical graph equal: same op list in the same order and the same edges
@@ -49,7 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import onnx
 
-from hnn_jax import variants
+from hnn_jax.training import variants
 from hnn_jax.errors import first_line
 
 

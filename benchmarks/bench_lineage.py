@@ -16,7 +16,7 @@ their weight part's two readings ("either": fixed places or unit sets, twice its
 weight-sign SimHash at the weights' fixed places (baselines.fixed_place_projections, the
 features before schema 5) at the same length and at the weight part's (208: the learned bits are
 the same for every base, so they rank nothing); and sha256 of the weights (an exact content hash).
-Kinds: every derivative above; renumbered (lineage.renumber, checked function-preserving) and
+Kinds: every derivative above; renumbered (derivatives.renumber, checked function-preserving) and
 renumbered then fine-tuned with a new head (rtune); each with int8. Also: independent bases the
 code calls the same model, and the direction of an edge by weight kurtosis (MoTHer).
 
@@ -78,7 +78,7 @@ def permuted(proto, seed: int):
     """The model with every non-constant float weight tensor's values permuted (seeded)."""
     from onnx import TensorProto, numpy_helper
 
-    from hnn_jax import variants
+    from hnn_jax.training import variants
 
     out, rng = variants.copy(proto), np.random.default_rng(seed)
     for t in out.graph.initializer:
@@ -109,7 +109,8 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 def _graph(proto):
     """(graph, the weights' fixed-place projections for the weight-sign baseline)."""
-    from hnn_jax import baselines, converters
+    from hnn_jax import converters
+    from hnn_jax.training import baselines
 
     return converters.from_onnx(proto), baselines.fixed_place_projections(proto)
 
@@ -146,16 +147,17 @@ def _template(arch):
 
 def derivatives(arch: str, seed: int):
     """{kind: (graph, sha256)} for parent `seed`."""
-    from hnn_jax import lineage, variants
+    from hnn_jax.training import derivatives
+    from hnn_jax.training import variants
 
     model, x = make_model(arch, seed)
-    tuned = lineage.tune_new_head(model, x, seed=seed)
-    renumbered = lineage.renumber(model, x, seed=seed + 2000)  # checked: the same outputs
+    tuned = derivatives.tune_new_head(model, x, seed=seed)
+    renumbered = derivatives.renumber(model, x, seed=seed + 2000)  # checked: the same outputs
     protos = {"": to_onnx(arch, model, x), "tune": to_onnx(arch, tuned, x),
-              "lora": to_onnx(arch, lineage.lora_merge(model, x, seed=seed), x),
-              "gen2": to_onnx(arch, lineage.tune_new_head(tuned, x, seed=seed + 1000, classes=7), x),
+              "lora": to_onnx(arch, derivatives.lora_merge(model, x, seed=seed), x),
+              "gen2": to_onnx(arch, derivatives.tune_new_head(tuned, x, seed=seed + 1000, classes=7), x),
               "renumber": to_onnx(arch, renumbered, x),
-              "rtune": to_onnx(arch, lineage.tune_new_head(renumbered, x, seed=seed + 3000), x)}
+              "rtune": to_onnx(arch, derivatives.tune_new_head(renumbered, x, seed=seed + 3000), x)}
     out = {}
     for kind in KINDS:
         base, _, op = kind.rpartition("+") if "+" in kind else ("", "", kind)
@@ -186,7 +188,7 @@ def codes(graphs, fixed, digests):
     """{method: uint8 [n, bits] array (sha256: [n, 1] ids)}. weight-sign: over the weights'
     projections at fixed places (`fixed`, the baseline as it was)."""
     import hnn_jax
-    from hnn_jax import baselines
+    from hnn_jax.training import baselines
 
     out = {}
     for bits in LENGTHS:

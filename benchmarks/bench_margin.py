@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from hnn_jax import zoo
+from hnn_jax.training import zoo
 from hnn_jax.hasher import Hasher, default_hasher
 
 THRESHOLDS = (1e-5, 1e-4, 1e-3, 1e-2)

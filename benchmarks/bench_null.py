@@ -12,7 +12,7 @@ architecture apart. This measures, for each weight length W (16, 80, 208: the we
     between two short random vectors varies, so the distances spread wider than a binomial);
 (b) the recall: the distances of derivatives (fp16 round trip, int8 dynamic quantisation, 30%
     magnitude pruning, a 5-step fine-tune (zoo._finetune), the dynamo exporter, and for the CNN
-    and BERT a real 500-step fine-tune with a new head (lineage.tune_new_head)) to their parent,
+    and BERT a real 500-step fine-tune with a new head (derivatives.tune_new_head)) to their parent,
     for a few parents whose seeds the null does not use.
 
 t*(W) is the largest distance t at which the fitted tail of every architecture (the worst) is at
@@ -21,7 +21,7 @@ threshold (the tail of an ideal SimHash) is reported beside it.
 
 Architectures, all built in code with random weights (no downloads): the CNN and the BERT
 (2 layers, hidden 64) of benchmarks/bench_lineage.py, hnn_jax/testing/models.py's MLP, and two causal
-decoders of 2 layers, hidden 64 (GPT-2 and Llama, hnn_jax.zoo.transformers_model). They are
+decoders of 2 layers, hidden 64 (GPT-2 and Llama, hnn_jax.training.zoo.transformers_model). They are
 exported as bench_lineage does (TorchScript; transformers models through
 export.transformers_to_onnx, which falls back to dynamo where tracing fails, as it does for
 transformers 5's decoders) and converted with converters.from_onnx. Converted graphs are cached
@@ -73,7 +73,7 @@ def make_model(arch: str, seed: int):
 
         return models.torch_mlp(seed)
     if arch in ("gpt2", "llama"):
-        from hnn_jax import zoo
+        from hnn_jax.training import zoo
 
         return zoo.transformers_model(arch, DECODER_SIZE, seed)
     raise ValueError(f"unknown architecture {arch!r}")
@@ -128,7 +128,7 @@ class Cache:
 
     def get(self, name: str, make) -> tuple:
         """(graph, seconds its making took: now, or when it was cached)."""
-        from hnn_jax import zoo
+        from hnn_jax.training import zoo
 
         path = None if self.folder is None else self.folder / f"{name}.npz"
         if path is not None and path.exists():
@@ -147,7 +147,8 @@ class Cache:
 
 def derivative(arch: str, kind: str, model, example, parent_proto, seed: int):
     """The ONNX model of derivative `kind` of a parent, or None where it does not apply."""
-    from hnn_jax import lineage, variants, zoo
+    from hnn_jax.training import derivatives
+    from hnn_jax.training import variants, zoo
 
     if kind == "fp16":
         return variants.fp16_weights(parent_proto)
@@ -164,7 +165,7 @@ def derivative(arch: str, kind: str, model, example, parent_proto, seed: int):
     if kind == "tune500":
         if arch not in TUNED_ARCHS:
             return None
-        return to_onnx(lineage.tune_new_head(model, example, seed=seed), example)
+        return to_onnx(derivatives.tune_new_head(model, example, seed=seed), example)
     raise ValueError(kind)
 
 
@@ -175,7 +176,7 @@ def null_stats(bits: np.ndarray, n: int) -> dict:
     hashcode.fit_weight_band (the fit `hnn-jax compare` reads its chances from) and both tails."""
     from scipy import stats
 
-    from hnn_jax.evaluate import hamming
+    from hnn_jax.training.evaluate import hamming
     from hnn_jax.hashcode import fit_weight_band
 
     d = hamming(bits, bits)[np.triu_indices(len(bits), 1)].astype(np.int64)

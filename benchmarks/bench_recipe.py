@@ -49,7 +49,7 @@ assert not any("," in name for name in RECIPES), "--recipes is comma-separated"
 
 def zoos(root: Path) -> dict[str, Path]:
     """Build (or resume) the three zoos of the module docstring."""
-    from hnn_jax import zoo
+    from hnn_jax.training import zoo
 
     trained = [t for types in zoo.TRANSFORMERS_TYPES.values() for t in types
                if t not in zoo.TRANSFORMERS_HELD_OUT and t not in zoo.TRANSFORMERS_VALIDATION]
@@ -73,7 +73,7 @@ def _failed(path: Path) -> int:
 
 def figures(codes_of, paths: dict[str, Path], learned: int | None) -> dict[str, float]:
     """Family mAP (full code, learned bits) on each zoo, and close pairs of other types on `sizes`."""
-    from hnn_jax import evaluate, zoo
+    from hnn_jax.training import evaluate, zoo
 
     out = {}
     for name, path in paths.items():
@@ -92,7 +92,7 @@ def figures(codes_of, paths: dict[str, Path], learned: int | None) -> dict[str, 
 
 
 def recipe_config(name: str, steps: int, seed: int):
-    from hnn_jax import train
+    from hnn_jax.training import train
 
     change = dict(RECIPES[name])
     factor = change.pop("steps_factor", 1)
@@ -121,7 +121,7 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-    from hnn_jax import evaluate, train
+    from hnn_jax.training import evaluate, train
     from hnn_jax.hasher import Hasher, default_hasher
 
     paths = zoos(Path(args.zoo_dir))

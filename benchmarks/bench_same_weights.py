@@ -39,7 +39,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 import hnn_jax
-from hnn_jax import converters, variants
+from hnn_jax import converters
+from hnn_jax.training import variants
 from hnn_jax.converters import export
 
 

@@ -25,7 +25,7 @@ def measure(devices: int, steps: int) -> dict:
 
     from hnn_jax.testing.synthetic import random_graph
 
-    from hnn_jax import train
+    from hnn_jax.training import train
 
     graphs, rows = [], []
     for f in range(8):

@@ -1,5 +1,5 @@
 """Which Hugging Face transformers model types build from a tiny config, export and hash here
-(issue 17): the list behind hnn_jax.zoo.TRANSFORMERS_TYPES.
+(issue 17): the list behind hnn_jax.training.zoo.TRANSFORMERS_TYPES.
 
     python benchmarks/bench_transformers.py                  # the zoo's types, every size
     python benchmarks/bench_transformers.py --candidates     # the wider candidate list, first size
@@ -52,7 +52,7 @@ def _alarm(*_):
 
 def try_type(model_type: str, size, seed: int = 0, limit: int = 120) -> dict:
     import hnn_jax
-    from hnn_jax import zoo
+    from hnn_jax.training import zoo
     from hnn_jax.converters import canonicalize, export, from_onnx
 
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def try_type(model_type: str, size, seed: int = 0, limit: int = 120) -> dict:
 
 
 def main(argv=None) -> int:
-    from hnn_jax import zoo
+    from hnn_jax.training import zoo
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--types", help="comma-separated model types")

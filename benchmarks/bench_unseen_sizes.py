@@ -10,8 +10,8 @@ import warnings
 
 import numpy as np
 
-from hnn_jax import evaluate, zoo
-from hnn_jax.baselines import op_histogram_hash, wl_subtree_hash
+from hnn_jax.training import evaluate, zoo
+from hnn_jax.training.baselines import op_histogram_hash, wl_subtree_hash
 from hnn_jax.hasher import Hasher, default_hasher
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

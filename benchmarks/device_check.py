@@ -44,7 +44,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--zoo", nargs="*", default=[], help="zoo folders whose graphs are compared too")
     args = parser.parse_args()
-    from hnn_jax import converters, zoo
+    from hnn_jax import converters
+    from hnn_jax.training import zoo
 
     examples = Path(__file__).resolve().parents[1] / "hnn_jax" / "examples"
     graphs = [converters.from_file(p) for p in sorted(examples.glob("*.onnx"))]

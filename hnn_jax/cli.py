@@ -30,9 +30,9 @@ from pathlib import Path
 PROG = "hnn-jax"
 
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "zoo": ("hnn_jax.zoo", "build and inspect the training model zoo"),
-    "train": ("hnn_jax.train", "train the hashing network"),
-    "eval": ("hnn_jax.evaluate", "retrieval metrics of a hasher and the baselines"),
+    "zoo": ("hnn_jax.training.zoo", "build and inspect the training model zoo"),
+    "train": ("hnn_jax.training.train", "train the hashing network"),
+    "eval": ("hnn_jax.training.evaluate", "retrieval metrics of a hasher and the baselines"),
 }
 """Subcommands defined in other modules: name -> (module with add_arguments(parser), help)."""
 

@@ -86,7 +86,7 @@ class HashNet(nnx.Module):
 
     It computes the architecture part, config.learned_bits; with config.instance_bits (a weight
     part, hnn_jax.weightcode) it reads none of WEIGHT_DEPENDENT_COLUMNS. With
-    config.members > 1 it holds that many such networks (trained apart: hnn_jax.train) and the
+    config.members > 1 it holds that many such networks (trained apart: hnn_jax.training.train) and the
     learned bits are the first learned_bits / members of each, in member order.
     """
 

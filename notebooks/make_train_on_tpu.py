@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hnn_jax import evaluate, train, zoo
+from hnn_jax.training import evaluate, train, zoo
 from hnn_jax.hasher import Hasher
 
 warnings.filterwarnings("ignore")

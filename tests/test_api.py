@@ -34,3 +34,21 @@ def test_bad_arguments_are_invalid_argument_errors_and_value_errors():
     with pytest.raises(hnn_jax.HNNError, match="at least one graph"):
         pad_batch([])
     assert issubclass(hnn_jax.InvalidArgumentError, ValueError)
+
+
+def test_the_runtime_imports_nothing_from_the_research_code():
+    """hnn_jax.training (zoo, training, evaluation, derivatives) sits apart from the runtime:
+    hashing, comparing, indexing, lineage trees and every converter run without importing it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hnn_jax, hnn_jax.cli, hnn_jax.index, hnn_jax.lineage, hnn_jax.cluster, hnn_jax.files\n"
+            "from hnn_jax import converters\n"
+            "from hnn_jax.converters import canonical, features, gguf, quantized, snapshot\n"
+            "from pathlib import Path\n"
+            "g = converters.from_file(Path(hnn_jax.__file__).parent / 'examples' / 'cnn_a.onnx')\n"
+            "hnn_jax.hash(g)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('hnn_jax.training')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -5,7 +5,8 @@ import numpy as np
 
 import pytest
 
-from hnn_jax import baselines, evaluate, schema
+from hnn_jax import schema
+from hnn_jax.training import baselines, evaluate
 from hnn_jax.errors import HNNError
 
 

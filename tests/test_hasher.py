@@ -40,7 +40,7 @@ def test_shipped_weights_are_the_network_train_default_makes():
     import json
     from pathlib import Path
 
-    from hnn_jax import train
+    from hnn_jax.training import train
 
     assert default_hasher().config == train.default().hasher == train.shipped().hasher
     recorded = json.loads((Path(__file__).parents[1] / "benchmarks/results/train_config.json").read_text())

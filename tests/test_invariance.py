@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import hnn_jax
-from hnn_jax import variants
+from hnn_jax.training import variants
 from hnn_jax import converters
 from hnn_jax.converters import canonicalize, export
 

@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hnn_jax import lineage  # noqa: E402
+from hnn_jax.training import derivatives  # noqa: E402
 
 
 def classifier(seed: int):
@@ -23,7 +24,7 @@ def weights(model):
 def test_tune_new_head_replaces_the_head_and_trains_the_body_without_touching_the_parent():
     model, x = classifier(0)
     before = weights(model)
-    tuned = lineage.tune_new_head(model, x, classes=5, steps=30)
+    tuned = derivatives.tune_new_head(model, x, classes=5, steps=30)
     assert tuned[-1].out_features == 5 and model[-1].out_features == 10
     after = weights(tuned)
     assert all(torch.equal(before[k], weights(model)[k]) for k in before)  # the parent is unchanged
@@ -34,7 +35,7 @@ def test_tune_new_head_replaces_the_head_and_trains_the_body_without_touching_th
 def test_lora_merge_changes_each_body_linear_by_a_low_rank_update_and_leaves_the_rest():
     model, x = classifier(1)
     before = weights(model)
-    merged = lineage.lora_merge(model, x, rank=2, steps=30)
+    merged = derivatives.lora_merge(model, x, rank=2, steps=30)
     after = weights(merged)
     assert set(after) == set(before)  # adapters merged away: the parent's layout, no extra modules
     assert torch.equal(after["0.weight"], before["0.weight"])  # the conv was frozen
@@ -48,8 +49,8 @@ def test_a_base_model_without_a_head_keeps_its_layout():
     torch.manual_seed(0)
     body = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 12), torch.nn.LayerNorm(12))
     x = torch.randn(1, 4, 6)
-    assert not lineage._has_head(body, x)  # its last Linear feeds a LayerNorm: not a task head
-    tuned = lineage.tune_new_head(body, x, steps=20)
+    assert not derivatives._has_head(body, x)  # its last Linear feeds a LayerNorm: not a task head
+    tuned = derivatives.tune_new_head(body, x, steps=20)
     assert {k: v.shape for k, v in tuned.state_dict().items()} == {k: v.shape for k, v in body.state_dict().items()}
     assert not torch.equal(tuned[0].weight, body[0].weight)
 
@@ -62,7 +63,7 @@ def test_a_lineage_code_finds_the_parent_of_a_real_fine_tune():
 
     parents = [classifier(seed) for seed in range(6)]
     model, x = parents[0]
-    child = lineage.tune_new_head(model, x, seed=9)
+    child = derivatives.tune_new_head(model, x, seed=9)
     graphs = [converters.from_torch(m, x) for m, _ in parents] + [converters.from_torch(child, x)]
     codes = hnn_jax.hash(graphs, bits=256)
     d = [codes[-1] - c for c in codes[:-1]]
@@ -71,7 +72,7 @@ def test_a_lineage_code_finds_the_parent_of_a_real_fine_tune():
 
 def test_renumber_keeps_the_function_and_moves_the_weights():
     model, x = classifier(3)
-    renumbered = lineage.renumber(model, x, seed=1)
+    renumbered = derivatives.renumber(model, x, seed=1)
     with torch.no_grad():
         torch.testing.assert_close(renumbered(x), model(x), atol=1e-5, rtol=1e-5)
     assert not torch.equal(renumbered[0].weight, model[0].weight)
@@ -80,7 +81,7 @@ def test_renumber_keeps_the_function_and_moves_the_weights():
 
 def test_renumber_refuses_a_model_without_hidden_units():
     with pytest.raises(ValueError, match="no hidden units"):
-        lineage.renumber(torch.nn.Linear(4, 2), torch.randn(1, 4))
+        derivatives.renumber(torch.nn.Linear(4, 2), torch.randn(1, 4))
 
 
 def test_forest_links_derivatives_to_their_base_and_leaves_others_alone():
@@ -115,7 +116,7 @@ def test_renumbered_units_leave_the_unit_sets_and_so_half_the_weight_part():
                                 torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
     x = torch.randn(1, 3, 12, 12)
     a = converters.from_torch(model, x)
-    b = converters.from_torch(lineage.renumber(model, x, seed=2), x)
+    b = converters.from_torch(derivatives.renumber(model, x, seed=2), x)
     np.testing.assert_allclose(a.nodes[:, schema.NODE_UNIT_PROJ], b.nodes[:, schema.NODE_UNIT_PROJ], atol=1e-4)
     assert np.abs(a.nodes[:, schema.NODE_WEIGHT_PROJ] - b.nodes[:, schema.NODE_WEIGHT_PROJ]).max() > 0.5
     bits = weightcode.weight_bits([a, b], 208)

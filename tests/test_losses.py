@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hnn_jax import losses
+from hnn_jax.training import losses
 
 
 def test_classification_loss_by_hand():

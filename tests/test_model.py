@@ -9,7 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from hnn_jax import HasherConfig, losses
+from hnn_jax import HasherConfig
+from hnn_jax.training import losses
 from hnn_jax.model import HashNet, ste_sign
 from hnn_jax.padding import pad_batch
 from hnn_jax.testing.synthetic import family_graph, random_graph

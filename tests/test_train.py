@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from hnn_jax import evaluate, train, zoo
+from hnn_jax.training import evaluate, train, zoo
 from hnn_jax.config import HasherConfig
 from hnn_jax.testing.synthetic import random_graph
 
@@ -191,7 +191,7 @@ def test_members_are_trained_apart_and_their_bits_spliced(tiny_zoo, tmp_path):
 CHILD = """
 import jax, json, sys
 jax.config.update("jax_num_cpu_devices", 4)
-from hnn_jax import train, zoo
+from hnn_jax.training import train, zoo
 cfg = train.TrainConfig.from_dict(json.loads(sys.argv[3]))
 train.Trainer(cfg, train.Dataset(*zoo.load(sys.argv[1])), sys.argv[2], progress=False).run()
 """

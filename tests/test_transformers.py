@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import hnn_jax
-from hnn_jax import converters, schema, zoo
+from hnn_jax import converters, schema
+from hnn_jax.training import zoo
 from hnn_jax.errors import UnsupportedModelError
 
 pytestmark = pytest.mark.integration

@@ -1,11 +1,11 @@
-"""Model variants for the tests: the package's own (hnn_jax.variants) plus rename-and-shuffle."""
+"""Model variants for the tests: the package's own (hnn_jax.training.variants) plus rename-and-shuffle."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
-from hnn_jax.variants import copy, fp16_weights, int8_dynamic, perturb, prune  # noqa: F401
+from hnn_jax.training.variants import copy, fp16_weights, int8_dynamic, perturb, prune  # noqa: F401
 
 
 def rename_and_shuffle(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:

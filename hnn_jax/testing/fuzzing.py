@@ -164,7 +164,7 @@ def _torch_seed(build, **kwargs) -> onnx.ModelProto:
 @functools.cache
 def seed_bytes(name: str) -> bytes:
     """The serialized seed model (built once per process)."""
-    from hnn_jax.variants import int8_dynamic
+    from hnn_jax.training.variants import int8_dynamic
 
     if name == "cnn":
         model = _torch_seed(models.torch_cnn, width=4)

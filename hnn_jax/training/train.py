@@ -4,7 +4,7 @@ Each step draws a batch hierarchically (families -> architectures -> parents -> 
 every relation level of DESIGN.md appears in it; the batch is split over the devices of a 1-D
 mesh ("data"), each device's share padded to a power-of-two bucket, and the loss is the paper's
 classification + quantization losses plus a graded margin loss over relation levels and
-bit-balance/decorrelation terms (hnn_jax.losses). Parameters are replicated; XLA inserts the
+bit-balance/decorrelation terms (hnn_jax.training.losses). Parameters are replicated; XLA inserts the
 gradient all-reduce. The batch of step s depends only on (seed, s), so a run resumed from an
 orbax checkpoint continues exactly as if it had never stopped. On a TPU pod, pass
 distributed=True (CLI: --distributed) to call jax.distributed.initialize() first.
@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from hnn_jax import losses
+from hnn_jax.training import losses
 from hnn_jax.config import HasherConfig
 from hnn_jax.hasher import Hasher, validate_graph
 from hnn_jax.model import HashNet, ste_sign
@@ -179,8 +179,8 @@ class Dataset:
         """Every family's NEIGHBOURS nearest other families: least Hamming distance between
         WL-subtree SimHashes of their architectures (ties by name). Weights do not enter WL, so
         one graph per architecture stands for its parents and derivatives."""
-        from hnn_jax.baselines import wl_subtree_hash
-        from hnn_jax.evaluate import hamming
+        from hnn_jax.training.baselines import wl_subtree_hash
+        from hnn_jax.training.evaluate import hamming
 
         first = {}
         for i, r in enumerate(self.rows):
@@ -393,7 +393,7 @@ def train(zoo_dir, workdir, config: TrainConfig | None = None, *, distributed: b
           progress: bool = True, sources=None) -> list[Trainer]:
     """Load the zoo, train each member network (resuming from its checkpoints: workdir itself
     for one network, workdir/member<i> for several), save the hasher to workdir/hasher."""
-    from hnn_jax import zoo
+    from hnn_jax.training import zoo
 
     if distributed:
         jax.distributed.initialize()

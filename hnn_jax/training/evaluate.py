@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hnn_jax.baselines import BASELINES
-from hnn_jax.zoo import KERAS_TORCHVISION_TWINS
+from hnn_jax.training.baselines import BASELINES
+from hnn_jax.training.zoo import KERAS_TORCHVISION_TWINS
 
 TIE_REPEATS = 32
 
@@ -203,7 +203,7 @@ def run(hasher, eval_zoo, out_dir, keras_zoo=None, *, plots: bool = True, valida
     relation_distances.json (the hasher's distances by relation at every code length it makes,
     and the relation thresholds measured from them: summary["relations"]) and plots to out_dir.
     validation: only the zoo's graphs of the validation split (zoo.validation)."""
-    from hnn_jax import zoo
+    from hnn_jax.training import zoo
     from hnn_jax.errors import HNNError
 
     out = Path(out_dir)

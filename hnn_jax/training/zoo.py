@@ -505,8 +505,8 @@ def _torch_parent(parent: Parent):
 
 
 def _finetune(model, x, steps: int = 5, lr: float = 1e-4, seed: int = 0):
-    """A copy of the model after a few real Adam steps on synthetic data (lineage.synthetic_batch),
-    its first output regressed on noise: the mildest fine-tune (lineage.tune_new_head is a real one)."""
+    """A copy of the model after a few real Adam steps on synthetic data (derivatives.synthetic_batch),
+    its first output regressed on noise: the mildest fine-tune (derivatives.tune_new_head is a real one)."""
     import copy
 
     import torch
@@ -543,7 +543,7 @@ def _keras_parent(parent: Parent):
 def _variant_models(parent: Parent):
     """Yield (transform, onnx.ModelProto, error) for every derivative of the parent, original
     first; a derivative that cannot be made yields its error instead of stopping the others."""
-    from hnn_jax import variants
+    from hnn_jax.training import variants
     from hnn_jax.converters import export
 
     if parent.source == "keras":
@@ -563,14 +563,14 @@ def _variant_models(parent: Parent):
         "noise": lambda: variants.perturb(original, 0.01, seed=parent.seed),
     }
     if torch_model is not None:
-        from hnn_jax import lineage
+        from hnn_jax.training import derivatives
 
         def torch_export(model):
             return (export.transformers_to_onnx(model) if parent.source == "transformers"
                     else export.torch_to_onnx(model, x))
         makers["finetune"] = lambda: torch_export(_finetune(torch_model, x, seed=parent.seed))
-        makers["tune"] = lambda: torch_export(lineage.tune_new_head(torch_model, x, seed=parent.seed))
-        makers["lora"] = lambda: torch_export(lineage.lora_merge(torch_model, x, seed=parent.seed))
+        makers["tune"] = lambda: torch_export(derivatives.tune_new_head(torch_model, x, seed=parent.seed))
+        makers["lora"] = lambda: torch_export(derivatives.lora_merge(torch_model, x, seed=parent.seed))
     if torch_model is not None and parent.source != "transformers":
         makers["dynamo"] = lambda: export.torch_to_onnx(torch_model, x, dynamo=True)
     for t in parent.transforms:
