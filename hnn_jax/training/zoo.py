@@ -511,7 +511,7 @@ def _finetune(model, x, steps: int = 5, lr: float = 1e-4, seed: int = 0):
 
     import torch
 
-    from hnn_jax.lineage import vocab_size, synthetic_batch
+    from hnn_jax.training.derivatives import synthetic_batch, vocab_size
 
     tuned = copy.deepcopy(model).train()
     g = torch.Generator().manual_seed(seed)
