@@ -256,18 +256,21 @@ _STREAM_SINKS = {"add", "layer_norm", "rms_norm"}
 _CARRIERS = {"reshape", "transpose", "cast"}
 
 
-def unit_sides(graph: CanonicalGraph) -> list[str]:
-    """Per node: which set unit_sets reads of its weight matrix. "rows" where its input is the
-    stream and its output is not, "cols" where its output is the stream (or the model's output)
-    and its input is not, else "both"."""
+def _neighbours(graph: CanonicalGraph) -> tuple[list[list[int]], list[list[int]]]:
+    """(senders, receivers) of every node, in edge order."""
     senders: list[list[int]] = [[] for _ in graph.nodes]
     receivers: list[list[int]] = [[] for _ in graph.nodes]
-    first_input = {}
     for e in graph.edges:
         senders[e.receiver].append(e.sender)
         receivers[e.sender].append(e.receiver)
-        if e.slot == 0:
-            first_input[e.receiver] = e.sender
+    return senders, receivers
+
+
+def unit_sides(graph: CanonicalGraph, receivers: list[list[int]]) -> list[str]:
+    """Per node: which set unit_sets reads of its weight matrix. "rows" where its input is the
+    stream and its output is not, "cols" where its output is the stream (or the model's output)
+    and its input is not, else "both". `receivers`: _neighbours' second list."""
+    first_input = {e.receiver: e.sender for e in graph.edges if e.slot == 0}
 
     def reads_stream(i: int) -> bool:
         source = first_input.get(i)
@@ -284,12 +287,12 @@ def unit_sides(graph: CanonicalGraph) -> list[str]:
             if j in seen:
                 continue
             seen.add(j)
-            if graph.nodes[j].op in _CARRIERS:
-                frontier += receivers[j] or [None]
-                if None in frontier:
-                    return True
-            elif graph.nodes[j].op in _STREAM_SINKS:
+            if graph.nodes[j].op in _STREAM_SINKS:
                 return True
+            if graph.nodes[j].op in _CARRIERS:
+                if not receivers[j]:
+                    return True  # carried to the model's output
+                frontier += receivers[j]
         return False
 
     sides = []
@@ -300,7 +303,6 @@ def unit_sides(graph: CanonicalGraph) -> list[str]:
         stream_in, stream_out = reads_stream(i), writes_stream(i)
         sides.append("rows" if stream_in and not stream_out else "cols" if stream_out and not stream_in else "both")
     return sides
-
 
 
 def _weight_features(weights: list[np.ndarray], sides: str = "both") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -362,15 +364,13 @@ def _dtype_kind(elem_type: int) -> float:
     return 2.0 if elem_type else 0.0
 
 
-def _constant_valued(graph: CanonicalGraph) -> list[bool]:
+def _constant_valued(graph: CanonicalGraph, senders: list[list[int]]) -> list[bool]:
     """Per node: whether its output is a constant (no model input reaches it), like BERT's
     token-type embedding read at the indices of a zero buffer. onnxsim, onnxslim and
     onnxruntime fold such nodes into a constant, and their weights with them, so their weight
     projections are left at 0 (the weight part, hnn_jax.weightcode, then reads the same
-    tensors in the file as written and as folded: it moved 29 of 208 bits)."""
-    senders: list[list[int]] = [[] for _ in graph.nodes]
-    for e in graph.edges:
-        senders[e.receiver].append(e.sender)
+    tensors in the file as written and as folded: it moved 29 of 208 bits). `senders`:
+    _neighbours' first list."""
     constant: list[bool] = []
     for i, node in enumerate(graph.nodes):  # canonical order is topological: senders come first
         constant.append(node.op != "input" and all(constant[s] for s in senders[i]))
@@ -380,19 +380,15 @@ def _constant_valued(graph: CanonicalGraph) -> list[bool]:
 def to_graphs_tuple(graph: CanonicalGraph, probe: ProbeResult) -> jraph.GraphsTuple:
     n = len(graph.nodes)
     nodes = np.zeros((n, schema.NODE_WIDTH), np.float32)
-    in_degree = np.zeros(n, np.float32)
-    out_degree = np.zeros(n, np.float32)
-    for e in graph.edges:
-        in_degree[e.receiver] += 1
-        out_degree[e.sender] += 1
+    senders, receivers = _neighbours(graph)
     total_params = 0
-    folded = _constant_valued(graph)
-    sides = unit_sides(graph)
+    folded = _constant_valued(graph, senders)
+    sides = unit_sides(graph, receivers)
     for i, node in enumerate(graph.nodes):
         row = nodes[i]
         row[schema.NODE_OP] = schema.OP_INDEX.get(node.op, 0)
         row[schema.NODE_SHAPE] = _shape_features(node.shape)
-        row[schema.NODE_DEGREE] = (in_degree[i], out_degree[i], node.n_outputs)
+        row[schema.NODE_DEGREE] = (len(senders[i]), len(receivers[i]), node.n_outputs)
         row[schema.NODE_ATTRS] = _attr_features(node)
         w_stats, w_proj, unit_proj = _weight_features(node.weights, sides[i])
         row[schema.NODE_WEIGHT_STATS] = w_stats
