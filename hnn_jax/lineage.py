@@ -12,8 +12,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Edge:
-    """`child` (an index into the codes) descends from `parent`: their distances and the measured
-    chance that two independent models have weight parts this close."""
+    """`child` (an index into the codes) descends from `parent`: their distances (linked models'
+    architecture parts agree, so `architecture` is 0) and the measured chance that two
+    independent models have weight parts this close."""
     child: int
     parent: int
     architecture: int
@@ -30,12 +31,14 @@ def forest(codes, max_chance: float = 1e-6) -> tuple[list[Edge], list[int]]:
     direction of an edge is a guess the codes cannot settle (a child's code is as near its parent
     as the parent's is to it); roots are listed alone too when nothing links them."""
     n = len(codes)
-    weights = np.array([[codes[i].distances(codes[j]).weights if i != j else 0 for j in range(n)] for i in range(n)])
+    weights, chance = np.zeros((n, n), int), np.ones((n, n))
     linked = np.zeros((n, n), bool)
-    for i in range(n):
+    for i in range(n):  # each pair once: its distances and chance
         for j in range(i):
             d = codes[i].distances(codes[j])
-            linked[i, j] = linked[j, i] = d.architecture == 0 and codes[i].chance(codes[j]) <= max_chance
+            weights[i, j] = weights[j, i] = d.weights
+            chance[i, j] = chance[j, i] = codes[i].chance(codes[j])
+            linked[i, j] = linked[j, i] = d.architecture == 0 and chance[i, j] <= max_chance
     component = -np.ones(n, int)
     for start in range(n):
         if component[start] >= 0:
@@ -57,7 +60,6 @@ def forest(codes, max_chance: float = 1e-6) -> tuple[list[Edge], list[int]]:
         while len(placed) < len(members):  # Prim's algorithm over the links, outward from the root
             _, parent, child = min((weights[p, c], p, c) for p in placed for c in members
                                    if c not in placed and linked[p, c])
-            d = codes[child].distances(codes[parent])
-            edges.append(Edge(child, parent, d.architecture, d.weights, codes[child].chance(codes[parent])))
+            edges.append(Edge(child, parent, 0, int(weights[child, parent]), float(chance[child, parent])))
             placed.add(child)
     return edges, roots
