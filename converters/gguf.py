@@ -23,7 +23,6 @@ from hnn_jax.converters import snapshot
 from hnn_jax.converters.load import release_pages
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError, first_line
 
-DATA_FILE = "weights.bin"
 MAGIC = b"GGUF"
 CHUNK_ROWS_VALUES = 1 << 22  # a large tensor is dequantised this many values at a time
 # Tensors the GGUF tensor processors may reorder as a whole (llama.cpp's query / key permutation,
@@ -52,7 +51,7 @@ def _reader(path: Path):
 
 
 def gguf_to_onnx(path, data_folder) -> tuple[onnx.ModelProto, Path]:
-    """(ONNX model whose weights are external data in `data_folder`/weights.bin, that folder).
+    """(ONNX model whose weights are external data in `data_folder` (snapshot.ScratchData), that folder).
     The caller owns the folder (a temporary one) and removes it after the conversion."""
     path, data_folder = Path(path), Path(data_folder)
     gguf, _, transformers = _imports()
@@ -71,40 +70,30 @@ def gguf_to_onnx(path, data_folder) -> tuple[onnx.ModelProto, Path]:
     processor = hf_gguf.TENSOR_PROCESSORS.get(gguf_architecture, hf_gguf.TensorProcessor)(config=config.to_dict())
     meta_model = snapshot.build_meta_model(path, set(), config=config)
     key_map = hf_gguf.get_gguf_hf_weights_map(meta_model, processor)
-    shards, offset = {}, 0
-    data_folder.mkdir(parents=True, exist_ok=True)
     parsed = {"config": config.to_dict(), "tensors": {}}
 
-    def processed(weights, name):
-        return processor.process(weights=weights, name=name, tensor_key_mapping=key_map, parsed_parameters=parsed)
+    def dequantised(tensor, rows: slice):
+        """(checkpoint name, float32 values) of some rows of a GGUF tensor, un-permuted."""
+        result = processor.process(weights=gguf.quants.dequantize(tensor.data[rows], tensor.tensor_type),
+                                   name=tensor.name, tensor_key_mapping=key_map, parsed_parameters=parsed)
+        return result.name, np.asarray(result.weights, np.float32)
 
-    with open(data_folder / DATA_FILE, "wb") as out:
+    with snapshot.ScratchData(data_folder) as out:
         for tensor in reader.tensors:
             rows = tensor.data.shape[0] if tensor.data.ndim > 1 else 0
             whole = not rows or tensor.n_elements <= CHUNK_ROWS_VALUES or any(k in tensor.name for k in _WHOLE)
             if whole:
-                result = processed(gguf.quants.dequantize(tensor.data, tensor.tensor_type), tensor.name)
-                if result.name not in key_map:
-                    continue
-                name, shape, length = result.name, list(result.weights.shape), 0
-                pieces = [result.weights]
+                name, values = dequantised(tensor, slice(None))
+                if name in key_map:
+                    out.put(key_map[name], values, onnx.TensorProto.FLOAT)
             else:  # one block of rows at a time: a large tensor is never held dequantised whole
                 step = max(1, CHUNK_ROWS_VALUES // (tensor.n_elements // rows))
-                name = processed(gguf.quants.dequantize(tensor.data[:1], tensor.tensor_type), tensor.name).name
-                if name not in key_map:
-                    continue
-                shape, length = None, 0
-                pieces = (processed(gguf.quants.dequantize(tensor.data[first:first + step], tensor.tensor_type),
-                                    tensor.name).weights for first in range(0, rows, step))
-            for piece in pieces:
-                piece = np.ascontiguousarray(piece, np.float32)
-                shape = shape or [rows, *piece.shape[1:]]
-                out.write(piece.tobytes())
-                length += piece.nbytes
+                name = dequantised(tensor, slice(0, 1))[0]
+                if name in key_map:
+                    out.put(key_map[name], (dequantised(tensor, slice(first, first + step))[1]
+                                            for first in range(0, rows, step)), onnx.TensorProto.FLOAT)
             release_pages(tensor.data)  # the file's pages, read once
-            shards[key_map[name]] = {"dtype": onnx.TensorProto.FLOAT, "shape": shape, "offset": offset,
-                                     "length": length, "location": DATA_FILE}
-            offset += length
+    shards = out.tensors
     if not shards:
         raise UnsupportedModelError(f"{path}: none of its tensors maps to a {architecture} checkpoint's names")
     model = snapshot.build_meta_model(path, set(shards), config=config)

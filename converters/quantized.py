@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from hnn_jax.converters.snapshot import ScratchData
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError
 
-DATA_FILE = "weights.bin"
 METHODS = ("gptq", "awq")
 _AWQ_ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # the column a packed nibble holds (AWQ's GEMM layout)
 _PARTS = ("qweight", "qzeros", "scales", "g_idx")
@@ -91,30 +91,20 @@ def dequantize(parts: dict[str, np.ndarray], config: dict) -> np.ndarray:
 
 def dequantized_shards(data_folder: Path, shards: dict[str, dict], config: dict,
                        out_folder: Path) -> tuple[Path, dict[str, dict]]:
-    """(out_folder, tensor name -> where it lies in out_folder/weights.bin): every tensor of the
-    snapshot, each quantised Linear as `<prefix>.weight`, float32 [out, in]."""
+    """(out_folder, tensor name -> where it lies in out_folder's ScratchData file): every tensor
+    of the snapshot, each quantised Linear as `<prefix>.weight`, float32 [out, in]."""
     quantised = sorted({name[:-len(".qweight")] for name in shards if name.endswith(".qweight")})
     if not quantised:
         raise CorruptFileError(f"the config says {config.get('quant_method')} but no tensor is a qweight")
-    out_folder.mkdir(parents=True, exist_ok=True)
     members = {f"{prefix}.{part}" for prefix in quantised for part in _PARTS}
-    located, offset = {}, 0
-    with open(out_folder / DATA_FILE, "wb") as out:
-        def put(name: str, value: np.ndarray, dtype: int):
-            nonlocal offset
-            data = np.ascontiguousarray(value).tobytes()
-            out.write(data)
-            located[name] = {"dtype": dtype, "shape": list(value.shape), "offset": offset, "length": len(data),
-                             "location": DATA_FILE}
-            offset += len(data)
-
+    with ScratchData(out_folder) as out:
         for prefix in quantised:
             missing = [p for p in _PARTS[:3] if f"{prefix}.{p}" not in shards]
             if missing:
                 raise CorruptFileError(f"quantised linear '{prefix}' lacks {', '.join(missing)}")
             parts = {p: _read(data_folder, shards[f"{prefix}.{p}"]) for p in _PARTS if f"{prefix}.{p}" in shards}
-            put(f"{prefix}.weight", dequantize(parts, config), onnx.TensorProto.FLOAT)
+            out.put(f"{prefix}.weight", dequantize(parts, config), onnx.TensorProto.FLOAT)
         for name, info in shards.items():
             if name not in members:
-                put(name, _read(data_folder, info), info["dtype"])
-    return out_folder, located
+                out.put(name, _read(data_folder, info), info["dtype"])
+    return out_folder, out.tensors

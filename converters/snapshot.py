@@ -137,6 +137,42 @@ def read_shards(folder: Path) -> tuple[Path, dict[str, dict]]:
     return data_folder, tensors
 
 
+class ScratchData:
+    """Tensors written one after another into one data file, each recorded as read_shards records
+    a shard's (name -> dtype, shape, offset, length, location), for attach_weights: where a
+    quantised file's weights are dequantised to (gguf.py, quantized.py). A tensor may come in
+    blocks of rows, so a large one is never held whole."""
+
+    FILE = "weights.bin"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.tensors: dict[str, dict] = {}
+        self._file = open(self.folder / self.FILE, "wb")
+        self._offset = 0
+
+    def put(self, name: str, blocks, dtype: int) -> None:
+        """Append tensor `name` of ONNX element type `dtype`, given as one array or an iterable
+        of blocks of its rows."""
+        shape = list(blocks.shape) if isinstance(blocks, np.ndarray) else None
+        rows, rest, length = 0, (), 0
+        for block in [blocks] if shape is not None else blocks:
+            data = np.ascontiguousarray(block)
+            rows, rest = rows + data.shape[0], data.shape[1:]
+            self._file.write(data.tobytes())
+            length += data.nbytes
+        self.tensors[name] = {"dtype": dtype, "shape": shape if shape is not None else [rows, *rest],
+                              "offset": self._offset, "length": length, "location": self.FILE}
+        self._offset += length
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
 # ----------------------------------------------------------------------------- the model on meta
 
 @contextlib.contextmanager
