@@ -94,45 +94,14 @@ def write_checkpoint(folder: Path, s: dict) -> None:
 
 def write_gguf(path: Path, s: dict, quantisation: str) -> None:
     """The checkpoint's tensors (same seed and values as write_checkpoint's) as one GGUF file."""
-    import gguf
     import numpy as np
 
-    from hnn_jax.testing.models import _llama_cpp_permute
+    from hnn_jax.testing.models import write_gguf as write
 
-    kind = gguf.GGMLQuantizationType[quantisation.upper()]
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("bench-llama")
-    writer.add_context_length(2048)
-    writer.add_embedding_length(s["hidden"])
-    writer.add_block_count(s["layers"])
-    writer.add_feed_forward_length(s["intermediate"])
-    writer.add_head_count(s["heads"])
-    writer.add_head_count_kv(s["kv_heads"])
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_vocab_size(s["vocab"])
-    writer.add_rope_dimension_count(s["hidden"] // s["heads"])
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, s["layers"])
     rng = np.random.default_rng(0)
-    for name, shape in tensors(s):
-        value = np.ones(shape, np.float32) if len(shape) == 1 else rng.standard_normal(shape, dtype=np.float32) * 0.02
-        stem, _, suffix = name.rpartition(".")
-        if stem.endswith("q_proj"):
-            value = _llama_cpp_permute(value, s["heads"])
-        elif stem.endswith("k_proj"):
-            value = _llama_cpp_permute(value, s["kv_heads"])
-        target = f"{names.get_name(stem)}.{suffix}"
-        if value.ndim == 1:
-            writer.add_tensor(target, value)
-        elif value.shape[-1] % 32:  # rows that are not whole blocks: F16, as llama.cpp falls back
-            writer.add_tensor(target, value.astype(np.float16))
-        else:
-            quantised = gguf.quants.quantize(value, kind)
-            writer.add_tensor(target, quantised, raw_shape=quantised.shape, raw_dtype=kind)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    values = ((name, np.ones(shape, np.float32) if len(shape) == 1
+               else rng.standard_normal(shape, dtype=np.float32) * 0.02) for name, shape in tensors(s))
+    write(path, s, values, quantisation, name="bench-llama", context=2048, rope_theta=10000.0, rms_eps=1e-6)
 
 
 STEP = r"""

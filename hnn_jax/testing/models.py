@@ -231,39 +231,51 @@ def _llama_cpp_permute(weights: np.ndarray, heads: int) -> np.ndarray:
 
 
 def write_llama_gguf(model, path, quantisation: str = "F32") -> None:
-    """Write a transformers Llama model as llama.cpp's converter does: its metadata, its tensor
-    names (blk.N.attn_q ...), query and key rows permuted, norms in F32 and every matrix in
-    `quantisation` (F32, F16, Q8_0, Q4_0: gguf's own quantisers)."""
+    """Write a transformers Llama model as llama.cpp's converter does (write_gguf)."""
+    config = model.config
+    size = dict(hidden=config.hidden_size, layers=config.num_hidden_layers, intermediate=config.intermediate_size,
+                heads=config.num_attention_heads, kv_heads=config.num_key_value_heads, vocab=config.vocab_size)
+    write_gguf(path, size, ((name, t.detach().float().numpy()) for name, t in model.state_dict().items()),
+               quantisation, name="tiny-llama", context=config.max_position_embeddings,
+               rope_theta=float(getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]),
+               rms_eps=config.rms_norm_eps)
+
+
+def write_gguf(path, size: dict, tensors, quantisation: str = "F32", *, name: str, context: int,
+               rope_theta: float, rms_eps: float) -> None:
+    """Write Llama weights as llama.cpp's converter does: its metadata (`size`: hidden, layers,
+    intermediate, heads, kv_heads, vocab), its tensor names (blk.N.attn_q ...) for the
+    checkpoint's (name, float32 array) `tensors`, query and key rows permuted, norms in F32 and
+    every matrix in `quantisation` (F32, F16, Q8_0, Q4_0: gguf's own quantisers; F16 for rows
+    that are not whole 32-value blocks, as llama.cpp falls back)."""
     import gguf
 
-    config = model.config
-    kind = gguf.GGMLQuantizationType[quantisation]
+    kind = gguf.GGMLQuantizationType[quantisation.upper()]
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny-llama")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    for name, tensor in model.state_dict().items():
-        value = tensor.detach().float().numpy()
-        stem, _, suffix = name.rpartition(".")
+    writer.add_name(name)
+    writer.add_context_length(context)
+    writer.add_embedding_length(size["hidden"])
+    writer.add_block_count(size["layers"])
+    writer.add_feed_forward_length(size["intermediate"])
+    writer.add_head_count(size["heads"])
+    writer.add_head_count_kv(size["kv_heads"])
+    writer.add_rope_freq_base(rope_theta)
+    writer.add_layer_norm_rms_eps(rms_eps)
+    writer.add_vocab_size(size["vocab"])
+    writer.add_rope_dimension_count(size["hidden"] // size["heads"])
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, size["layers"])
+    for checkpoint_name, value in tensors:
+        stem, _, suffix = checkpoint_name.rpartition(".")
         target = names.get_name(stem)
         if target is None:
             continue
         if stem.endswith("q_proj"):
-            value = _llama_cpp_permute(value, config.num_attention_heads)
+            value = _llama_cpp_permute(value, size["heads"])
         elif stem.endswith("k_proj"):
-            value = _llama_cpp_permute(value, config.num_key_value_heads)
+            value = _llama_cpp_permute(value, size["kv_heads"])
         if value.ndim == 1 or kind == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(f"{target}.{suffix}", value.astype(np.float32))
-        elif kind == gguf.GGMLQuantizationType.F16:
+        elif kind == gguf.GGMLQuantizationType.F16 or value.shape[-1] % 32:
             writer.add_tensor(f"{target}.{suffix}", value.astype(np.float16))
         else:
             quantised = gguf.quants.quantize(value, kind)  # [rows, bytes]: the writer reads its shape
