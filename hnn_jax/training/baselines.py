@@ -80,12 +80,4 @@ def fixed_place_projections(onnx_model) -> np.ndarray:
 
     model, folder = load_onnx(onnx_model, None)
     graph = canonicalize(model, folder)
-    out = np.zeros((len(graph.nodes), features.N_PROJ), np.float32)
-    for i, node in enumerate(graph.nodes):
-        floats = [v for v in node.weights if np.issubdtype(v.dtype, np.floating)]
-        if floats:
-            primary = max(floats, key=lambda v: v.size)
-            row_rms = features._row_rms(primary)
-            scale = row_rms if row_rms is not None else np.sqrt(np.mean(np.square(primary, dtype=np.float64)))
-            out[i] = features.projections(primary, "weight", 0.0, scale)
-    return out
+    return np.stack([features._weight_features(node.weights)[1] for node in graph.nodes])
