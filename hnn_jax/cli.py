@@ -178,14 +178,14 @@ def _cmd_hash(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from hnn_jax.hashcode import RELATIONS, NoThresholdsError, bands, format_chance
+    from hnn_jax.hashcode import RELATIONS, NoThresholdsError, format_chance
     label_a, a = _code_of(args.a, args, args.length)
     label_b, b = _code_of(args.b, args, len(a))
     distances = a.distances(b)
     try:
         found = a.compare(b)
         key, description, chance = found.relation, found.description, found.chance
-        measured = bands(a.version)
+        measured = a.bands_for(b)
         weight_band = measured.weights_band(len(a) - a.arch_bits).same_model
     except NoThresholdsError as e:
         key, description, chance, measured, weight_band = None, str(e), None, None, None

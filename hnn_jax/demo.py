@@ -32,7 +32,7 @@ def example_paths() -> list[Path]:
 def main() -> int:
     import hnn_jax
     from hnn_jax import converters
-    from hnn_jax.hashcode import RELATIONS, bands, format_chance
+    from hnn_jax.hashcode import RELATIONS, format_chance
     from hnn_jax.index import HammingIndex
 
     paths = example_paths()
@@ -61,7 +61,7 @@ def main() -> int:
         # ties come back in insertion order (names are sorted); the model itself is among them
         m1, m2 = [m for m in index.search(code, k=3, order="architecture") if m.id != name][:2]
         print(f"  {name:<{width}}  -> {_describe(m1, format_chance)}, then {_describe(m2, format_chance)}")
-    measured = bands(codes[0].version)
+    measured = codes[0].bands
     arch = measured.architecture
     same_model = measured.weights_band(nbits - arch_bits)
     print(f"\nBands (measured for this hasher; its hasher.json): {RELATIONS[0][0]} when the architecture part "

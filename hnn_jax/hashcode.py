@@ -37,7 +37,8 @@ RELATIONS: tuple[tuple[str, str], ...] = (
 """What two codes suggest about their models, as (key, description), nearest first. Where one
 relation ends and the next begins is measured per hasher (`hnn-jax eval --save-thresholds` for the
 architecture part, `benchmarks/bench_null.py` for the weight part; hasher.json stores both as
-"relations"), so it travels with the hasher: `bands(version)`."""
+"relations"), so it travels with the hasher: `Hasher.relations`, and `HashCode.bands` of the codes
+it makes."""
 
 SAME_MODEL_RATE = 1e-6
 """The largest chance, measured on independent models of one architecture, that two of them fall
@@ -156,16 +157,6 @@ class Bands:
         return cls(arch, weights)
 
 
-_BANDS: dict[str, Bands] = {}
-
-
-def register_bands(version: str, bands: "Bands | dict") -> Bands:
-    """Make the relation bands of a hasher known to this process (a Bands, or hasher.json's
-    "relations")."""
-    _BANDS[version] = bands if isinstance(bands, Bands) else Bands.from_json(bands)
-    return _BANDS[version]
-
-
 @functools.cache
 def _shipped_meta() -> dict:
     """The shipped hasher's hasher.json (read once, without loading JAX), or {} if missing."""
@@ -179,16 +170,16 @@ def shipped_weight_bands() -> dict[int, WeightBand]:
     return Bands.from_json(relations).weights if relations else {}
 
 
-def bands(version: str) -> Bands:
-    """The relation bands of hasher `version`: from a hasher loaded or measured in this process,
-    or the shipped hasher's file."""
-    if version not in _BANDS and _shipped_meta().get("version") == version and _shipped_meta().get("relations"):
-        register_bands(version, _shipped_meta()["relations"])
-    if version not in _BANDS:
+def shipped_bands(version: str) -> Bands:
+    """The shipped hasher's relation bands, when `version` is the shipped hasher's (codes of any
+    other hasher read the bands that hasher carries: Hasher.relations, HashCode.bands)."""
+    meta = _shipped_meta()
+    if meta.get("version") != version or not meta.get("relations"):
         raise NoThresholdsError(
-            f"no relation bands are known for hasher {version}: load that hasher (Hasher.load) or "
-            "measure them with `hnn-jax eval ZOO --hasher DIR --save-thresholds`")
-    return _BANDS[version]
+            f"no relation bands are known for hasher {version}: compare codes that hasher made in this "
+            "process (Hasher.load reads its bands), pass bands=hasher.relations, or measure them with "
+            "`hnn-jax eval ZOO --hasher DIR --save-thresholds`")
+    return Bands.from_json(meta["relations"])
 
 
 class Comparison(NamedTuple):
@@ -232,9 +223,9 @@ class HashCode:
     text all read the bit array left to right.
     """
 
-    __slots__ = ("_bits", "_version", "_arch_bits")
+    __slots__ = ("_bits", "_version", "_arch_bits", "_bands")
 
-    def __init__(self, bits, version: str, arch_bits: int | None = None):
+    def __init__(self, bits, version: str, arch_bits: int | None = None, *, bands: Bands | None = None):
         arr = np.asarray(bits)
         if arr.ndim != 1 or arr.size == 0:
             raise MalformedCodeError(f"bits must be a non-empty 1-D array, got shape {arr.shape}")
@@ -248,6 +239,7 @@ class HashCode:
         self._bits = arr
         self._version = _check_version(version)
         self._arch_bits = None if arch_bits is None else int(arch_bits)
+        self._bands = bands
 
     @property
     def bits(self) -> np.ndarray:
@@ -258,6 +250,13 @@ class HashCode:
     def version(self) -> str:
         """Identifies the hasher (schema version and weight fingerprint) that made this code."""
         return self._version
+
+    @property
+    def bands(self) -> Bands:
+        """The relation bands of the hasher that made this code: those it carried when it hashed
+        (Hasher.relations), else the shipped hasher's for its version (NoThresholdsError if
+        neither). They are not part of the code: equality, hashing and the text ignore them."""
+        return self._bands if self._bands is not None else shipped_bands(self._version)
 
     @property
     def arch_bits(self) -> int | None:
@@ -315,22 +314,34 @@ class HashCode:
         weights = int(np.count_nonzero(differ[self._arch_bits:]))
         return Distances(arch + weights, arch, weights)
 
-    def relation(self, other: "HashCode") -> tuple[str, str]:
-        """(key, description) of what the two codes suggest (RELATIONS), by the bands measured
-        for this code's hasher: "same-model" only when both parts are within their bands."""
-        return bands(self._version).relation(self.distances(other), self._arch_bits, len(self) - self._arch_bits)
+    def bands_for(self, other: "HashCode", bands: Bands | None = None) -> Bands:
+        """The bands relation and chance read for this pair: `bands` when given, else the bands
+        either code carries, else the shipped hasher's for the codes' version."""
+        if bands is not None:
+            return bands
+        return other.bands if self._bands is None and other._bands is not None else self.bands
 
-    def chance(self, other: "HashCode") -> float:
+    def relation(self, other: "HashCode", *, bands: Bands | None = None) -> tuple[str, str]:
+        """(key, description) of what the two codes suggest (RELATIONS), by `bands` (default: the
+        bands either code carries, else the shipped hasher's; HashCode.bands). "same-model" only
+        when both parts are within their bands."""
+        weight_bits = len(self) - self._arch_bits
+        return self.bands_for(other, bands).relation(self.distances(other), self._arch_bits, weight_bits)
+
+    def chance(self, other: "HashCode", *, bands: Bands | None = None) -> float:
         """The measured probability that two independent models of one architecture have weight
-        parts at least as close as these two (the weight part's null, hasher.json)."""
+        parts at least as close as these two (the weight part's null in `bands`, chosen as relation
+        chooses them)."""
         d = self.distances(other)
         weight_bits = len(self) - self._arch_bits
-        return bands(self._version).weights_band(weight_bits).chance(d.weights, weight_bits) if weight_bits else 1.0
+        if not weight_bits:
+            return 1.0
+        return self.bands_for(other, bands).weights_band(weight_bits).chance(d.weights, weight_bits)
 
-    def compare(self, other: "HashCode") -> Comparison:
+    def compare(self, other: "HashCode", *, bands: Bands | None = None) -> Comparison:
         """Distances, relation and chance (see those methods) in one result."""
-        key, description = self.relation(other)
-        return Comparison(self.distances(other), key, description, self.chance(other))
+        key, description = self.relation(other, bands=bands)
+        return Comparison(self.distances(other), key, description, self.chance(other, bands=bands))
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, HashCode):

@@ -14,7 +14,7 @@ from flax import nnx
 from hnn_jax import checkpoint, schema, weightcode
 from hnn_jax.config import ALLOWED_BITS, HasherConfig
 from hnn_jax.errors import HNNError, ModelTooLargeError, SchemaMismatchError
-from hnn_jax.hashcode import SHIPPED_META, Bands, HashCode, register_bands
+from hnn_jax.hashcode import SHIPPED_META, Bands, HashCode
 from hnn_jax.model import HashNet
 from hnn_jax.padding import MAX_EDGES, MAX_NODES, pad_batch
 
@@ -213,9 +213,9 @@ class Hasher:
 
     def set_relations(self, relations: "Bands | dict") -> None:
         """Relation bands (a hashcode.Bands or hasher.json's "relations"), as `hnn-jax eval` and
-        benchmarks/bench_null.py measure them; codes of this hasher then read them
-        (HashCode.relation, HashCode.chance) and save() stores them."""
-        self.relations = register_bands(self.version, relations)
+        benchmarks/bench_null.py measure them; the codes this hasher makes from then on carry them
+        (HashCode.bands, read by relation and chance) and save() stores them."""
+        self.relations = relations if isinstance(relations, Bands) else Bands.from_json(relations)
 
     def save(self, directory):
         """Write an orbax checkpoint of the weights plus hasher.json (config, bits, schema)."""
@@ -233,7 +233,8 @@ class Hasher:
         if isinstance(graphs, jraph.GraphsTuple):
             return self.hash([graphs], bits=bits)[0]
         learned = self.config.learned_bits
-        return [HashCode(row >= 0, self.version, learned) for row in self.embed(graphs, bits=bits)]
+        return [HashCode(row >= 0, self.version, learned, bands=self.relations)
+                for row in self.embed(graphs, bits=bits)]
 
     def embed(self, graphs, *, bits: int | None = None) -> np.ndarray:
         """The continuous pre-sign values, float32 [len(graphs), bits]: the network's for the

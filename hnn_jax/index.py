@@ -46,7 +46,7 @@ import numpy as np
 
 from hnn_jax.errors import (BackendUnavailableError, CorruptFileError, DuplicateIdError, HNNError, IndexFormatError,
                             SchemaMismatchError, UnknownIdError)
-from hnn_jax.hashcode import Distances, HashCode, bands
+from hnn_jax.hashcode import Bands, Distances, HashCode, shipped_bands
 
 FORMAT = "hnn-jax-index"
 FORMAT_VERSION = 2  # 2: arch_bits in the header (code v2)
@@ -74,14 +74,22 @@ def _faiss_module():
 class Match:
     """One search result: `id`, `distance` (bits, in all), `distances` (total, architecture,
     weights; None for codes without parts), `metadata` (a copy, or None), `chance` (see below) and
-    `code` (the stored HashCode, decoded on first access so large result lists stay cheap)."""
+    `code` (the stored HashCode, decoded on first access so large result lists stay cheap).
+    Relation and chance read the bands the query code carried (HashCode.bands), else the shipped
+    hasher's."""
 
-    __slots__ = ("id", "distance", "distances", "metadata", "_words", "_nbits", "_arch_bits", "_version", "_code")
+    __slots__ = ("id", "distance", "distances", "metadata", "_words", "_nbits", "_arch_bits", "_version", "_code",
+                 "_bands")
 
-    def __init__(self, id, distances: Distances, metadata, words, nbits: int, arch_bits: int | None, version: str):
+    def __init__(self, id, distances: Distances, metadata, words, nbits: int, arch_bits: int | None, version: str,
+                 bands: Bands | None = None):
         self.id, self.distance, self.metadata = id, distances.total, metadata
         self.distances = None if arch_bits is None else distances
         self._words, self._nbits, self._arch_bits, self._version, self._code = words, nbits, arch_bits, version, None
+        self._bands = bands
+
+    def _measured(self) -> Bands:
+        return self._bands if self._bands is not None else shipped_bands(self._version)
 
     @property
     def code(self) -> HashCode:
@@ -97,11 +105,11 @@ class Match:
         weight_bits = self._nbits - (self._arch_bits or 0)
         if self.distances is None or not weight_bits:
             return 1.0
-        return bands(self._version).weights_band(weight_bits).chance(self.distances.weights, weight_bits)
+        return self._measured().weights_band(weight_bits).chance(self.distances.weights, weight_bits)
 
     def relation(self) -> tuple[str, str]:
         """(key, description) of what the match's distances suggest (HashCode.relation)."""
-        return bands(self._version).relation(self.distances, self._arch_bits, self._nbits - self._arch_bits)
+        return self._measured().relation(self.distances, self._arch_bits, self._nbits - self._arch_bits)
 
     def _key(self):
         return (self.id, self.distance, self.distances, self.metadata, self._version, self._nbits,
@@ -584,6 +592,8 @@ class HammingIndex:
                 query = HashCode.from_str(query)
             self._check_code(query, "query")
             return []
+        if isinstance(query, str):
+            query = HashCode.from_str(query)
         q = self._query_words(query)
         if order != "total" and self._arch_bits is None:
             raise HNNError(f"order={order!r} needs codes with parts; this index holds codes written "
@@ -597,7 +607,8 @@ class HammingIndex:
             rows, dists, arch = self._nearest_by_part(q, k, radius, order)
         ids = (rows if self._ids is None else self._ids[rows]).tolist()
         words = self._words[:, rows].T
-        return [Match(i, Distances(d, a, d - a), self._meta(r), w, self._nbits, self._arch_bits, self._version)
+        bands = query._bands  # the query's hasher's bands, when it carries them (HashCode.bands)
+        return [Match(i, Distances(d, a, d - a), self._meta(r), w, self._nbits, self._arch_bits, self._version, bands)
                 for i, d, a, r, w in zip(ids, dists.tolist(), arch.tolist(), rows.tolist(), words)]
 
     def _nearest(self, q: np.ndarray, k: int | None, limit: int) -> tuple[np.ndarray, np.ndarray]:

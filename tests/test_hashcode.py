@@ -106,10 +106,10 @@ def test_a_code_has_an_architecture_part_and_a_weight_part():
 
 
 def test_relations_need_both_parts_and_follow_the_hashers_bands():
-    from hnn_jax.hashcode import Bands, NoThresholdsError, WeightBand, register_bands
+    from hnn_jax.hashcode import Bands, NoThresholdsError, WeightBand
 
-    register_bands("test-relations", Bands((1, 1, 3), {12: WeightBand(2, 1e6, 1e6, 100)}))
-    a = two_part([0] * 8, [0] * 12)
+    bands = Bands((1, 1, 3), {12: WeightBand(2, 1e6, 1e6, 100)})
+    a = HashCode(two_part([0] * 8, [0] * 12).bits, "test-relations", 8, bands=bands)  # as its hasher made it
 
     def relation(arch_flips, weight_flips):
         other = two_part([1] * arch_flips + [0] * (8 - arch_flips), [1] * weight_flips + [0] * (12 - weight_flips))
@@ -123,10 +123,12 @@ def test_relations_need_both_parts_and_follow_the_hashers_bands():
     assert near.relation == "same-model" and near.distances == (2, 0, 2)
     assert 0 < near.chance < far.chance < 1  # the null's cdf: nearer weights, smaller chance
     assert abs(far.chance - 0.6128) < 1e-3  # a concentration of 1e6 is Binomial(12, 1/2): P(X <= 6)
-    with pytest.raises(NoThresholdsError, match="hnn-jax eval"):  # never another hasher's bands
-        two_part([0], [0], "never-measured").relation(two_part([0], [0], "never-measured"))
+    parsed = HashCode.from_str(str(a))  # the text does not carry the bands
+    assert parsed == a and parsed.relation(a) == a.relation(parsed) == parsed.relation(parsed, bands=bands)
+    with pytest.raises(NoThresholdsError, match="hnn-jax eval"):  # no global registry: nothing to find
+        parsed.relation(HashCode.from_str(str(a)))
     with pytest.raises(NoThresholdsError, match="bench_null"):  # a weight length never measured
-        two_part([0] * 8, [0] * 4).relation(two_part([0] * 8, [0] * 4))
+        two_part([0] * 8, [0] * 4).relation(two_part([0] * 8, [0] * 4), bands=bands)
 
 
 def test_the_weight_band_is_set_by_the_widest_measured_null():
@@ -148,10 +150,10 @@ def test_the_weight_band_is_set_by_the_widest_measured_null():
 def test_the_shipped_hasher_carries_bands_for_every_length_it_makes():
     import json
 
-    from hnn_jax.hashcode import SHIPPED_META, bands
+    from hnn_jax.hashcode import SHIPPED_META, shipped_bands
 
     meta = json.loads(SHIPPED_META.read_text())
-    measured = bands(meta["version"])  # read from hasher.json, without loading JAX
+    measured = shipped_bands(meta["version"])  # read from hasher.json, without loading JAX
     assert measured.architecture[1] <= measured.architecture[2]
     learned = meta["config"]["bits"] - meta["config"]["instance_bits"]
     for nbits in (b for b in (64, 128, 256) if b >= meta["bits"]):

@@ -342,16 +342,19 @@ def test_search_by_part_ranks_one_part_then_the_other(backend, layout, tmp_path)
 
 
 def test_matches_carry_relation_and_chance_from_the_hashers_bands():
-    from hnn_jax.hashcode import Bands, WeightBand, register_bands
+    from hnn_jax.hashcode import Bands, NoThresholdsError, WeightBand
 
-    register_bands("s1-bands", Bands((2, 1, 4), {60: WeightBand(10, 1e6, 1e6, 1000)}))
-    codes = [HashCode(c.bits, "s1-bands", c.arch_bits) for c in two_part_codes(30, 70, 60, seed=3)]
+    bands = Bands((2, 1, 4), {60: WeightBand(10, 1e6, 1e6, 1000)})
+    codes = [HashCode(c.bits, "s1-bands", c.arch_bits, bands=bands) for c in two_part_codes(30, 70, 60, seed=3)]
     index = HammingIndex()
     index.add_many(codes)
     for m in index.search(codes[0], k=30, order="weights"):
         assert m.relation() == codes[0].relation(m.code) and m.chance == codes[0].chance(m.code)
     copy = index.search(codes[0], k=2, order="weights")[1]  # the near copy, 5% of weight bits apart
     assert copy.id == 1 and copy.relation()[0] == "same-model" and copy.chance < 1e-6
+    parsed = index.search(str(codes[0]), k=2, order="weights")[1]  # a query's text carries no bands
+    with pytest.raises(NoThresholdsError, match="no relation bands are known for hasher s1-bands"):
+        parsed.relation()
 
 
 def test_indexes_of_codes_without_parts_still_load_and_search(tmp_path):
