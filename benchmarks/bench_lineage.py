@@ -69,9 +69,9 @@ def make_model(arch: str, seed: int):
 
 
 def to_onnx(arch: str, model, example):
-    from hnn_jax.converters import export
+    from hnn_jax.converters import export, hf
 
-    return export.transformers_to_onnx(model) if arch == "transformer" else export.torch_to_onnx(model, example)
+    return hf.transformers_to_onnx(model) if arch == "transformer" else export.torch_to_onnx(model, example)
 
 
 def permuted(proto, seed: int):

@@ -23,7 +23,7 @@ Architectures, all built in code with random weights (no downloads): the CNN and
 (2 layers, hidden 64) of benchmarks/bench_lineage.py, hnn_jax/testing/models.py's MLP, and two causal
 decoders of 2 layers, hidden 64 (GPT-2 and Llama, hnn_jax.training.zoo.transformers_model). They are
 exported as bench_lineage does (TorchScript; transformers models through
-export.transformers_to_onnx, which falls back to dynamo where tracing fails, as it does for
+hf.transformers_to_onnx, which falls back to dynamo where tracing fails, as it does for
 transformers 5's decoders) and converted with converters.from_onnx. Converted graphs are cached
 as .npz, keyed by architecture, seed, schema version, torch/transformers versions and a digest of
 the converters' source, so reruns are cheap.
@@ -86,13 +86,13 @@ def is_transformers(model) -> bool:
 def to_onnx(model, example, *, dynamo: bool = False):
     """The ONNX export bench_lineage uses (TorchScript; transformers_to_onnx for transformers
     models), or the dynamo exporter with the same inputs."""
-    from hnn_jax.converters import export
-    from hnn_jax.converters.snapshot import example_inputs
+    from hnn_jax.converters import export, hf
+    from hnn_jax.converters.hf import example_inputs
 
     if is_transformers(model):
         if dynamo:
             return export.torch_to_onnx(model, kwargs=example_inputs(model, device="cpu"), dynamo=True)
-        return export.transformers_to_onnx(model)
+        return hf.transformers_to_onnx(model)
     return export.torch_to_onnx(model, example, dynamo=dynamo)
 
 
@@ -389,7 +389,7 @@ def report(figures: dict, limits: dict, recalls: dict, args, seconds: float) -> 
     notes = [f"- {arch}: a 500-step fine-tune took {np.mean(f['tune_seconds']):.1f} s (with export and conversion)"
              for arch, f in figures.items() if f["tune_seconds"]]
     notes += [f"- {arch}: {kind} failed: {err}" for arch, f in figures.items() for kind, err in f["errors"].items()]
-    notes += ["- gpt2, llama: no dynamo derivative: export.transformers_to_onnx already exports them with dynamo "
+    notes += ["- gpt2, llama: no dynamo derivative: hf.transformers_to_onnx already exports them with dynamo "
               "(TorchScript tracing fails for transformers 5's decoders)",
               f"- tune500 only for {', '.join(TUNED_ARCHS)}"]
     return "\n".join(lines + ["", "Notes:", *notes, ""])

@@ -6,7 +6,7 @@
     python benchmarks/bench_transformers.py --types bert,gpt2 --json out.json
 
 Prints one row per type and size: parameters, ONNX and canonical node counts, export and total
-seconds (export.transformers_to_onnx: TorchScript, or dynamo where tracing fails), or the first
+seconds (hf.transformers_to_onnx: TorchScript, or dynamo where tracing fails), or the first
 line of the error.
 """
 
@@ -53,7 +53,7 @@ def _alarm(*_):
 def try_type(model_type: str, size, seed: int = 0, limit: int = 120) -> dict:
     import hnn_jax
     from hnn_jax.training import zoo
-    from hnn_jax.converters import canonicalize, export, from_onnx
+    from hnn_jax.converters import canonicalize, from_onnx, hf
 
     t0 = time.perf_counter()
     signal.signal(signal.SIGALRM, _alarm)
@@ -64,7 +64,7 @@ def try_type(model_type: str, size, seed: int = 0, limit: int = 120) -> dict:
             model, kwargs = zoo.transformers_model(model_type, size, seed)
             params = sum(p.numel() for p in model.parameters())
             t1 = time.perf_counter()
-            proto = export.transformers_to_onnx(model)
+            proto = hf.transformers_to_onnx(model)
             exported = time.perf_counter() - t1
             canonical = len(canonicalize(proto).nodes)
             code = hnn_jax.hash(from_onnx(proto))

@@ -130,13 +130,15 @@ def from_gguf(path, **options) -> jraph.GraphsTuple:
 def from_transformers(model_or_path, **options) -> jraph.GraphsTuple:
     """A transformers.PreTrainedModel, or a Hugging Face snapshot folder (config.json +
     *.safetensors, sharded too; from_snapshot) -> GraphsTuple. A built model is exported with
-    the inputs its task needs (export.transformers_to_onnx). Options as from_onnx."""
+    the inputs its task needs (hf.transformers_to_onnx). Options as from_onnx."""
     if isinstance(model_or_path, (str, Path)):
         return from_snapshot(model_or_path, **options)
     if not hasattr(model_or_path, "config") or not hasattr(model_or_path, "forward"):
         raise UnsupportedModelError(f"from_transformers takes a transformers.PreTrainedModel or a snapshot "
                                     f"folder, not {type(model_or_path).__name__}")
-    return from_onnx(export.transformers_to_onnx(model_or_path), **options)
+    from hnn_jax.converters import hf
+
+    return from_onnx(hf.transformers_to_onnx(model_or_path), **options)
 
 
 def from_file(path, **options) -> jraph.GraphsTuple:

@@ -135,20 +135,6 @@ def flax_to_onnx(module_or_fn, *example_args, variables=None) -> onnx.ModelProto
     return jaxpr_to_onnx(fn, *example_args)
 
 
-def transformers_to_onnx(model) -> onnx.ModelProto:
-    """A transformers.PreTrainedModel with the inputs its task needs (snapshot.example_inputs:
-    token ids and mask, pixels at the config's image size, raw audio or log-mel features, decoder
-    ids for encoder-decoders, cache off). The TorchScript exporter first; dynamo where tracing
-    fails (most of transformers 5's decoders)."""
-    from hnn_jax.converters.snapshot import example_inputs
-
-    kwargs = example_inputs(model, device="cpu")
-    try:
-        return torch_to_onnx(model, kwargs=kwargs)
-    except UnsupportedModelError:
-        return torch_to_onnx(model, kwargs=kwargs, dynamo=True)
-
-
 def _quiet_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from hnn_jax.converters import snapshot
+from hnn_jax.converters import hf, snapshot
 from hnn_jax.converters.load import release_pages
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError, first_line
 
@@ -35,7 +35,7 @@ def _imports():
         import gguf
     except ImportError:
         raise UnsupportedModelError("hashing a GGUF file needs the gguf package: pip install 'hnn-jax[hf]'") from None
-    torch, transformers = snapshot._imports()
+    torch, transformers = hf.imports()
     return gguf, torch, transformers
 
 
@@ -68,7 +68,7 @@ def gguf_to_onnx(path, data_folder) -> tuple[onnx.ModelProto, Path]:
     architecture = str(getattr(config, "model_type", ""))
     gguf_architecture = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     processor = hf_gguf.TENSOR_PROCESSORS.get(gguf_architecture, hf_gguf.TensorProcessor)(config=config.to_dict())
-    meta_model = snapshot.build_meta_model(path, set(), config=config)
+    meta_model = hf.build_meta_model(path, set(), config=config)
     key_map = hf_gguf.get_gguf_hf_weights_map(meta_model, processor)
     parsed = {"config": config.to_dict(), "tensors": {}}
 
@@ -96,8 +96,5 @@ def gguf_to_onnx(path, data_folder) -> tuple[onnx.ModelProto, Path]:
     shards = out.tensors
     if not shards:
         raise UnsupportedModelError(f"{path}: none of its tensors maps to a {architecture} checkpoint's names")
-    model = snapshot.build_meta_model(path, set(shards), config=config)
-    aliases = snapshot._aliases(model, getattr(model, "base_model_prefix", "") or "")
-    proto, weights, values = snapshot.export_meta(model, snapshot.example_inputs(model))
-    snapshot.attach_weights(proto, weights, values, shards, aliases)
+    proto = hf.meta_model_to_onnx(hf.build_meta_model(path, set(shards), config=config), shards)
     return proto, data_folder

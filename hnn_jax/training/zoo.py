@@ -465,7 +465,7 @@ def transformers_model(model_type: str, size, seed: int):
     import transformers
     from transformers import AutoModel
 
-    from hnn_jax.converters.snapshot import example_inputs
+    from hnn_jax.converters.hf import example_inputs
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
@@ -544,7 +544,7 @@ def _variant_models(parent: Parent):
     """Yield (transform, onnx.ModelProto, error) for every derivative of the parent, original
     first; a derivative that cannot be made yields its error instead of stopping the others."""
     from hnn_jax.training import variants
-    from hnn_jax.converters import export
+    from hnn_jax.converters import export, hf
 
     if parent.source == "keras":
         model = _keras_parent(parent)
@@ -552,7 +552,7 @@ def _variant_models(parent: Parent):
         torch_model = None
     elif parent.source == "transformers":
         torch_model, x = _torch_parent(parent)
-        original = export.transformers_to_onnx(torch_model)
+        original = hf.transformers_to_onnx(torch_model)
     else:
         torch_model, x = _torch_parent(parent)
         original = export.torch_to_onnx(torch_model, x)
@@ -566,7 +566,7 @@ def _variant_models(parent: Parent):
         from hnn_jax.training import derivatives
 
         def torch_export(model):
-            return (export.transformers_to_onnx(model) if parent.source == "transformers"
+            return (hf.transformers_to_onnx(model) if parent.source == "transformers"
                     else export.torch_to_onnx(model, x))
         makers["finetune"] = lambda: torch_export(_finetune(torch_model, x, seed=parent.seed))
         makers["tune"] = lambda: torch_export(derivatives.tune_new_head(torch_model, x, seed=parent.seed))
