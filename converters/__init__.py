@@ -7,6 +7,8 @@ Flax/JAX models reach ONNX through their jaxpr (jaxpr.py).
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -27,6 +29,7 @@ __all__ = ["from_onnx", "from_torch", "from_flax", "from_keras", "from_tf", "fro
            "from_file", "canonicalize", "CanonicalGraph"]
 
 
+log = logging.getLogger(__name__)
 MAX_ONNX_NODES = 100_000  # about a minute of canonicalisation; the canonical graph must fit hnn_jax.padding.MAX_NODES
 
 
@@ -43,18 +46,22 @@ def from_onnx(source, *, folder=None, probe: bool = True, probe_timeout: float =
     `max_nodes` ONNX nodes raise ModelTooLargeError. `folder`: where a ModelProto's external
     data lies (checked as a file's own folder is).
     """
+    started = time.perf_counter()
     model, folder = load_onnx(source, folder)
     if len(model.graph.node) > max_nodes:
         raise ModelTooLargeError(f"the ONNX graph has {len(model.graph.node)} nodes; hnn-jax converts up to "
                                  f"max_nodes={max_nodes} (larger graphs do not fit the hasher's largest "
                                  "padding bucket). Export a part of the model, e.g. one block")
     graph = canonicalize(model, folder)
+    log.debug("%d ONNX nodes -> %d canonical nodes in %.2f s", len(model.graph.node), len(graph.nodes),
+              time.perf_counter() - started)
     if probe:
         tensors = [n.tensor for n in graph.nodes]
         result = run_probe(graph.model, tensors, probe_timeout, max_activation_bytes, max_weight_bytes,
                            graph.folder, probe_threads)
     else:
         result = ProbeResult(PROBE_SKIPPED, reason="probe=False")
+    log.debug("execution probe %s", "ran" if result.status == PROBE_OK else f"did not run ({result.reason})")
     if result.status != PROBE_OK and probe:
         warnings.warn(f"execution probe did not run ({result.reason}); using static features only",
                       stacklevel=2)

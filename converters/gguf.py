@@ -13,6 +13,8 @@ The code is then the source checkpoint's, up to what quantisation moved.
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from hnn_jax.converters import hf, snapshot
 from hnn_jax.converters.load import release_pages
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError, first_line
 
+log = logging.getLogger(__name__)
 MAGIC = b"GGUF"
 CHUNK_ROWS_VALUES = 1 << 22  # a large tensor is dequantised this many values at a time
 # Tensors the GGUF tensor processors may reorder as a whole (llama.cpp's query / key permutation,
@@ -78,8 +81,10 @@ def gguf_to_onnx(path, data_folder) -> tuple[onnx.ModelProto, Path]:
                                    name=tensor.name, tensor_key_mapping=key_map, parsed_parameters=parsed)
         return result.name, np.asarray(result.weights, np.float32)
 
+    started = time.perf_counter()
     with snapshot.ScratchData(data_folder) as out:
         for tensor in reader.tensors:
+            log.debug("dequantising %s %s (%s)", tensor.name, list(tensor.shape), tensor.tensor_type.name)
             rows = tensor.data.shape[0] if tensor.data.ndim > 1 else 0
             whole = not rows or tensor.n_elements <= CHUNK_ROWS_VALUES or any(k in tensor.name for k in _WHOLE)
             if whole:
@@ -94,6 +99,8 @@ def gguf_to_onnx(path, data_folder) -> tuple[onnx.ModelProto, Path]:
                                             for first in range(0, rows, step)), onnx.TensorProto.FLOAT)
             release_pages(tensor.data)  # the file's pages, read once
     shards = out.tensors
+    log.info("%s: %d tensors dequantised into %s in %.1f s", path.name, len(shards), data_folder,
+             time.perf_counter() - started)
     if not shards:
         raise UnsupportedModelError(f"{path}: none of its tensors maps to a {architecture} checkpoint's names")
     proto = hf.meta_model_to_onnx(hf.build_meta_model(path, set(shards), config=config), shards)

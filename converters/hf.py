@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from onnx import helper, numpy_helper
 from hnn_jax.converters import export
 from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError, first_line
 
+log = logging.getLogger(__name__)
 SEQUENCE = 16                   # tokens in the example text input
 AUDIO_SAMPLES = 16_000          # one second at 16 kHz for speech models
 FLOATS = {onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
@@ -233,5 +235,6 @@ def transformers_to_onnx(model) -> onnx.ModelProto:
     kwargs = example_inputs(model, device="cpu")
     try:
         return export.torch_to_onnx(model, kwargs=kwargs)
-    except UnsupportedModelError:
+    except UnsupportedModelError as e:
+        log.info("%s: TorchScript export failed (%s); exporting with dynamo", type(model).__name__, first_line(e))
         return export.torch_to_onnx(model, kwargs=kwargs, dynamo=True)

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -17,6 +18,8 @@ from hnn_jax.errors import HNNError, ModelTooLargeError, SchemaMismatchError
 from hnn_jax.hashcode import SHIPPED_META, Bands, HashCode
 from hnn_jax.model import HashNet
 from hnn_jax.padding import MAX_EDGES, MAX_NODES, pad_batch
+
+log = logging.getLogger(__name__)
 
 # XLA:CPU hands some fused reductions (LayerNorm) to YNNPACK, which picks a summation order by
 # array size, so one graph could get other bits in another padding bucket. Keeping only dot
@@ -209,6 +212,8 @@ class Hasher:
                 f"{meta['version']}: the parameter files were changed or mixed up")
         if meta["relations"] is not None:
             hasher.set_relations(meta["relations"])
+        log.debug("loaded hasher %s from %s (%s bands)", hasher.version, directory,
+                  "with" if hasher.relations is not None else "without")
         return hasher
 
     def set_relations(self, relations: "Bands | dict") -> None:

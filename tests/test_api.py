@@ -44,7 +44,7 @@ def test_the_runtime_imports_nothing_from_the_research_code():
 
     code = ("import sys, hnn_jax, hnn_jax.cli, hnn_jax.index, hnn_jax.lineage, hnn_jax.cluster, hnn_jax.files\n"
             "from hnn_jax import converters\n"
-            "from hnn_jax.converters import canonical, features, gguf, quantized, snapshot\n"
+            "from hnn_jax.converters import canonical, features, gguf, hf, quantized, snapshot\n"
             "from pathlib import Path\n"
             "g = converters.from_file(Path(hnn_jax.__file__).parent / 'examples' / 'cnn_a.onnx')\n"
             "hnn_jax.hash(g)\n"
@@ -52,3 +52,27 @@ def test_the_runtime_imports_nothing_from_the_research_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_diagnostics_go_to_the_hnn_jax_logger_and_degraded_results_warn(caplog):
+    """Where a conversion's time went is DEBUG on the "hnn_jax" logger (silent unless the
+    application asks: a NullHandler, `hnn-jax -v`); a result with static features only is a warning."""
+    import logging
+    from pathlib import Path
+
+    import pytest
+
+    from hnn_jax import converters
+
+    example = Path(hnn_jax.__file__).parent / "examples" / "cnn_a.onnx"
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("hnn_jax").handlers)
+    with caplog.at_level(logging.DEBUG, logger="hnn_jax"):
+        converters.from_file(example)
+    ours = [r for r in caplog.records if r.name.startswith("hnn_jax")]
+    assert any("canonical nodes" in r.getMessage() for r in ours)
+    assert any(r.getMessage() == "execution probe ran" for r in ours)
+    assert all(r.levelno < logging.WARNING for r in ours)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="hnn_jax"), pytest.warns(UserWarning, match="static features only"):
+        converters.from_onnx(example, max_activation_bytes=1)
+    assert any("did not run" in r.getMessage() for r in caplog.records if r.name.startswith("hnn_jax"))
