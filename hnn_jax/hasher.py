@@ -14,7 +14,7 @@ from flax import nnx
 
 from hnn_jax import checkpoint, schema, weightcode
 from hnn_jax.config import ALLOWED_BITS, HasherConfig
-from hnn_jax.errors import HNNError, ModelTooLargeError, SchemaMismatchError
+from hnn_jax.errors import HNNError, InvalidArgumentError, ModelTooLargeError, SchemaMismatchError
 from hnn_jax.hashcode import SHIPPED_META, Bands, HashCode
 from hnn_jax.model import HashNet
 from hnn_jax.padding import MAX_EDGES, MAX_NODES, pad_batch
@@ -60,16 +60,16 @@ def validate_graph(graph, where: str = "graph") -> jraph.GraphsTuple:
     """Check one input graph against the feature schema; return it as float32/int32 numpy.
 
     Schema differences (version, feature widths) raise SchemaMismatchError listing all of them;
-    anything else malformed raises HNNError.
+    anything else malformed raises InvalidArgumentError (an HNNError and a ValueError).
     """
     if not isinstance(graph, jraph.GraphsTuple):
-        raise HNNError(f"{where}: expected a jraph.GraphsTuple, got {type(graph).__name__}")
+        raise InvalidArgumentError(f"{where}: expected a jraph.GraphsTuple, got {type(graph).__name__}")
     missing = [f for f in graph._fields if getattr(graph, f) is None]
     if missing:
-        raise HNNError(f"{where}: fields {missing} are None")
+        raise InvalidArgumentError(f"{where}: fields {missing} are None")
     g = jraph.GraphsTuple(*(np.asarray(x) for x in graph))
     if g.n_node.shape != (1,) or g.n_edge.shape != (1,):
-        raise HNNError(f"{where}: expected exactly one graph, got n_node={g.n_node.tolist()}")
+        raise InvalidArgumentError(f"{where}: expected exactly one graph, got n_node={g.n_node.tolist()}")
 
     problems = []
     for name, arr, width in (("node", g.nodes, schema.NODE_WIDTH),
@@ -91,19 +91,19 @@ def validate_graph(graph, where: str = "graph") -> jraph.GraphsTuple:
                                  f"{MAX_NODES - 1} nodes and {MAX_EDGES} edges. Hash a part of the model "
                                  "(e.g. export one block) instead")
     if n < 1 or g.nodes.shape[0] != n or g.globals.shape[0] != 1:
-        raise HNNError(f"{where}: n_node={n} but {g.nodes.shape[0]} node rows (need >= 1)")
+        raise InvalidArgumentError(f"{where}: n_node={n} but {g.nodes.shape[0]} node rows (need >= 1)")
     if not (g.edges.shape[0] == e == g.senders.shape[0] == g.receivers.shape[0]):
-        raise HNNError(f"{where}: n_edge={e} disagrees with edges/senders/receivers lengths")
+        raise InvalidArgumentError(f"{where}: n_edge={e} disagrees with edges/senders/receivers lengths")
     for name, idx in (("senders", g.senders), ("receivers", g.receivers)):
         if (idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer)
                 or (e and (idx.min() < 0 or idx.max() >= n))):
-            raise HNNError(f"{where}: {name} must be node indices in [0, {n})")
+            raise InvalidArgumentError(f"{where}: {name} must be node indices in [0, {n})")
     for name, arr in (("node", g.nodes), ("edge", g.edges), ("global", g.globals)):
         if not np.all(np.isfinite(arr)):
-            raise HNNError(f"{where}: {name} features contain NaN or inf")
+            raise InvalidArgumentError(f"{where}: {name} features contain NaN or inf")
     ops = g.nodes[:, schema.NODE_OP]
     if np.any(ops != np.round(ops)) or ops.min() < 0 or ops.max() >= schema.VOCAB_SIZE:
-        raise HNNError(f"{where}: op ids must be integers in [0, {schema.VOCAB_SIZE})")
+        raise InvalidArgumentError(f"{where}: op ids must be integers in [0, {schema.VOCAB_SIZE})")
     return jraph.GraphsTuple(
         nodes=g.nodes.astype(np.float32, copy=False), edges=g.edges.astype(np.float32, copy=False),
         globals=g.globals.astype(np.float32, copy=False),
@@ -175,7 +175,7 @@ class Hasher:
         if bits not in self.lengths:
             why = ("it has no weight part to extend" if not self.config.instance_bits
                    else f"lengths are {', '.join(map(str, self.lengths))}")
-            raise HNNError(f"this hasher cannot make {bits}-bit codes: {why}")
+            raise InvalidArgumentError(f"this hasher cannot make {bits}-bit codes: {why}")
         return bits - self.config.learned_bits
 
     @property
@@ -250,7 +250,7 @@ class Hasher:
         if isinstance(graphs, jraph.GraphsTuple):
             return self.embed([graphs], bits=bits)[0]
         if not isinstance(graphs, (list, tuple)):
-            raise HNNError("expected a jraph.GraphsTuple or a list of them, got "
+            raise InvalidArgumentError("expected a jraph.GraphsTuple or a list of them, got "
                            f"{type(graphs).__name__}")
         checked = [validate_graph(g, f"graph {i}") for i, g in enumerate(graphs)]
         pending = []  # dispatch every chunk before reading any back, so host and device overlap

@@ -33,6 +33,10 @@ def test_bad_arguments_are_invalid_argument_errors_and_value_errors():
         hnn_jax.HasherConfig(bits=48)
     with pytest.raises(hnn_jax.HNNError, match="at least one graph"):
         pad_batch([])
+    from hnn_jax.hasher import validate_graph
+
+    with pytest.raises(hnn_jax.InvalidArgumentError, match="expected a jraph.GraphsTuple"):
+        validate_graph("a graph", "graph 0")
     assert issubclass(hnn_jax.InvalidArgumentError, ValueError)
 
 
