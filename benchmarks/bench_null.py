@@ -11,7 +11,7 @@ architecture apart. This measures, for each weight length W (16, 80, 208: the we
     of few fingerprint dimensions agree on more or fewer bits than chance together: the angle
     between two short random vectors varies, so the distances spread wider than a binomial);
 (b) the recall: the distances of derivatives (fp16 round trip, int8 dynamic quantisation, 30%
-    magnitude pruning, a 5-step fine-tune (zoo._finetune), the dynamo exporter, and for the CNN
+    magnitude pruning, a 5-step fine-tune (zoo.finetune), the dynamo exporter, and for the CNN
     and BERT a real 500-step fine-tune with a new head (derivatives.tune_new_head)) to their parent,
     for a few parents whose seeds the null does not use.
 
@@ -157,7 +157,7 @@ def derivative(arch: str, kind: str, model, example, parent_proto, seed: int):
     if kind == "prune30":
         return variants.prune(parent_proto, 0.3)
     if kind == "finetune5":
-        return to_onnx(zoo._finetune(model, example, seed=seed), example)
+        return to_onnx(zoo.finetune(model, example, seed=seed), example)
     if kind == "dynamo":
         if arch in ("gpt2", "llama"):  # transformers_to_onnx already exports them with dynamo
             return None

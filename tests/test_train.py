@@ -284,7 +284,7 @@ def test_training_never_sees_held_out_architectures_or_twin_queries(tiny_zoo, tm
 def test_keras_models_with_an_open_image_size_are_built_at_224():
     """keras.applications.MobileNetV3Small(weights=None) leaves its image size open; the
     converter would fill 32x32, far from the 224x224 of its torch twins."""
-    model = zoo._keras_parent(zoo.Parent("keras", "mobilenet_v3", "MobileNetV3Small", 0, {}, ("original",)))
+    model = zoo.keras_parent(zoo.Parent("keras", "mobilenet_v3", "MobileNetV3Small", 0, {}, ("original",)))
     assert model.input_shape == (None, 224, 224, 3)
 
 
