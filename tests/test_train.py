@@ -25,7 +25,7 @@ def tiny_zoo(tmp_path_factory):
     parents = zoo.plan(["generated"], archs_per_family=2, inits=2, transforms=TRANSFORMS,
                        families=("mlp", "cnn", "rnn"))
     stats = zoo.build(path, parents, workers=1, progress=False)
-    assert stats == dict(built=len(parents), skipped=0, failed=0)
+    assert stats == dict(built=len(parents), skipped=0, incomplete=0, failed=0)
     return path
 
 
@@ -46,7 +46,28 @@ def test_tiny_zoo_has_labelled_graphs_and_resumes(tiny_zoo):
     assert len({r["arch"] for r in rows}) == 6 and len({r["parent"] for r in rows}) == 12
     again = zoo.build(tiny_zoo, zoo.plan(["generated"], archs_per_family=2, inits=2, transforms=TRANSFORMS,
                                          families=("mlp", "cnn", "rnn")), workers=1, progress=False)
-    assert again == dict(built=0, skipped=12, failed=0)
+    assert again == dict(built=0, skipped=12, incomplete=0, failed=0)
+
+
+def test_a_parent_without_one_derivative_counts_as_incomplete_and_a_resume_retries_it(tmp_path, monkeypatch):
+    from hnn_jax.training import variants
+
+    parents = zoo.plan(["generated"], archs_per_family=1, inits=1, transforms=("original", "fp16", "prune30"),
+                       families=("mlp",))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("pruning failed")
+
+    monkeypatch.setattr(variants, "prune", broken)
+    assert zoo.build(tmp_path, parents, workers=1, progress=False) == dict(built=0, skipped=0, incomplete=1,
+                                                                            failed=0)
+    errors = [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()]
+    assert [(e["transform"], e["error"]) for e in errors] == [("prune30", "RuntimeError: pruning failed")]
+    assert [r["transform"] for r in zoo.read_manifest(tmp_path)] == ["original", "fp16"]
+    monkeypatch.undo()
+    assert zoo.build(tmp_path, parents, workers=1, progress=False) == dict(built=1, skipped=0, incomplete=0,
+                                                                            failed=0)
+    assert [r["transform"] for r in zoo.read_manifest(tmp_path)] == ["original", "fp16", "prune30"]
 
 
 def test_sampler_covers_every_relation_level(tiny_zoo):

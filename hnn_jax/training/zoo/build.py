@@ -128,14 +128,23 @@ def _variant_models(parent: Parent):
             yield t, None, e
 
 
-def _build_parent(parent: Parent, out_dir: str) -> list[dict]:
-    """Worker: export, derive and convert one parent; return manifest rows (or an error row).
-    The exporters' warnings are ignored for this parent only (workers=1 runs in-process)."""
+def _error_row(parent: Parent, transform: str, error: BaseException) -> dict:
+    trace = "".join(traceback.format_exception(error, limit=3))
+    return dict(error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+                parent=parent.name, transform=transform, trace=trace)
+
+
+def _build_parent(parent: Parent, out_dir: str) -> tuple[list[dict], list[dict]]:
+    """Worker: export, derive and convert one parent; return (manifest rows, error rows). A
+    derivative that fails leaves the parent without it (an error row; retried on resume); an
+    original that fails leaves no rows. The exporters' warnings are ignored for this parent only
+    (workers=1 runs in-process)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from hnn_jax import converters, schema
 
     graphs_dir = Path(out_dir) / "graphs"
-    rows = []
+    rows, errors = [], []
+    transform = "original"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -143,7 +152,8 @@ def _build_parent(parent: Parent, out_dir: str) -> list[dict]:
                 if error is not None:
                     if transform == "original":
                         raise error
-                    continue  # the parent stays without this derivative (retried on resume)
+                    errors.append(_error_row(parent, transform, error))
+                    continue
                 graph = converters.from_onnx(proto)
                 gid = parent.graph_id(transform)
                 save_graph(graphs_dir / f"{gid}.npz", graph)
@@ -152,20 +162,21 @@ def _build_parent(parent: Parent, out_dir: str) -> list[dict]:
                                  nodes=int(graph.n_node[0]), edges=int(graph.n_edge[0]),
                                  probe=float(graph.globals[0, schema.GLOBAL_PROBE])))
     except Exception as e:  # noqa: BLE001 - one broken model must not stop the zoo
-        return [dict(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                     parent=parent.name, trace=traceback.format_exc(limit=3))]
-    return rows
+        return [], [*errors, _error_row(parent, transform, e)]
+    return rows, errors
 
 
 def build(zoo_dir, parents: list[Parent], *, workers: int = 2, progress: bool = True) -> dict:
-    """Build (or resume) a zoo in zoo_dir; returns counts of built, skipped and failed parents."""
+    """Build (or resume) a zoo in zoo_dir; returns counts of parents built whole, skipped (already
+    there), incomplete (some derivatives failed; errors.jsonl says which, a resume retries them)
+    and failed (nothing built)."""
     from tqdm import tqdm
 
     zoo_dir = Path(zoo_dir)
     (zoo_dir / "graphs").mkdir(parents=True, exist_ok=True)
     done = {row["id"] for row in read_manifest(zoo_dir)}
     todo = [p for p in parents if not all(p.graph_id(t) in done for t in p.transforms)]
-    stats = dict(built=0, skipped=len(parents) - len(todo), failed=0)
+    stats = dict(built=0, skipped=len(parents) - len(todo), incomplete=0, failed=0)
     (zoo_dir / "plan.json").write_text(json.dumps([asdict(p) for p in parents], indent=0))
     if not todo:
         return stats
@@ -178,18 +189,17 @@ def build(zoo_dir, parents: list[Parent], *, workers: int = 2, progress: bool = 
         results = (_build_parent(p, str(zoo_dir)) for p in todo)
     with open(zoo_dir / "manifest.jsonl", "a") as manifest, open(zoo_dir / "errors.jsonl", "a") as errors, \
             tqdm(total=len(todo), desc="zoo", unit="model", disable=not progress, file=sys.stderr) as bar:
-        for rows in results:
-            if rows and "error" in rows[0]:
-                errors.write(json.dumps(rows[0]) + "\n")
-                errors.flush()
-                stats["failed"] += 1
-                bar.set_postfix_str(f"failed: {rows[0]['parent']}")
-            else:
-                for row in rows:
-                    if row["id"] not in done:
-                        manifest.write(json.dumps(row) + "\n")
-                manifest.flush()
-                stats["built"] += 1
+        for rows, failures in results:
+            for row in rows:
+                if row["id"] not in done:
+                    manifest.write(json.dumps(row) + "\n")
+            manifest.flush()
+            errors.writelines(json.dumps(row) + "\n" for row in failures)
+            errors.flush()
+            outcome = "failed" if not rows else "incomplete" if failures else "built"
+            stats[outcome] += 1
+            if failures:
+                bar.set_postfix_str(f"{outcome}: {failures[0]['parent']}")
             bar.update()
     if pool is not None:
         pool.shutdown()
@@ -239,7 +249,7 @@ def _cli_build(args) -> int:
         raise HNNError(str(e)) from None
     stats = build(args.out, parents, workers=args.workers)
     print(f"{args.out}: {stats['built']} parents built, {stats['skipped']} already there, "
-          f"{stats['failed']} failed (see errors.jsonl)")
+          f"{stats['incomplete']} built without some derivatives, {stats['failed']} failed (see errors.jsonl)")
     return 0
 
 
