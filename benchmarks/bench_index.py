@@ -63,8 +63,7 @@ def run(backend: str, bits: np.ndarray, queries: list, path: Path) -> dict:
     build = time.perf_counter() - start
     gc.collect()
     rss_growth = rss_mb() - rss0
-    codes_bytes = (index._faiss.xb.byte_size() if backend == "faiss"
-                   else index._words.nbytes)
+    codes_bytes = index._codes.words.nbytes  # numpy: no spare columns right after one add_many
     index_bytes = index.nbytes  # codes, ids (none while auto), metadata
     index.search(queries[0], k=10)  # warm-up
     top10, r1 = timed(lambda q: index.search(q, k=10), queries)
