@@ -37,6 +37,12 @@ def test_bad_arguments_are_invalid_argument_errors_and_value_errors():
 
     with pytest.raises(hnn_jax.InvalidArgumentError, match="expected a jraph.GraphsTuple"):
         validate_graph("a graph", "graph 0")
+    from hnn_jax.index import HammingIndex
+
+    with pytest.raises(hnn_jax.InvalidArgumentError, match="k must be a positive int"):
+        HammingIndex().search("hnn2:s1-x:4+4:f0", k=0)
+    with pytest.raises(hnn_jax.InvalidArgumentError, match="backend must be one of"):
+        HammingIndex(backend="annoy")
     assert issubclass(hnn_jax.InvalidArgumentError, ValueError)
 
 

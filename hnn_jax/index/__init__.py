@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hnn_jax.errors import (BackendUnavailableError, CorruptFileError, DuplicateIdError, HNNError, IndexFormatError,
-                            SchemaMismatchError, UnknownIdError)
+from hnn_jax.errors import (BackendUnavailableError, CorruptFileError, DuplicateIdError, IndexFormatError,
+                            InvalidArgumentError, SchemaMismatchError, UnknownIdError)
 from hnn_jax.hashcode import Bands, Distances, HashCode, shipped_bands
 from hnn_jax.index import fileformat
 from hnn_jax.index.backends import BACKENDS, new_backend
@@ -106,23 +106,23 @@ def _check_json(metadata, where: str):
     if metadata is None:
         return None
     if not isinstance(metadata, dict):
-        raise HNNError(f"{where}: metadata must be a dict or None, got {type(metadata).__name__}")
+        raise InvalidArgumentError(f"{where}: metadata must be a dict or None, got {type(metadata).__name__}")
     try:
         return json.loads(json.dumps(metadata, allow_nan=False))
     except (TypeError, ValueError) as e:
-        raise HNNError(f"{where}: metadata is not JSON-serialisable: {e}") from None
+        raise InvalidArgumentError(f"{where}: metadata is not JSON-serialisable: {e}") from None
 
 
 def _id_kind(value) -> str:
     if isinstance(value, (bool, np.bool_)):
-        raise HNNError(f"ids must be str or int, got bool {value!r}")
+        raise InvalidArgumentError(f"ids must be str or int, got bool {value!r}")
     if isinstance(value, (int, np.integer)):
         if not -2**63 <= int(value) < 2**63:
-            raise HNNError(f"integer ids must fit in int64, got {value}")
+            raise InvalidArgumentError(f"integer ids must fit in int64, got {value}")
         return "int"
     if isinstance(value, str):
         return "str"
-    raise HNNError(f"ids must be str or int, got {type(value).__name__}")
+    raise InvalidArgumentError(f"ids must be str or int, got {type(value).__name__}")
 
 
 class HammingIndex:
@@ -144,11 +144,11 @@ class HammingIndex:
     def __init__(self, nbits: int | None = None, version: str | None = None, *,
                  arch_bits: int | None = None, backend: str = "numpy"):
         if nbits is not None and (not isinstance(nbits, int) or not 0 < nbits <= MAX_BITS):
-            raise HNNError(f"nbits must be an int in [1, {MAX_BITS}], got {nbits!r}")
+            raise InvalidArgumentError(f"nbits must be an int in [1, {MAX_BITS}], got {nbits!r}")
         if version is not None:
             HashCode(np.zeros(1, np.uint8), version)  # validates the version string
         if arch_bits is not None and (nbits is None or not isinstance(arch_bits, int) or not 0 <= arch_bits <= nbits):
-            raise HNNError(f"arch_bits must be an int in [0, nbits] with nbits given, got {arch_bits!r}")
+            raise InvalidArgumentError(f"arch_bits must be an int in [0, nbits] with nbits given, got {arch_bits!r}")
         # the packed codes (one-word and empty until the first code fixes the length)
         self._codes = new_backend(backend, words_per_code(nbits) if nbits else 1)
         self._nbits = nbits
@@ -262,7 +262,7 @@ class HammingIndex:
 
     def _check_code(self, code, where: str) -> None:
         if not isinstance(code, HashCode):
-            raise HNNError(f"{where}: expected a HashCode, got {type(code).__name__}")
+            raise InvalidArgumentError(f"{where}: expected a HashCode, got {type(code).__name__}")
         if self._version is not None and code.version != self._version:
             raise SchemaMismatchError(
                 f"{where}: code version {code.version!r} differs from the index's "
@@ -303,7 +303,7 @@ class HammingIndex:
         """
         if isinstance(codes, np.ndarray):
             if self._version is None:
-                raise HNNError("adding a bit array needs the index's version: create it with "
+                raise InvalidArgumentError("adding a bit array needs the index's version: create it with "
                                "HammingIndex(nbits, version) or add a HashCode first")
             bits = codes
             if bits.ndim != 2 or bits.shape[1] != (self._nbits or bits.shape[1]):
@@ -315,11 +315,11 @@ class HammingIndex:
                 valid = bits.dtype == np.bool_ or not bits.size or bool(
                     ((bits == 0) | (bits == 1)).all())
             if not valid:
-                raise HNNError("bit array must contain only 0 and 1")
+                raise InvalidArgumentError("bit array must contain only 0 and 1")
             bits = bits.astype(np.uint8, copy=False)
             nbits, version, arch_bits = bits.shape[1], self._version, self._arch_bits
             if not 0 < nbits <= MAX_BITS:
-                raise HNNError(f"codes must have 1 to {MAX_BITS} bits, got {nbits}")
+                raise InvalidArgumentError(f"codes must have 1 to {MAX_BITS} bits, got {nbits}")
         else:
             codes = list(codes)
             for i, c in enumerate(codes):
@@ -330,7 +330,7 @@ class HammingIndex:
                         f"code {i} ({len(c)} bits, version {c.version!r}) differs from code 0 "
                         f"({len(codes[0])} bits, version {codes[0].version!r})")
             if codes and len(codes[0]) > MAX_BITS:
-                raise HNNError(f"codes must have at most {MAX_BITS} bits")
+                raise InvalidArgumentError(f"codes must have at most {MAX_BITS} bits")
             bits = (np.stack([c.bits for c in codes]) if codes
                     else np.zeros((0, self._nbits or 1), np.uint8))
             nbits = len(codes[0]) if codes else self._nbits
@@ -343,16 +343,16 @@ class HammingIndex:
         # ids
         if ids is None:
             if self._id_kind == "str":
-                raise HNNError("this index has str ids: pass ids explicitly")
+                raise InvalidArgumentError("this index has str ids: pass ids explicitly")
             new_ids = np.arange(self._next_auto_id, self._next_auto_id + m, dtype=np.int64)
             kind = "int"
         else:
             id_list = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
             if len(id_list) != m:
-                raise HNNError(f"{m} codes but {len(id_list)} ids")
+                raise InvalidArgumentError(f"{m} codes but {len(id_list)} ids")
             kinds = {_id_kind(i) for i in id_list}
             if len(kinds) > 1 or (self._id_kind and kinds != {self._id_kind}):
-                raise HNNError(f"ids must all be of one kind (str or int); this index has "
+                raise InvalidArgumentError(f"ids must all be of one kind (str or int); this index has "
                                f"{self._id_kind or 'no'} ids, got {sorted(kinds)}")
             kind = kinds.pop()
             new_ids = (np.array(id_list, np.int64) if kind == "int"
@@ -366,7 +366,7 @@ class HammingIndex:
         else:
             metas = list(metadata)
             if len(metas) != m:
-                raise HNNError(f"{m} codes but {len(metas)} metadata entries")
+                raise InvalidArgumentError(f"{m} codes but {len(metas)} metadata entries")
             metas = [_check_json(meta, f"entry {i}") for i, meta in enumerate(metas)]
 
         # commit (nothing above changed the index)
@@ -473,12 +473,12 @@ class HammingIndex:
         """
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer))
                               or k < 1):
-            raise HNNError(f"k must be a positive int or None, got {k!r}")
+            raise InvalidArgumentError(f"k must be a positive int or None, got {k!r}")
         if radius is not None and (isinstance(radius, bool)
                                    or not isinstance(radius, (int, np.integer)) or radius < 0):
-            raise HNNError(f"radius must be a non-negative int or None, got {radius!r}")
+            raise InvalidArgumentError(f"radius must be a non-negative int or None, got {radius!r}")
         if order not in ORDERS:
-            raise HNNError(f"order must be one of {ORDERS}, got {order!r}")
+            raise InvalidArgumentError(f"order must be one of {ORDERS}, got {order!r}")
         if isinstance(query, str):
             query = HashCode.from_str(query)
         if self._nbits is None:  # never held a code: nothing to match, nothing to check against
@@ -486,7 +486,7 @@ class HammingIndex:
             return []
         q = self._query_words(query)
         if order != "total" and self._arch_bits is None:
-            raise HNNError(f"order={order!r} needs codes with parts; this index holds codes written "
+            raise InvalidArgumentError(f"order={order!r} needs codes with parts; this index holds codes written "
                            "before code v2")
         if self._n == 0:
             return []

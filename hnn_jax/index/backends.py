@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hnn_jax.errors import BackendUnavailableError, HNNError
+from hnn_jax.errors import BackendUnavailableError, InvalidArgumentError
 from hnn_jax.index.packing import hamming_distances
 
 BACKENDS = ("numpy", "faiss")
@@ -40,7 +40,7 @@ class Backend(Protocol):
 def new_backend(name: str, nwords: int) -> Backend:
     """An empty backend `name` for codes of `nwords` words."""
     if name not in BACKENDS:
-        raise HNNError(f"backend must be one of {BACKENDS}, got {name!r}")
+        raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {name!r}")
     return NumpyBackend(nwords) if name == "numpy" else FaissBackend(nwords)
 
 
