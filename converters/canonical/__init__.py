@@ -11,12 +11,13 @@ The result keeps, for every canonical node, the name of the ONNX tensor it outpu
 execution probe can run the (unchanged) prepared model and report on exactly those tensors.
 
 Stages, one module each, data moving one way: `prepare` (the model the probe runs; never edited
-after it), `graph` (the Work graph the passes rewrite, and helpers they share), `passes` and
-`fusion` (the rewrites, run in the order of PASSES below), `order` (the canonical graph, nodes
-ordered by structure). To add a rewrite: write `def my_rewrite(w: Work) -> None` that edits `w`
-in place, and put it in PASSES where its comment says it belongs. With `canonicalize(...,
-check=True)`, or HNN_CHECK_PASSES=1 in the environment where `check` is left out (the tests set
-it), every pass is followed by `check_invariants`.
+after it), `graph` (the Work graph the passes rewrite, and helpers they share), `passes` (a
+package, one module per family of rewrites) and `fusion` (the rewrites, run in the order of
+PASSES below), `order` (the canonical graph, nodes ordered by structure). To add a rewrite:
+write `def my_rewrite(w: Work) -> None` that edits `w` in place, and put it in PASSES where its
+comment says it belongs. With `canonicalize(..., check=True)`, or HNN_CHECK_PASSES=1 in the
+environment where `check` is left out (the tests set it), every pass is followed by
+`check_invariants`.
 """
 
 from __future__ import annotations

@@ -139,123 +139,174 @@ def _q(e: _Emit, x: str, scale: str, zero: str, out: str) -> None:
     e("QuantizeLinear", [x, scale] + ([zero] if zero else []), out)
 
 
-def _spell(n: onnx.NodeProto, e: _Emit, rank, sizes, value) -> bool:
-    """Append n's standard spelling to e; False where n has none (or needs what is unknown).
-    rank(x): x's rank or None; sizes(x): a constant's element count; value(x): a constant's array."""
-    a, op, out = _attrs(n), n.op_type, n.output[0]
-    ms = n.domain == MS
-    if ms and op in ("FusedConv", "FusedGemm"):
-        kept = {k: v for k, v in a.items() if not k.startswith("activation")}
-        name = a.get("activation", b"").decode()
-        z = _input(n, 3) if op == "FusedConv" else ""
-        y = e(op[5:], list(n.input[:3]), None if name or z else out, **kept)
-        if z:
-            y = e("Add", [y, z], None if name else out)
-        params = a.get("activation_params") or [a.get(k) for k in ("activation_alpha", "activation_beta")
-                                                 if k in a]
-        if name:
-            _activation(e, y, out, name, list(params))
-    elif ms and op == "FusedMatMul":
-        if a.get("transBatchA") or a.get("transBatchB"):
-            return False
-        xs = []
-        for x, t in zip(n.input[:2], (a.get("transA", 0), a.get("transB", 0))):
-            r = rank(x)
-            if t and r is None:
-                return False
-            xs.append(e("Transpose", [x], perm=[*range(r - 2), r - 1, r - 2]) if t and r >= 2 else x)
-        alpha = float(a.get("alpha", 1.0))
-        if alpha == 1.0:
-            e("MatMul", xs, out)
-        else:
-            e("Mul", [e("MatMul", xs), e.const(alpha)], out)
-    elif ms and op == "QuickGelu":
-        alpha = float(a.get("alpha", 1.702))
-        scaled = n.input[0] if alpha == 1.0 else e("Mul", [n.input[0], e.const(alpha)])
-        e("Mul", [n.input[0], e("Sigmoid", [scaled])], out)
-    elif ms and op in ("Gelu", "BiasGelu"):
-        x = e("Add", list(n.input[:2])) if op == "BiasGelu" else n.input[0]
-        _gelu(e, x, out)
-    elif ms and op == "FastGelu":
-        x = e("Add", list(n.input[:2])) if _input(n, 1) else n.input[0]
-        inner = e("Mul", [e("Add", [x, e("Mul", [e("Mul", [e("Mul", [x, x]), x]), e.const(0.044715)])]),
-                          e.const(np.sqrt(2 / np.pi))])
-        e("Mul", [e("Mul", [x, e("Add", [e("Tanh", [inner]), e.const(1.0)])]), e.const(0.5)], out)
-    elif ms and op == "BiasAdd":
-        e("Add", [e("Add", list(n.input[:2])), n.input[2]], out)
-    elif op in ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization") and ms:
-        simplified = "Simplified" in op
-        if any(n.output[1:3]):
-            return False  # mean / inverse std read by the graph: not this spelling
-        bias = _input(n, 3 if simplified else 4)
-        total = n.output[3] if len(n.output) > 3 and n.output[3] else None
-        x = e("Add", [n.input[0], bias]) if bias else n.input[0]  # the bias belongs to the linear before
-        x = e("Add", [x, n.input[1]], total)
-        _layer_norm(e, x, n.input[2], "" if simplified else _input(n, 3), float(a.get("epsilon", 1e-5)), out,
-                    simplified)
-    elif op == "SimplifiedLayerNormalization" and n.domain in ("", "ai.onnx"):
-        if a.get("axis", -1) not in (-1, (rank(n.input[0]) or 0) - 1) or any(n.output[1:]):
-            return False
-        _layer_norm(e, n.input[0], n.input[1], "", float(a.get("epsilon", 1e-5)), out, True)
-    elif op in ("QLinearConv", "QLinearMatMul") and n.domain in ("", "ai.onnx") or ms and op == "QGemm":
-        x, xs, xz, wq, ws, wz = n.input[:6]
-        per_channel = sizes(ws) not in (None, 1)
-        w_axis = 0 if op == "QLinearConv" or a.get("transB", 0) else 1
-        xf, wf = _dq(e, x, xs, xz), _dq(e, wq, ws, wz, w_axis if per_channel else None)
-        if op == "QLinearMatMul":
-            _q(e, e("MatMul", [xf, wf]), n.input[6], _input(n, 7), out)
-            return True
-        bias_at, (ys, yz) = (8, n.input[6:8]) if op == "QLinearConv" else (6, (_input(n, 7), _input(n, 8)))
-        bias = _input(n, bias_at)
-        inputs = [xf, wf] + ([_dq(e, bias, e("Mul", [xs, ws]), "", 0 if per_channel else None)] if bias else [])
-        kept = {k: v for k, v in a.items() if op == "QLinearConv" or k in ("alpha", "transA", "transB")}
-        y = e("Conv" if op == "QLinearConv" else "Gemm", inputs, None if ys else out, **kept)
-        if ys:
-            _q(e, y, ys, yz, out)
-    elif ms and op in ("QLinearAdd", "QLinearMul"):
-        af, bf = _dq(e, *n.input[0:3]), _dq(e, *n.input[3:6])
-        _q(e, e(op[7:], [af, bf]), n.input[6], _input(n, 7), out)
-    elif ms and op in ("QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearGlobalAveragePool",
-                       "QLinearAveragePool"):
-        if a.get("channels_last", 0):
-            return False
-        kept = {k: v for k, v in a.items() if k not in ("opset", "channels_last")}
-        _q(e, e(op[7:], [_dq(e, *n.input[0:3])], **kept), n.input[3], _input(n, 4), out)
-    elif ms and op == "QLinearConcat":
-        parts = [_dq(e, *n.input[k:k + 3]) for k in range(2, len(n.input) - 2, 3)]
-        _q(e, e("Concat", parts, axis=a.get("axis", 0)), n.input[0], n.input[1], out)
-    elif ms and op == "DynamicQuantizeMatMul":
-        y = e("MatMul", [n.input[0], _dq(e, n.input[1], n.input[2], _input(n, 3),
-                                          1 if sizes(n.input[2]) not in (None, 1) else None)],
-              None if _input(n, 4) else out)
-        if _input(n, 4):
-            e("Add", [y, n.input[4]], out)
-    elif ms and op == "MatMulIntegerToFloat":
-        af = _dq(e, n.input[0], n.input[2], _input(n, 4))
-        bf = _dq(e, n.input[1], n.input[3], _input(n, 5), 1 if sizes(n.input[3]) not in (None, 1) else None)
-        y = e("MatMul", [af, bf], None if _input(n, 6) else out)
-        if _input(n, 6):
-            e("Add", [y, n.input[6]], out)
-    elif op == "Gemm" and n.domain in ("", "ai.onnx") and _input(n, 2) and sizes(n.input[2]) is None:
-        beta = float(a.get("beta", 1.0))
-        kept = {k: v for k, v in a.items() if k != "beta"}
-        y = e("Gemm", list(n.input[:2]) + ([] if e.opset >= 11 else [e.const(0.0)]), **kept)  # C optional from 11
-        c = n.input[2] if beta == 1.0 else e("Mul", [n.input[2], e.const(beta)])
-        e("Add", [y, c], out)
-    elif ms and op == "Attention":
-        return _attention(n, e, a, rank, value)
-    elif ms and op == "MultiHeadAttention":
-        return _multi_head_attention(n, e, a, rank, value)
-    elif ms and op == "EmbedLayerNormalization":
-        return _embed_layer_norm(n, e, a)
-    elif ms and op == "RotaryEmbedding":
-        return _rotary(n, e, a, rank)
-    elif ms and op == "MatMulNBits":
-        return _matmul_nbits(n, e, a, value)
-    elif op == "Erfc" and n.domain in ("", "ai.onnx"):
-        e("Sub", [e.const(1.0), e("Erf", [n.input[0]])], out)
-    else:
+def _fused(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.FusedConv and FusedGemm: the op, FusedConv's Z added, then the activation."""
+    op, out = n.op_type, n.output[0]
+    kept = {k: v for k, v in a.items() if not k.startswith("activation")}
+    name = a.get("activation", b"").decode()
+    z = _input(n, 3) if op == "FusedConv" else ""
+    y = e(op[5:], list(n.input[:3]), None if name or z else out, **kept)
+    if z:
+        y = e("Add", [y, z], None if name else out)
+    params = a.get("activation_params") or [a.get(k) for k in ("activation_alpha", "activation_beta")
+                                             if k in a]
+    if name:
+        _activation(e, y, out, name, list(params))
+    return True
+
+
+def _fused_matmul(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.FusedMatMul: MatMul of the (transposed) inputs, scaled by alpha."""
+    if a.get("transBatchA") or a.get("transBatchB"):
         return False
+    xs = []
+    for x, t in zip(n.input[:2], (a.get("transA", 0), a.get("transB", 0))):
+        r = rank(x)
+        if t and r is None:
+            return False
+        xs.append(e("Transpose", [x], perm=[*range(r - 2), r - 1, r - 2]) if t and r >= 2 else x)
+    alpha = float(a.get("alpha", 1.0))
+    if alpha == 1.0:
+        e("MatMul", xs, n.output[0])
+    else:
+        e("Mul", [e("MatMul", xs), e.const(alpha)], n.output[0])
+    return True
+
+
+def _quick_gelu(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.QuickGelu: x * sigmoid(alpha * x)."""
+    alpha = float(a.get("alpha", 1.702))
+    scaled = n.input[0] if alpha == 1.0 else e("Mul", [n.input[0], e.const(alpha)])
+    e("Mul", [n.input[0], e("Sigmoid", [scaled])], n.output[0])
+    return True
+
+
+def _bias_gelu(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.Gelu and BiasGelu: the erf GELU, of x + bias for BiasGelu."""
+    x = e("Add", list(n.input[:2])) if n.op_type == "BiasGelu" else n.input[0]
+    _gelu(e, x, n.output[0])
+    return True
+
+
+def _fast_gelu(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.FastGelu: the tanh GELU, of x + bias where a bias is given."""
+    x = e("Add", list(n.input[:2])) if _input(n, 1) else n.input[0]
+    inner = e("Mul", [e("Add", [x, e("Mul", [e("Mul", [e("Mul", [x, x]), x]), e.const(0.044715)])]),
+                      e.const(np.sqrt(2 / np.pi))])
+    e("Mul", [e("Mul", [x, e("Add", [e("Tanh", [inner]), e.const(1.0)])]), e.const(0.5)], n.output[0])
+    return True
+
+
+def _bias_add(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.BiasAdd: x + bias + skip."""
+    e("Add", [e("Add", list(n.input[:2])), n.input[2]], n.output[0])
+    return True
+
+
+def _skip_layer_norm(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.Skip(Simplified)LayerNormalization: the layer norm of x (+ bias) + skip."""
+    simplified = "Simplified" in n.op_type
+    if any(n.output[1:3]):
+        return False  # mean / inverse std read by the graph: not this spelling
+    bias = _input(n, 3 if simplified else 4)
+    total = n.output[3] if len(n.output) > 3 and n.output[3] else None
+    x = e("Add", [n.input[0], bias]) if bias else n.input[0]  # the bias belongs to the linear before
+    x = e("Add", [x, n.input[1]], total)
+    _layer_norm(e, x, n.input[2], "" if simplified else _input(n, 3), float(a.get("epsilon", 1e-5)), n.output[0],
+                simplified)
+    return True
+
+
+def _simplified_layer_norm(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """SimplifiedLayerNormalization (RMSNorm, in the standard domain) over the last axis."""
+    if a.get("axis", -1) not in (-1, (rank(n.input[0]) or 0) - 1) or any(n.output[1:]):
+        return False
+    _layer_norm(e, n.input[0], n.input[1], "", float(a.get("epsilon", 1e-5)), n.output[0], True)
+    return True
+
+
+def _qlinear_product(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """QLinearConv, QLinearMatMul and com.microsoft.QGemm: DequantizeLinear of the input and the
+    weight (per channel where the weight's scale is), the float op, QuantizeLinear."""
+    op, out = n.op_type, n.output[0]
+    x, xs, xz, wq, ws, wz = n.input[:6]
+    per_channel = sizes(ws) not in (None, 1)
+    w_axis = 0 if op == "QLinearConv" or a.get("transB", 0) else 1
+    xf, wf = _dq(e, x, xs, xz), _dq(e, wq, ws, wz, w_axis if per_channel else None)
+    if op == "QLinearMatMul":
+        _q(e, e("MatMul", [xf, wf]), n.input[6], _input(n, 7), out)
+        return True
+    bias_at, (ys, yz) = (8, n.input[6:8]) if op == "QLinearConv" else (6, (_input(n, 7), _input(n, 8)))
+    bias = _input(n, bias_at)
+    inputs = [xf, wf] + ([_dq(e, bias, e("Mul", [xs, ws]), "", 0 if per_channel else None)] if bias else [])
+    kept = {k: v for k, v in a.items() if op == "QLinearConv" or k in ("alpha", "transA", "transB")}
+    y = e("Conv" if op == "QLinearConv" else "Gemm", inputs, None if ys else out, **kept)
+    if ys:
+        _q(e, y, ys, yz, out)
+    return True
+
+
+def _qlinear_binary(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.QLinearAdd and QLinearMul: DequantizeLinear, the float op, QuantizeLinear."""
+    af, bf = _dq(e, *n.input[0:3]), _dq(e, *n.input[3:6])
+    _q(e, e(n.op_type[7:], [af, bf]), n.input[6], _input(n, 7), n.output[0])
+    return True
+
+
+def _qlinear_unary(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.QLinearSigmoid, QLinearLeakyRelu, QLinearSoftmax and the QLinear pools
+    (channels first only): DequantizeLinear, the float op, QuantizeLinear."""
+    if a.get("channels_last", 0):
+        return False
+    kept = {k: v for k, v in a.items() if k not in ("opset", "channels_last")}
+    _q(e, e(n.op_type[7:], [_dq(e, *n.input[0:3])], **kept), n.input[3], _input(n, 4), n.output[0])
+    return True
+
+
+def _qlinear_concat(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.QLinearConcat: each input dequantised, Concat, QuantizeLinear."""
+    parts = [_dq(e, *n.input[k:k + 3]) for k in range(2, len(n.input) - 2, 3)]
+    _q(e, e("Concat", parts, axis=a.get("axis", 0)), n.input[0], n.input[1], n.output[0])
+    return True
+
+
+def _dynamic_quantize_matmul(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.DynamicQuantizeMatMul: MatMul on the dequantised weight (+ bias)."""
+    out = n.output[0]
+    y = e("MatMul", [n.input[0], _dq(e, n.input[1], n.input[2], _input(n, 3),
+                                      1 if sizes(n.input[2]) not in (None, 1) else None)],
+          None if _input(n, 4) else out)
+    if _input(n, 4):
+        e("Add", [y, n.input[4]], out)
+    return True
+
+
+def _matmul_integer_to_float(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """com.microsoft.MatMulIntegerToFloat: MatMul of both inputs dequantised (+ bias)."""
+    out = n.output[0]
+    af = _dq(e, n.input[0], n.input[2], _input(n, 4))
+    bf = _dq(e, n.input[1], n.input[3], _input(n, 5), 1 if sizes(n.input[3]) not in (None, 1) else None)
+    y = e("MatMul", [af, bf], None if _input(n, 6) else out)
+    if _input(n, 6):
+        e("Add", [y, n.input[6]], out)
+    return True
+
+
+def _gemm(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """Gemm adding a computed C: Gemm without C, then Add (beta * C)."""
+    if not _input(n, 2) or sizes(n.input[2]) is not None:
+        return False
+    beta = float(a.get("beta", 1.0))
+    kept = {k: v for k, v in a.items() if k != "beta"}
+    y = e("Gemm", list(n.input[:2]) + ([] if e.opset >= 11 else [e.const(0.0)]), **kept)  # C optional from 11
+    c = n.input[2] if beta == 1.0 else e("Mul", [n.input[2], e.const(beta)])
+    e("Add", [y, c], n.output[0])
+    return True
+
+
+def _erfc(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
+    """tf2onnx's Erfc, which is not an ONNX op: 1 - Erf."""
+    e("Sub", [e.const(1.0), e("Erf", [n.input[0]])], n.output[0])
     return True
 
 
@@ -341,7 +392,7 @@ def _attend(e: _Emit, q: str, k: str, v: str, heads: int, qk_size: int, v_size: 
     e("Reshape", [merged, e.const([0, 0, heads * v_size], INT64)], out)
 
 
-def _attention(n: onnx.NodeProto, e: _Emit, a: dict, rank, value) -> bool:
+def _attention(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
     """com.microsoft.Attention (packed QKV weights) without a past state."""
     weights, bias = value(n.input[1]), value(_input(n, 2)) if _input(n, 2) else None
     if weights is None or (_input(n, 2) and bias is None) or any(_input(n, k) for k in (4, 6)) \
@@ -366,7 +417,7 @@ def _attention(n: onnx.NodeProto, e: _Emit, a: dict, rank, value) -> bool:
     return True
 
 
-def _multi_head_attention(n: onnx.NodeProto, e: _Emit, a: dict, rank, value) -> bool:
+def _multi_head_attention(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
     """com.microsoft.MultiHeadAttention with projected [B, L, D] query, key and value, no past."""
     if len(n.input) < 3 or any(_input(n, k) for k in range(6, 10)) or any(n.output[1:]) \
             or any(rank(_input(n, k)) != 3 for k in range(3)):
@@ -393,7 +444,7 @@ def _multi_head_attention(n: onnx.NodeProto, e: _Emit, a: dict, rank, value) -> 
     return True
 
 
-def _embed_layer_norm(n: onnx.NodeProto, e: _Emit, a: dict) -> bool:
+def _embed_layer_norm(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
     """com.microsoft.EmbedLayerNormalization: word + position (+ segment) embeddings, layer norm;
     its mask_index output is the count of kept tokens per sequence."""
     ids = n.input[0]
@@ -421,7 +472,7 @@ def _embed_layer_norm(n: onnx.NodeProto, e: _Emit, a: dict) -> bool:
     return True
 
 
-def _rotary(n: onnx.NodeProto, e: _Emit, a: dict, rank) -> bool:
+def _rotary(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
     """com.microsoft.RotaryEmbedding, halves layout (interleaved=0), on [B, N, S, H] or [B, S, N*H]."""
     x, positions, cos_cache, sin_cache = n.input[:4]
     r = rank(x)
@@ -455,7 +506,7 @@ def _unpack_bits(packed: np.ndarray, bits: int) -> np.ndarray:
     return (fields.astype(np.int32) << np.arange(bits)).sum(-1)
 
 
-def _matmul_nbits(n: onnx.NodeProto, e: _Emit, a: dict, value) -> bool:
+def _matmul_nbits(n: onnx.NodeProto, e: _Emit, a: dict, rank, sizes, value) -> bool:
     """com.microsoft.MatMulNBits: A @ W, W decoded from its blocks ((q - zero point) * scale)."""
     blocks, scales = value(n.input[1]), value(n.input[2])
     zeros = value(_input(n, 3)) if _input(n, 3) else None
@@ -476,6 +527,40 @@ def _matmul_nbits(n: onnx.NodeProto, e: _Emit, a: dict, value) -> bool:
     if _input(n, 5):
         e("Add", [y, n.input[5]], n.output[0])
     return True
+
+
+# The spellings, by (domain, op type) ("ai.onnx" read as ""): each function appends its node's
+# standard spelling to e and says whether it did (False where the node is not in the form it
+# takes, or needs what is unknown). rank(x): x's rank or None; sizes(x): a constant's element
+# count; value(x): a constant's array (each None where x is computed).
+SPELLINGS = {
+    # onnxruntime's saved optimisations
+    (MS, "FusedConv"): _fused, (MS, "FusedGemm"): _fused, (MS, "FusedMatMul"): _fused_matmul,
+    (MS, "QuickGelu"): _quick_gelu, (MS, "Gelu"): _bias_gelu, (MS, "BiasGelu"): _bias_gelu,
+    (MS, "FastGelu"): _fast_gelu, (MS, "BiasAdd"): _bias_add,
+    (MS, "SkipLayerNormalization"): _skip_layer_norm, (MS, "SkipSimplifiedLayerNormalization"): _skip_layer_norm,
+    ("", "SimplifiedLayerNormalization"): _simplified_layer_norm,
+    # QOperator int8 ops
+    ("", "QLinearConv"): _qlinear_product, ("", "QLinearMatMul"): _qlinear_product, (MS, "QGemm"): _qlinear_product,
+    (MS, "QLinearAdd"): _qlinear_binary, (MS, "QLinearMul"): _qlinear_binary,
+    **{(MS, op): _qlinear_unary for op in ("QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax",
+                                            "QLinearGlobalAveragePool", "QLinearAveragePool")},
+    (MS, "QLinearConcat"): _qlinear_concat, (MS, "DynamicQuantizeMatMul"): _dynamic_quantize_matmul,
+    (MS, "MatMulIntegerToFloat"): _matmul_integer_to_float,
+    # onnxruntime.transformers' fusions
+    (MS, "Attention"): _attention, (MS, "MultiHeadAttention"): _multi_head_attention,
+    (MS, "EmbedLayerNormalization"): _embed_layer_norm, (MS, "RotaryEmbedding"): _rotary,
+    (MS, "MatMulNBits"): _matmul_nbits,
+    # standard ops written another way
+    ("", "Gemm"): _gemm, ("", "Erfc"): _erfc,
+}
+
+
+def _spell(n: onnx.NodeProto, e: _Emit, rank, sizes, value) -> bool:
+    """Append n's standard spelling to e (SPELLINGS); False where n has none."""
+    a = _attrs(n)  # of every node: an attribute that cannot be read fails here, whatever the op
+    spelling = SPELLINGS.get(("" if n.domain == "ai.onnx" else n.domain, n.op_type))
+    return spelling is not None and spelling(n, e, a, rank, sizes, value)
 
 
 def respell(model: onnx.ModelProto) -> None:

@@ -30,7 +30,8 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 import hnn_jax
 from hnn_jax.testing import models
 from hnn_jax import HashCode, HNNError, converters
-from hnn_jax.converters.canonical import fusion, graph, passes
+from hnn_jax.converters.canonical import fusion, graph
+from hnn_jax.converters.canonical.passes import constants
 from hnn_jax.hasher import validate_graph
 
 IN_MEMORY, AS_FILE, EXTERNAL_DATA = 0, 1, 2   # how a case's model is given to from_onnx
@@ -631,8 +632,8 @@ def loud_allocations():
     std::bad_alloc), whose broad excepts make failures a fallback, raises HugeAllocation."""
     shapes = types.SimpleNamespace(infer_shapes=_loud(graph.shape_inference.infer_shapes))
     loud_evaluate = _loud(graph.evaluate)
-    with mock.patch.object(passes, "evaluate", loud_evaluate), mock.patch.object(fusion, "evaluate", loud_evaluate), \
-            mock.patch.object(graph, "shape_inference", shapes):
+    with mock.patch.object(constants, "evaluate", loud_evaluate), \
+            mock.patch.object(fusion, "evaluate", loud_evaluate), mock.patch.object(graph, "shape_inference", shapes):
         yield
 
 
