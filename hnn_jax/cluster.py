@@ -414,6 +414,11 @@ class _Journal:
 
 
 # ----------------------------------------------------------------------------- driver
+def _log(message: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(f"hnn-jax: {message}", file=sys.stderr)
+
+
 class _Batches:
     """The build's batches of model ids, sent in order (`queue`: keys still to send). A batch whose
     worker died is sent again in front, up to `attempts` times, then split into single models, so
@@ -425,16 +430,16 @@ class _Batches:
         self.queue = list(self.ids)
         self.attempts = attempts
 
-    def lost(self, key, lost: _Lost, log) -> list[dict] | None:
+    def lost(self, key, lost: _Lost) -> list[dict] | None:
         """Send batch `key` again, split it, or give its one model up: None, or the hash_batch
         result that records it as failed."""
         names = self.ids[key]
         self.tries[key] += 1
         if self.tries[key] < self.attempts:
-            log(f"warning: a worker died ({lost}); sending its batch of {len(names)} again")
+            _log(f"warning: a worker died ({lost}); sending its batch of {len(names)} again")
             self.queue.insert(0, key)
         elif len(names) > 1:  # isolate the model that kills its worker
-            log(f"warning: a batch failed {self.tries[key]} times; sending its models one by one")
+            _log(f"warning: a batch failed {self.tries[key]} times; sending its models one by one")
             for name in reversed(names):
                 new = max(self.ids) + 1
                 self.ids[new], self.tries[new] = [name], 0
@@ -443,11 +448,6 @@ class _Batches:
             return [{"error": f"{names[0]}: its worker died {self.tries[key]} times while converting it "
                      f"({lost})", "warnings": []}]
         return None
-
-
-def _log(message: str) -> None:
-    from tqdm import tqdm
-    tqdm.write(f"hnn-jax: {message}", file=sys.stderr)
 
 
 def build_index(paths, output, *, runner: Runner | None = None, batch: int = DEFAULT_BATCH,
@@ -500,7 +500,7 @@ def build_index(paths, output, *, runner: Runner | None = None, batch: int = DEF
             for key, result in runner.wait():
                 if isinstance(result, _Lost):
                     summary.retries += 1
-                    result = batches.lost(key, result, _log)
+                    result = batches.lost(key, result)
                     if result is None:
                         continue
                 records = _records(batches.ids[key], result, prints, debug)

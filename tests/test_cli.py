@@ -207,6 +207,34 @@ def test_index_build_search_add(hashed, models, tmp_path, capsys):
     assert_one_line_error(proc, r"error: .*different hashers")
 
 
+def test_the_single_process_build_journals_resumes_and_stops_at_a_bad_model(models, hashed, tmp_path, capsys):
+    """`hnn-jax index build` without workers is cluster.build_index on a SerialRunner: a killed
+    build resumes from its journal; without --skip-errors a model that fails stops it (exit 2)."""
+    from hnn_jax.cluster import build_index, journal_path
+
+    out = tmp_path / "x.hnnidx"
+
+    def stop(summary):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index([models], out, batch=2, progress=False, on_batch=stop)
+    assert len(journal_path(out).read_text().splitlines()) == 1 + 2 and not out.exists()
+    assert cli.main(["index", "build", str(models), "-o", str(out), "--batch", "2", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"indexed 4 models, 2 from the journal of an earlier run (256-bit codes) in {out}" in err, err
+    index = HammingIndex.load(out)
+    assert [str(index.get(i)[0]) for i in index.ids] == [e["code"] for e in hashed]
+    assert not journal_path(out).exists()
+
+    (tmp_path / "bad").mkdir()
+    shutil.copy(models / "mlp.onnx", tmp_path / "bad" / "a.onnx")
+    (tmp_path / "bad" / "b.onnx").write_bytes(b"garbage")
+    assert cli.main(["index", "build", str(tmp_path / "bad"), "-o", str(tmp_path / "y.hnnidx"), "-q"]) == 2
+    assert re.fullmatch(r"hnn-jax: error: .*b\.onnx is not a valid ONNX model.*\n", capsys.readouterr().err)
+    assert not (tmp_path / "y.hnnidx").exists()
+
+
 @pytest.mark.parametrize("case", ["missing", "corrupt-model", "empty-folder", "corrupt-index",
                                   "pickle", "bad-option"])
 def test_bad_input_exits_2_with_one_line(case, tmp_path):
