@@ -46,7 +46,7 @@ def main() -> None:
     import ray
     from test_cluster import assert_same_index, write_models
 
-    from hnn_jax.cluster import build_index
+    from hnn_jax.cluster import ProcessRunner, RayRunner, build_index
     from hnn_jax.files import hash_files
     from hnn_jax.hashcode import HashCode  # noqa: F401 - imported before timing
     from hnn_jax.index import HammingIndex
@@ -70,7 +70,8 @@ def main() -> None:
     rows = [("single process (warm)", 1, args.models / single, args.models / single,
              1000 * single_cpu / args.models, 0.0)]
     if args.cache == "warm":  # one untimed build compiles every bucket into the cache
-        build_index([root / "models"], root / "warmup.hnnidx", workers=1, batch=args.batch, progress=False)
+        build_index([root / "models"], root / "warmup.hnnidx", runner=ProcessRunner(1), batch=args.batch,
+                    progress=False)
 
     def worker_cpu() -> float:
         """CPU seconds of this process's hnn-jax workers (Ray actors or spawned processes)."""
@@ -84,7 +85,7 @@ def main() -> None:
                 continue
         return total
 
-    def run(label, n, **kwargs):
+    def run(label, n, runner):
         marks = []
         out = root / f"{label.replace(' ', '_')}_{n}.hnnidx"
 
@@ -92,8 +93,8 @@ def main() -> None:
             marks.append((time.perf_counter(), s.converted, worker_cpu(), sum(os.times()[:2])))
 
         t0 = time.perf_counter()
-        summary = build_index([root / "models"], out, workers=n, batch=args.batch, progress=False,
-                              on_batch=mark, **kwargs)
+        summary = build_index([root / "models"], out, runner=runner, batch=args.batch, progress=False,
+                              on_batch=mark)
         total = time.perf_counter() - t0
         assert_same_index(out, reference)
         (t1, c1, w1, d1), (t2, c2, w2, d2) = marks[0], marks[-1]
@@ -106,12 +107,12 @@ def main() -> None:
              logging_level="ERROR")
     try:
         for n in args.workers:
-            run("Ray workers", n, ray_address="auto")
+            run("Ray workers", n, RayRunner("auto", n))
     finally:
         ray.shutdown()
     if not args.no_processes:
         for n in args.workers:
-            run("local processes", n)
+            run("local processes", n, ProcessRunner(n))
 
     base = {label: steady for label, n, _, steady, *_ in rows if n == 1}
     print(f"\n{args.models} models, batch {args.batch}, {args.cache} compilation cache, {os.cpu_count()} CPUs, "

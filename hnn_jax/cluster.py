@@ -1,19 +1,21 @@
-"""`hnn-jax index build` across worker processes: on a Ray cluster (`--ray ADDRESS`) or in local
-processes (`--workers N`), resumable, with the same index as the single-process build.
+"""`hnn-jax index build`: one resumable build of an index file, whose batches a runner hashes in
+this process (SerialRunner), in local processes (ProcessRunner, `--workers N`) or on a Ray
+cluster (RayRunner, `--ray ADDRESS`); the index is the same, entry for entry, whichever runs it.
 
-The models (files.find_models order) are cut into batches of `batch` files. Each worker (a Ray
-actor, or a process of a local pool) converts its batch (converters.from_file) and hashes it in
-one hnn_jax.hash call, so the jit cache of each worker is reused batch after batch. Finished
-batches stream, as they come in, into a journal next to the output (`OUTPUT.journal`, one JSON
-line per model, flushed and fsync'd per batch), and every `refresh` seconds the index file is
-rewritten with the models done so far (searchable while the job runs). When every model is done
-the index is assembled in find_models order from the journal, saved, and the journal removed:
-the result is the index the single-process build writes, entry for entry. A killed job rerun with the same output reads
-the journal and converts only what is missing (a model whose file changed since is redone).
+The models (files.find_models order) are cut into batches of `batch` files. Each worker (this
+process, a Ray actor, or a process of a local pool) converts its batch (converters.from_file) and
+hashes it in one hnn_jax.hash call, so the jit cache of each worker is reused batch after batch.
+Finished batches stream, as they come in, into a journal next to the output (`OUTPUT.journal`,
+one JSON line per model, flushed and fsync'd per batch), and every `refresh` seconds the index
+file is rewritten with the models done so far (searchable while the job runs). When every model
+is done the index is assembled in find_models order from the journal, saved, and the journal
+removed. A killed job rerun with the same output reads the journal and converts only what is
+missing (a model whose file changed since is redone).
 
-A model that fails is recorded with its error and the job goes on. A batch whose worker dies
-(killed, out of memory, a crash in native code) is sent again, up to `attempts` times, then split
-into single models, so one model that crashes its worker is recorded as an error, not the job.
+A model that fails is recorded with its error and the job goes on (without skip_errors, the
+first one stops the build). A batch whose worker dies (killed, out of memory, a crash in native
+code) is sent again, up to `attempts` times, then split into single models, so one model that
+crashes its worker is recorded as an error, not the job.
 
 Ray is an optional extra (`pip install 'hnn-jax[ray]'`); the models must be readable at the same
 path on every Ray node (a shared filesystem), or be given as a URL every node can reach
@@ -47,11 +49,13 @@ RAY_HINT = "pip install 'hnn-jax[ray]'"
 
 @dataclass
 class BuildSummary:
-    """What build_index did: models found, done before (resumed), converted now, failed (with
-    their errors, in find_models order), batches sent again after a worker died."""
+    """What build_index did: models found, indexed (in codes of `nbits` bits), done before
+    (resumed), converted now, failed (with their errors, in find_models order), batches sent
+    again after a worker died, and the runner's workers and backend."""
     output: Path
     models: int = 0
     indexed: int = 0
+    nbits: int = 0
     resumed: int = 0
     converted: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (id, error text)
@@ -131,17 +135,75 @@ def _process_init() -> None:
     warnings.simplefilter("ignore")
 
 
-# ----------------------------------------------------------------------------- pools
+# ----------------------------------------------------------------------------- runners
 class _Lost(Exception):
     """A batch's worker died (or the pool broke) before it answered: send the batch again."""
 
 
-class _RayPool:
-    """One actor per worker slot; each holds at most IN_FLIGHT batches."""
+class Runner:
+    """Where build_index's batches are hashed (hash_batch), in one interface: build_index calls
+    start() once there is work (so a missing Ray or a cluster out of reach fails before anything is
+    written), then submit(key, paths, bits) while free(), wait() -> [(key, hash_batch's result or
+    _Lost)] for the batches that finished (blocking until one does) while any are pending(), and
+    close() at the end. `workers` and `backend` (known after start) go into the BuildSummary."""
+
+    backend = ""
+    workers = 0
+
+
+class SerialRunner(Runner):
+    """Each batch in this process, when waited for (the plain `hnn-jax index build`)."""
+
+    backend = "this process"
+    workers = 1
+
+    def __init__(self):
+        self.queued: list[tuple] = []  # (key, paths, bits): one at most
+
+    def start(self) -> None:
+        pass
+
+    def free(self) -> bool:
+        return not self.queued
+
+    def submit(self, key, paths, bits) -> None:
+        self.queued.append((key, paths, bits))
+
+    def wait(self):
+        key, paths, bits = self.queued.pop()
+        return [(key, hash_batch(paths, bits))]
+
+    def pending(self) -> int:
+        return len(self.queued)
+
+    def close(self) -> None:
+        self.queued.clear()
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise HNNError(f"workers must be at least 1, got {workers}")
+
+
+class RayRunner(Runner):
+    """One Ray actor per worker slot (`workers`, default one per CPU of the cluster); each holds
+    at most IN_FLIGHT batches. `address`: "auto" (the running cluster), "local" (start one on this
+    machine, loopback only), "HOST:PORT" or "ray://HOST:PORT"; an already initialised Ray is used
+    as it is."""
 
     backend = "Ray workers"
 
-    def __init__(self, address: str, workers: int | None):
+    def __init__(self, address: str, workers: int | None = None):
+        _check_workers(workers)
+        self.address, self.workers = address, workers
+        self.ray = None
+        self.started = False  # Ray initialised here, shut down by close()
+        self.actors: list = []
+        self.load: list[int] = []
+        self.refs: dict = {}  # ObjectRef -> (key, actor slot)
+
+    def start(self) -> None:
+        address, workers = self.address, self.workers
         if address == "local" and "ray" not in sys.modules:  # read by Ray on import: a node of
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # 127.0.0.1, loopback only
         try:
@@ -149,7 +211,6 @@ class _RayPool:
         except ImportError:
             raise HNNError(f"--ray needs Ray: {RAY_HINT}") from None
         self.ray = ray
-        self.started = False
         if not ray.is_initialized():
             if address == "local":  # a cluster of this machine alone
                 ray.init(address="local", include_dashboard=False, log_to_driver=False,
@@ -169,14 +230,13 @@ class _RayPool:
         actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_Worker)
         self.actors = [actor.remote() for _ in range(workers)]
         try:  # every worker up (hnn_jax importable there) before any batch is sent
-            self.pids = ray.get([a.pid.remote() for a in self.actors])
+            ray.get([a.pid.remote() for a in self.actors])
         except ray.exceptions.RayError as e:
             self.close()
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise HNNError(f"the Ray workers could not start hnn-jax ({first}); is hnn-jax installed "
                            "on every node?") from None
         self.load = [0] * workers
-        self.refs: dict = {}  # ObjectRef -> (key, actor slot)
         self.workers = workers
 
     def _connect(self, address: str) -> None:
@@ -202,7 +262,6 @@ class _RayPool:
         self.refs[self.actors[slot].hash_batch.remote(paths, bits)] = (key, slot)
 
     def wait(self):
-        """[(key, result list or _Lost)] for batches that finished; blocks until one does."""
         done, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=None)
         done, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0) if done else (done, None)
         out = []
@@ -228,19 +287,19 @@ class _RayPool:
             self.ray.shutdown()
 
 
-class _ProcessPool:
-    """A pool of local processes (spawned: jax does not survive fork); a broken pool (a process
-    killed) is replaced and its batches sent again."""
+class ProcessRunner(Runner):
+    """A pool of `workers` local processes (default one per CPU; spawned: jax does not survive
+    fork); a broken pool (a process killed) is replaced and its batches sent again."""
 
     backend = "local processes"
 
-    def __init__(self, workers: int | None):
+    def __init__(self, workers: int | None = None):
+        _check_workers(workers)
         self.workers = workers or os.cpu_count() or 1
         self.futures: dict = {}
         self.pool = None
-        self._start()
 
-    def _start(self) -> None:
+    def start(self) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
@@ -273,14 +332,15 @@ class _ProcessPool:
                 out.append((key, _Lost("worker process died")))
             self.futures.clear()
             self.pool.shutdown(wait=False, cancel_futures=True)
-            self._start()
+            self.start()
         return out
 
     def pending(self) -> int:
         return len(self.futures)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- journal
@@ -354,29 +414,63 @@ class _Journal:
 
 
 # ----------------------------------------------------------------------------- driver
-def build_index(paths, output, *, ray_address: str | None = None, workers: int | None = None,
-                batch: int = DEFAULT_BATCH, bits: int | None = None, resume: bool = True,
+def _log(message: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(f"hnn-jax: {message}", file=sys.stderr)
+
+
+class _Batches:
+    """The build's batches of model ids, sent in order (`queue`: keys still to send). A batch whose
+    worker died is sent again in front, up to `attempts` times, then split into single models, so
+    one model that crashes its worker is recorded as failed, not the job."""
+
+    def __init__(self, todo: list[str], size: int, attempts: int):
+        self.ids = {i: todo[s:s + size] for i, s in enumerate(range(0, len(todo), size))}
+        self.tries = dict.fromkeys(self.ids, 0)
+        self.queue = list(self.ids)
+        self.attempts = attempts
+
+    def lost(self, key, lost: _Lost) -> list[dict] | None:
+        """Send batch `key` again, split it, or give its one model up: None, or the hash_batch
+        result that records it as failed."""
+        names = self.ids[key]
+        self.tries[key] += 1
+        if self.tries[key] < self.attempts:
+            _log(f"warning: a worker died ({lost}); sending its batch of {len(names)} again")
+            self.queue.insert(0, key)
+        elif len(names) > 1:  # isolate the model that kills its worker
+            _log(f"warning: a batch failed {self.tries[key]} times; sending its models one by one")
+            for name in reversed(names):
+                new = max(self.ids) + 1
+                self.ids[new], self.tries[new] = [name], 0
+                self.queue.insert(0, new)
+        else:
+            return [{"error": f"{names[0]}: its worker died {self.tries[key]} times while converting it "
+                     f"({lost})", "warnings": []}]
+        return None
+
+
+def build_index(paths, output, *, runner: Runner | None = None, batch: int = DEFAULT_BATCH,
+                bits: int | None = None, resume: bool = True, skip_errors: bool = True,
                 progress: bool = True, debug: bool = False, attempts: int = ATTEMPTS,
                 refresh: float | None = DEFAULT_REFRESH, on_batch=None) -> BuildSummary:
-    """Hash every model under `paths` into a new index file `output`, on Ray (`ray_address`:
-    "auto", "local", "HOST:PORT" or "ray://HOST:PORT"; an already initialised Ray is used as it
-    is) or else in `workers` local processes (default: one per CPU). Entries, their order and
-    their metadata are those of the single-process `hnn-jax index build`. Failed models are
-    recorded and skipped; every model failing is an error. `resume`: reuse OUTPUT.journal of a
-    job that did not finish. `refresh`: while the job runs, `output` is rewritten every that many
-    seconds with the models done so far (in the same order), so a long job can be searched
-    before it ends, and at least 10x as long apart as a rewrite takes (about 6 s per 100,000
-    models), so refreshes cost at most a tenth of the driver's time; None: only at the end.
-    `on_batch(summary)` is called after each batch is journaled (and the index refreshed, when
-    due)."""
+    """Hash every model under `paths` into a new index file `output`, in batches of `batch` that
+    `runner` hashes (default SerialRunner(): this process; ProcessRunner, RayRunner). A model that
+    fails is recorded and skipped; every model failing is an error; without `skip_errors` the first
+    model that fails (a journaled failure is tried again) stops the build with its error. `resume`:
+    reuse OUTPUT.journal of a job that did not finish. `refresh`: while the job runs, `output` is
+    rewritten every that many seconds with the models done so far (in the same order), so a long
+    job can be searched before it ends, and at least 10x as long apart as a rewrite takes (about
+    6 s per 100,000 models), so refreshes cost at most a tenth of the driver's time; None: only at
+    the end. `on_batch(summary)` is called after each batch is journaled (and the index refreshed,
+    when due)."""
     from tqdm import tqdm
 
     from hnn_jax.files import find_models
 
+    runner = SerialRunner() if runner is None else runner
     if batch < 1:
         raise HNNError(f"batch must be at least 1, got {batch}")
-    if workers is not None and workers < 1:
-        raise HNNError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
     output = Path(output)
     models = find_models(paths)
@@ -384,78 +478,42 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
     jpath = journal_path(output)
     done = _read_journal(jpath, bits) if resume else {}
     prints = _fingerprints(models)
-    done = {k: r for k, r in done.items() if prints.get(k) == r.get("fp")}  # changed files: redo
+    done = {k: r for k, r in done.items()  # changed files, and failures to stop at: redo
+            if prints.get(k) == r.get("fp") and (skip_errors or "error" not in r)}
     todo = list(dict.fromkeys(str(p) for p in models if str(p) not in done))
     summary.resumed = len(set(prints) - set(todo))
-    batches = {i: todo[s:s + batch] for i, s in enumerate(range(0, len(todo), batch))}
-    tries = dict.fromkeys(batches, 0)
-    queue = list(batches)  # batch keys still to send, in order
-
-    def log(message):
-        tqdm.write(f"hnn-jax: {message}", file=sys.stderr)
-
-    errors = sum(1 for r in done.values() if "error" in r)
-
-    def _retry(key, lost):
-        """Send a lost batch again (in front), split it, or give its one model up: None, or the
-        results that record it as failed."""
-        names = batches[key]
-        tries[key] += 1
-        summary.retries += 1
-        if tries[key] < attempts:
-            log(f"warning: a worker died ({lost}); sending its batch of {len(names)} again")
-            queue.insert(0, key)
-        elif len(names) > 1:  # isolate the model that kills its worker
-            log(f"warning: a batch failed {tries[key]} times; sending its models one by one")
-            for name in reversed(names):
-                new = max(batches) + 1
-                batches[new], tries[new] = [name], 0
-                queue.insert(0, new)
-        else:
-            return [{"error": f"{names[0]}: its worker died {tries[key]} times while converting it "
-                     f"({lost})", "warnings": []}]
-        return None
-
-    pool = None
+    batches = _Batches(todo, batch, attempts)
     if todo:  # first: a missing Ray or a cluster out of reach fails before anything is written
-        pool = (_RayPool(ray_address, workers) if ray_address is not None else _ProcessPool(workers))
-        summary.workers, summary.backend = pool.workers, pool.backend
+        runner.start()
+        summary.workers, summary.backend = runner.workers, runner.backend
     journal = _Journal(jpath, bits, fresh=not done)
+    errors = sum(1 for r in done.values() if "error" in r)
     bar = tqdm(total=len(prints), initial=summary.resumed, desc="hashing", unit="model",
                disable=None if progress else True, leave=False, smoothing=0.1)
     bar.set_postfix(errors=errors)
     refreshed, refresh_cost = time.perf_counter(), 0.0
     try:
-        while queue or (pool is not None and pool.pending()):
-            while queue and pool.free():
-                key = queue.pop(0)
-                pool.submit(key, batches[key], bits)
-            for key, result in pool.wait():
-                names = batches[key]
+        while batches.queue or runner.pending():
+            while batches.queue and runner.free():
+                key = batches.queue.pop(0)
+                runner.submit(key, batches.ids[key], bits)
+            for key, result in runner.wait():
                 if isinstance(result, _Lost):
-                    result = _retry(key, result)
+                    summary.retries += 1
+                    result = batches.lost(key, result)
                     if result is None:
                         continue
-                records = []
-                for name, r in zip(names, result):
-                    if debug:
-                        for message in r.get("warnings", ()):
-                            log(f"warning: {name}: {message}")
-                    record = {"id": name, "fp": prints[name]}
-                    if "code" in r:
-                        record.update(code=r["code"], probe=r["probe"], format=r["format"])
-                    else:
-                        record["error"] = r["error"]
-                        errors += 1
-                    records.append(record)
+                records = _records(batches.ids[key], result, prints, debug)
+                failed = [r["error"] for r in records if "error" in r]
+                if failed and not skip_errors:
+                    raise HNNError(failed[0])
                 journal.write(records)
-                for record in records:
-                    done[record["id"]] = record
+                done.update((r["id"], r) for r in records)
+                errors += len(failed)
                 summary.converted += len(records)
                 bar.update(len(records))
                 bar.set_postfix(errors=errors)
-                due = refresh is not None and time.perf_counter() - refreshed >= max(refresh, 10 * refresh_cost)
-                if due:
+                if refresh is not None and time.perf_counter() - refreshed >= max(refresh, 10 * refresh_cost):
                     began = time.perf_counter()
                     partial = _journal_entries(models, done)
                     if partial[0]:
@@ -467,23 +525,40 @@ def build_index(paths, output, *, ray_address: str | None = None, workers: int |
     finally:
         bar.close()
         journal.close()
-        if pool is not None:
-            pool.close()
+        if todo:
+            runner.close()
 
     ids, codes, metas, summary.errors = _journal_entries(models, done)
     for name, meta in zip(ids, metas):
         if meta["probe"] != "ok":
-            log(f"warning: {name}: execution probe {meta['probe']}; code from static features only")
+            _log(f"warning: {name}: execution probe {meta['probe']}; code from static features only")
     for _, error in summary.errors:
-        log(f"warning: could not hash {error} (skipped)")
+        _log(f"warning: could not hash {error} (skipped)")
     if not codes:
         jpath.unlink(missing_ok=True)
         n = len(models)
         raise HNNError(f"none of the {n} model{'s' if n != 1 else ''} could be hashed (each skipped above)")
-    summary.indexed = _save_index(ids, codes, metas, output)
+    summary.indexed, summary.nbits = _save_index(ids, codes, metas, output), len(codes[0])
     jpath.unlink(missing_ok=True)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _records(names: list[str], result: list[dict], prints: dict, debug: bool) -> list[dict]:
+    """The journal records of one batch's hash_batch result (its conversion warnings logged with
+    `debug`)."""
+    records = []
+    for name, r in zip(names, result):
+        if debug:
+            for message in r.get("warnings", ()):
+                _log(f"warning: {name}: {message}")
+        record = {"id": name, "fp": prints[name]}
+        if "code" in r:
+            record.update(code=r["code"], probe=r["probe"], format=r["format"])
+        else:
+            record["error"] = r["error"]
+        records.append(record)
+    return records
 
 
 def _journal_entries(models, done: dict):

@@ -207,6 +207,34 @@ def test_index_build_search_add(hashed, models, tmp_path, capsys):
     assert_one_line_error(proc, r"error: .*different hashers")
 
 
+def test_the_single_process_build_journals_resumes_and_stops_at_a_bad_model(models, hashed, tmp_path, capsys):
+    """`hnn-jax index build` without workers is cluster.build_index on a SerialRunner: a killed
+    build resumes from its journal; without --skip-errors a model that fails stops it (exit 2)."""
+    from hnn_jax.cluster import build_index, journal_path
+
+    out = tmp_path / "x.hnnidx"
+
+    def stop(summary):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index([models], out, batch=2, progress=False, on_batch=stop)
+    assert len(journal_path(out).read_text().splitlines()) == 1 + 2 and not out.exists()
+    assert cli.main(["index", "build", str(models), "-o", str(out), "--batch", "2", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"indexed 4 models, 2 from the journal of an earlier run (256-bit codes) in {out}" in err, err
+    index = HammingIndex.load(out)
+    assert [str(index.get(i)[0]) for i in index.ids] == [e["code"] for e in hashed]
+    assert not journal_path(out).exists()
+
+    (tmp_path / "bad").mkdir()
+    shutil.copy(models / "mlp.onnx", tmp_path / "bad" / "a.onnx")
+    (tmp_path / "bad" / "b.onnx").write_bytes(b"garbage")
+    assert cli.main(["index", "build", str(tmp_path / "bad"), "-o", str(tmp_path / "y.hnnidx"), "-q"]) == 2
+    assert re.fullmatch(r"hnn-jax: error: .*b\.onnx is not a valid ONNX model.*\n", capsys.readouterr().err)
+    assert not (tmp_path / "y.hnnidx").exists()
+
+
 @pytest.mark.parametrize("case", ["missing", "corrupt-model", "empty-folder", "corrupt-index",
                                   "pickle", "bad-option"])
 def test_bad_input_exits_2_with_one_line(case, tmp_path):
@@ -306,17 +334,18 @@ def test_subcommands_from_other_modules(tmp_path, monkeypatch, capsys):
         "import a_module_that_does_not_exist\ndef add_arguments(parser): pass\n")
     (tmp_path / "hnn_plugin_unfinished.py").write_text("X = 1\n")  # no add_arguments yet
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "EXTRA_COMMANDS", {
-        "hello": ("hnn_plugin_ok", "say hello"), "broken": ("hnn_plugin_broken", "broken"),
-        "later": ("hnn_plugin_unfinished", "not yet"), "missing": ("hnn_plugin_nope", "nope")})
+    for name, entry in {"hello": ("hnn_plugin_ok", "say hello"), "broken": ("hnn_plugin_broken", "broken"),
+                        "later": ("hnn_plugin_unfinished", "not yet"), "missing": ("hnn_plugin_nope", "nope")}.items():
+        monkeypatch.setitem(cli.COMMANDS, name, entry)
     monkeypatch.delitem(sys.modules, "hnn_plugin_ok_imported", raising=False)
 
     with pytest.raises(SystemExit, match="^0$") as exc:
         cli.main(["--help"])
     assert exc.value.code == 0
     listing = capsys.readouterr().out
-    assert re.search(r"^\s+hello\s+say hello", listing, re.M) and "broken" in listing
-    assert "later" not in listing and "missing" not in listing
+    assert re.search(r"^\s+hello\s+say hello", listing, re.M)
+    for name in ("broken", "later", "missing"):  # listed from the registry, unimported
+        assert re.search(rf"^\s+{name}\s", listing, re.M), name
     assert "hnn_plugin_ok" not in sys.modules  # listing a command does not import its module
 
     assert cli.main(["hello", "--name", "zoo", "--debug"]) == 0
@@ -329,9 +358,10 @@ def test_subcommands_from_other_modules(tmp_path, monkeypatch, capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("hnn-jax: error: unrecognized arguments")
 
-    assert cli.main(["broken"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("hnn-jax: error: 'broken' is unavailable") and len(err.splitlines()) == 1
+    for name in ("broken", "later", "missing"):  # a module that fails to import or lacks add_arguments
+        assert cli.main([name]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"hnn-jax: error: '{name}' is unavailable") and len(err.splitlines()) == 1
 
 
 def test_find_models_walks_folders_for_every_format(tmp_path):

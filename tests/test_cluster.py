@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from hnn_jax import HNNError, cli
-from hnn_jax.cluster import build_index, journal_path
+from hnn_jax.cluster import ProcessRunner, RayRunner, build_index, journal_path
 from hnn_jax.index import HammingIndex
 
 from hnn_jax.testing.models import onnx_mlp
@@ -124,7 +124,7 @@ def test_ray_build_equals_single_process_with_a_worker_killed_mid_job(cluster, m
     killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
     killer.start()
     out = tmp_path / "ray.hnnidx"
-    summary = build_index([models], out, ray_address="auto", workers=2, batch=2, progress=False)
+    summary = build_index([models], out, runner=RayRunner("auto", workers=2), batch=2, progress=False)
     killer.join()
     assert killed, "no busy worker was seen to kill"
     assert summary.retries >= 1  # the killed worker's batch was sent again
@@ -144,7 +144,7 @@ def test_a_killed_job_resumes_from_its_journal(cluster, models, reference, tmp_p
             raise KeyboardInterrupt  # the job is killed (the journal is all that is left)
 
     with pytest.raises(KeyboardInterrupt, match="^$"):
-        build_index([models], out, ray_address="auto", workers=2, batch=2, progress=False,
+        build_index([models], out, runner=RayRunner("auto", workers=2), batch=2, progress=False,
                     on_batch=stop_after_two_batches)
     assert not out.exists()
     lines = journal_path(out).read_text().splitlines()
@@ -176,7 +176,7 @@ def test_local_processes_build_the_same_index_searchable_while_it_runs(models, r
             assert all(partial.get(i) == want.get(i) for i in ids)  # codes and metadata
             seen.append(len(ids))
 
-    summary = build_index([models], out, workers=2, batch=3, progress=False, refresh=0,
+    summary = build_index([models], out, runner=ProcessRunner(2), batch=3, progress=False, refresh=0,
                           on_batch=check_partial)
     assert summary.backend == "local processes" and summary.workers == 2
     assert summary.converted == N_MODELS + 1 and summary.resumed == 0
@@ -189,8 +189,8 @@ def test_every_model_failing_is_an_error_and_ray_missing_says_how_to_install(tmp
     bad.mkdir()
     (bad / "x.onnx").write_bytes(b"junk")
     with pytest.raises(HNNError, match="none of the 1 model could be hashed"):
-        build_index([bad], tmp_path / "x.hnnidx", workers=1, progress=False)
+        build_index([bad], tmp_path / "x.hnnidx", runner=ProcessRunner(1), progress=False)
     assert not journal_path(tmp_path / "x.hnnidx").exists()
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
     with pytest.raises(HNNError, match=r"pip install 'hnn-jax\[ray\]'"):
-        build_index([bad], tmp_path / "y.hnnidx", ray_address="auto", progress=False)
+        build_index([bad], tmp_path / "y.hnnidx", runner=RayRunner("auto"), progress=False)

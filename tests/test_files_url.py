@@ -23,7 +23,7 @@ import onnx
 import pytest
 
 from hnn_jax import HNNError, cli
-from hnn_jax.cluster import build_index, journal_path
+from hnn_jax.cluster import ProcessRunner, RayRunner, build_index, journal_path
 from hnn_jax.errors import CorruptFileError, UnsupportedModelError
 from hnn_jax.files import convert_file, find_models, hash_files, is_url, model_metadata, url_fingerprint
 from hnn_jax.index import HammingIndex
@@ -232,10 +232,10 @@ def test_index_builds_over_urls_equal_the_local_build_and_resume(folder, url, tm
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt, match="^$"):
-        build_index([url], out, workers=2, batch=1, progress=False, on_batch=stop)
+        build_index([url], out, runner=ProcessRunner(2), batch=1, progress=False, on_batch=stop)
     done = len(journal_path(out).read_text().splitlines()) - 1
     assert 1 <= done < len(MODELS)
-    summary = build_index([url], out, workers=2, batch=1, progress=False)
+    summary = build_index([url], out, runner=ProcessRunner(2), batch=1, progress=False)
     assert summary.resumed == done and summary.converted == len(MODELS) - done
     assert summary.indexed == len(MODELS) and not summary.errors
     same(out, url)
@@ -264,7 +264,7 @@ def ray_head(monkeypatch):
     no other Ray on this machine is touched or pointed at it), killed by session at the end. Token
     authentication (on by default since Ray 2.5x) is disabled for it and its client. Its first
     client's server can fail to start (Ray's proxy forks it among gRPC threads): the build then
-    connects again (hnn_jax.cluster._RayPool._connect), about 30 s later."""
+    connects again (hnn_jax.cluster.RayRunner._connect), about 30 s later."""
     pytest.importorskip("ray")
     psutil = pytest.importorskip("psutil")
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray port on loopback
@@ -302,7 +302,7 @@ def ray_head(monkeypatch):
 
 def test_a_ray_client_address_builds_the_local_index_from_a_url(url, ray_head, local_codes, tmp_path):
     out = tmp_path / "ray.hnnidx"
-    summary = build_index([url], out, ray_address=ray_head, workers=2, batch=1, progress=False)
+    summary = build_index([url], out, runner=RayRunner(ray_head, workers=2), batch=1, progress=False)
     assert summary.backend == "Ray workers" and summary.workers == 2 and summary.indexed == len(MODELS)
     got = HammingIndex.load(out)
     assert got.ids == [url + name for name in MODELS]
