@@ -34,7 +34,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hnn_jax.errors import HNNError
+from hnn_jax.errors import HNNError, InvalidArgumentError
+
+log = logging.getLogger(__name__)
 
 JOURNAL_SUFFIX = ".journal"
 JOURNAL_FORMAT = "hnn-jax index build journal"
@@ -182,7 +184,7 @@ class SerialRunner(Runner):
 
 def _check_workers(workers: int | None) -> None:
     if workers is not None and workers < 1:
-        raise HNNError(f"workers must be at least 1, got {workers}")
+        raise InvalidArgumentError(f"workers must be at least 1, got {workers}")
 
 
 class RayRunner(Runner):
@@ -414,11 +416,6 @@ class _Journal:
 
 
 # ----------------------------------------------------------------------------- driver
-def _log(message: str) -> None:
-    from tqdm import tqdm
-    tqdm.write(f"hnn-jax: {message}", file=sys.stderr)
-
-
 class _Batches:
     """The build's batches of model ids, sent in order (`queue`: keys still to send). A batch whose
     worker died is sent again in front, up to `attempts` times, then split into single models, so
@@ -436,10 +433,10 @@ class _Batches:
         names = self.ids[key]
         self.tries[key] += 1
         if self.tries[key] < self.attempts:
-            _log(f"warning: a worker died ({lost}); sending its batch of {len(names)} again")
+            log.warning(f"a worker died ({lost}); sending its batch of {len(names)} again")
             self.queue.insert(0, key)
         elif len(names) > 1:  # isolate the model that kills its worker
-            _log(f"warning: a batch failed {self.tries[key]} times; sending its models one by one")
+            log.warning(f"a batch failed {self.tries[key]} times; sending its models one by one")
             for name in reversed(names):
                 new = max(self.ids) + 1
                 self.ids[new], self.tries[new] = [name], 0
@@ -470,7 +467,7 @@ def build_index(paths, output, *, runner: Runner | None = None, batch: int = DEF
 
     runner = SerialRunner() if runner is None else runner
     if batch < 1:
-        raise HNNError(f"batch must be at least 1, got {batch}")
+        raise InvalidArgumentError(f"batch must be at least 1, got {batch}")
     start = time.perf_counter()
     output = Path(output)
     models = find_models(paths)
@@ -531,9 +528,9 @@ def build_index(paths, output, *, runner: Runner | None = None, batch: int = DEF
     ids, codes, metas, summary.errors = _journal_entries(models, done)
     for name, meta in zip(ids, metas):
         if meta["probe"] != "ok":
-            _log(f"warning: {name}: execution probe {meta['probe']}; code from static features only")
+            log.warning(f"{name}: execution probe {meta['probe']}; code from static features only")
     for _, error in summary.errors:
-        _log(f"warning: could not hash {error} (skipped)")
+        log.warning(f"could not hash {error} (skipped)")
     if not codes:
         jpath.unlink(missing_ok=True)
         n = len(models)
@@ -551,7 +548,7 @@ def _records(names: list[str], result: list[dict], prints: dict, debug: bool) ->
     for name, r in zip(names, result):
         if debug:
             for message in r.get("warnings", ()):
-                _log(f"warning: {name}: {message}")
+                log.warning(f"{name}: {message}")
         record = {"id": name, "fp": prints[name]}
         if "code" in r:
             record.update(code=r["code"], probe=r["probe"], format=r["format"])

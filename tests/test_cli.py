@@ -400,3 +400,16 @@ def test_hash_files_is_the_library_call_behind_the_cli(models, tmp_path, hashed)
     assert results[1].code is None
     with pytest.raises(HNNError, match="b_bad.onnx"):
         list(hnn_jax.hash_files([tmp_path], progress=False))
+
+
+def test_verbose_puts_the_librarys_log_on_stderr_and_leaves_logging_as_it_was(capsys):
+    import logging
+
+    logger = logging.getLogger("hnn_jax")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    assert cli.main(["hash", str(EXAMPLES / "mlp.onnx")]) == 0
+    assert "canonical nodes" not in capsys.readouterr().err
+    assert cli.main(["-vv", "hash", str(EXAMPLES / "mlp.onnx")]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"^hnn-jax: hnn_jax\.converters: \d+ ONNX nodes -> \d+ canonical nodes", err, re.M), err
+    assert (list(logger.handlers), logger.level, logger.propagate) == before

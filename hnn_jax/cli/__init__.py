@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 nothing matched where a match was asked for (e.g. `search --radius`);
 2 bad input (missing or corrupt file, unsupported model, mismatched index, bad arguments), reported
-as one line `hnn-jax: error: ...` on stderr; `--debug` adds the traceback.
+as one line `hnn-jax: error: ...` on stderr; `--debug` adds the traceback, `-v` / `-vv` the
+library's INFO / DEBUG log (the "hnn_jax" logger: sizes, timings, which exporter ran).
 
 Each command is a module registered in COMMANDS as `name: (module, one-line help)`. The module
 defines
@@ -13,7 +14,8 @@ defines
 
 The module is imported only when its command is used (or its own --help asked for), so heavy
 top-level imports there (the research commands' hnn_jax.training) do not slow down the other
-commands or `hnn-jax --help`. Parsers get `--debug` and the one-line error style automatically.
+commands or `hnn-jax --help`. Parsers get `--debug`, `-v` and the one-line error style
+automatically.
 Handlers signal bad input by raising hnn_jax.HNNError or common.CLIError (exit 2) and "no match"
 by returning 1. What several commands share is in common.py.
 """
@@ -21,6 +23,8 @@ by returning 1. What several commands share is in common.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import traceback
 import warnings
@@ -72,13 +76,15 @@ class _Formatter(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser with a shared --debug flag and one-line errors, exit status 2."""
+    """ArgumentParser with shared --debug and -v flags and one-line errors, exit status 2."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                           help="show warnings and full tracebacks")
+        self.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                          help="log what hnn-jax does to stderr (-v: steps, -vv: sizes and timings too)")
 
     def error(self, message):
         self.exit(EXIT_BAD_INPUT, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
@@ -119,7 +125,7 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
         description="hnn-jax: a perceptual hash for neural networks. Related models get nearby "
         "binary codes; the Hamming distance between codes (number of differing bits) tells how "
         "related two models are.")
-    parser.set_defaults(debug=False)
+    parser.set_defaults(debug=False, verbose=0)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from hnn_jax.errors import HNNError, first_line
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _logging_to_stderr(args.verbose):
             if not args.debug:
                 warnings.simplefilter("ignore")
             func = getattr(args, "func", None)
@@ -157,6 +163,35 @@ def main(argv=None) -> int:
         stderr(f"error: unexpected {type(e).__name__}: {first} (rerun with --debug for details)")
         return EXIT_BAD_INPUT
     return EXIT_OK if status is None else int(status)
+
+
+class _StderrHandler(logging.Handler):
+    """Log records on stderr as the command's own lines ("hnn-jax: warning: ..."), through
+    tqdm.write so that a progress bar stays whole."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        where = "warning" if record.levelno >= logging.WARNING else record.name
+        tqdm.write(f"{PROG}: {where}: {record.getMessage()}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(verbose: int):
+    """The "hnn_jax" logger's warnings (say, a build's skipped models) on stderr while a command
+    runs, and its INFO (-v) or DEBUG (-vv) records too."""
+    logger = logging.getLogger("hnn_jax")
+    handler = _StderrHandler()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG)
+    logger.propagate = False  # a root handler that a dependency configured would print them twice
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def run() -> None:
