@@ -26,10 +26,11 @@ def add_arguments(parser) -> None:
     q.add_argument("-o", "--output", required=True, metavar="FILE", help="index file to write")
     add_length(q)
     w = q.add_argument_group(
-        "workers", "Convert and hash on a Ray cluster or in local processes: the same index, a model "
-        "that fails is recorded and skipped (as --skip-errors), and a killed job rerun with the same "
-        "-o resumes from FILE.journal. Model paths must be readable at the same path on every node, or "
-        "be URLs every node can reach (s3://bucket/models/, with s3fs installed on each).")
+        "workers and resuming", "Every build keeps FILE.journal, so a killed build rerun with the same -o "
+        "resumes. --ray or --workers convert and hash on a Ray cluster or in local processes: the same "
+        "index, and a model that fails is recorded and skipped (as --skip-errors). Model paths must be "
+        "readable at the same path on every node, or be URLs every node can reach (s3://bucket/models/, "
+        "with s3fs installed on each).")
     w.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto (the running cluster), "
                    "HOST:PORT, ray://HOST:PORT, or local (start one on this machine, loopback only); "
                    "needs pip install 'hnn-jax[ray]'")
