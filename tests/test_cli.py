@@ -215,9 +215,9 @@ def test_the_single_process_build_journals_resumes_and_stops_at_a_bad_model(mode
     out = tmp_path / "x.hnnidx"
 
     def stop(summary):
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("stopped after the first batch")
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="stopped after the first batch"):
         build_index([models], out, batch=2, progress=False, on_batch=stop)
     assert len(journal_path(out).read_text().splitlines()) == 1 + 2 and not out.exists()
     assert cli.main(["index", "build", str(models), "-o", str(out), "--batch", "2", "-q"]) == 0
