@@ -21,6 +21,8 @@ import time
 import warnings
 from collections import Counter
 
+from hnn_jax.errors import first_line
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CANDIDATES = """
@@ -74,8 +76,7 @@ def try_type(model_type: str, size, seed: int = 0, limit: int = 120) -> dict:
     except BaseException as e:  # a row per failure, whatever it is
         if isinstance(e, KeyboardInterrupt):
             raise
-        first = str(e).splitlines()[0][:160] if str(e) else ""
-        return dict(type=model_type, size=list(size), ok=False, error=f"{type(e).__name__}: {first}",
+        return dict(type=model_type, size=list(size), ok=False, error=f"{type(e).__name__}: {first_line(e)[:160]}",
                     seconds=round(time.perf_counter() - t0, 1))
     finally:
         signal.alarm(0)

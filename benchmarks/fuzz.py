@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 
+from hnn_jax.errors import first_line
 from hnn_jax.testing import fuzzing
 import onnxruntime
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -118,7 +119,7 @@ def main():
     print(f"\nunexpected outcomes: {sum(len(v) for v in bugs.values())} cases, {len(bugs)} distinct")
     for sig, found in sorted(bugs.items(), key=lambda kv: -len(kv[1])):
         case = shrink(min(found, key=lambda f: len(f[0][2]))[0], sig)
-        message = str(found[0][1]).splitlines()[0][:200] if str(found[0][1]) else ""
+        message = first_line(found[0][1])[:200]
         print(f"- {len(found)}x {sig}: {message}\n    reproducer: fuzzing.run_case({fuzzing.describe(case)})")
 
 

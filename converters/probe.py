@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from hnn_jax.errors import first_line
 from hnn_jax.schema import PROBE_FAILED, PROBE_OK, PROBE_SKIPPED, PROBE_TIMEOUT
 
 PROBE_SEED = 20220405
@@ -459,7 +460,7 @@ def run_probe(model: onnx.ModelProto, tensors: list[str], timeout_s: float = DEF
     except Exception as e:  # noqa: BLE001 - any runtime failure means static features
         if "terminate" in str(e).lower() or "exiting due to terminate" in str(e).lower():
             return ProbeResult(PROBE_TIMEOUT, reason=f"probe ran past {timeout_s:g} s")
-        return ProbeResult(PROBE_FAILED, reason=f"onnxruntime could not run the model: {e}".splitlines()[0])
+        return ProbeResult(PROBE_FAILED, reason=f"onnxruntime could not run the model: {first_line(e)}")
     out = {}
     for name, v in [*feeds.items(), *((read[o], v) for o, v in zip(wanted, values))]:
         array = _as_array(v)  # per value: one that is not an array is left out, never fails the probe

@@ -34,7 +34,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hnn_jax.errors import HNNError, InvalidArgumentError
+from hnn_jax.errors import HNNError, InvalidArgumentError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class RayRunner(Runner):
             try:
                 out.append((key, self.ray.get(ref)))
             except self.ray.exceptions.RayError as e:  # actor died, task crashed: retry
-                out.append((key, _Lost(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}")))
+                out.append((key, _Lost(f"{type(e).__name__}: {first_line(e)}")))
         return out
 
     def pending(self) -> int:

@@ -1,5 +1,5 @@
 """One error family for every bad input the converters and the hasher can meet: every exception
-class hnn-jax raises on purpose is here, and `first_line` is how a message is shortened."""
+class hnn-jax raises is here, and `first_line` is how a message is shortened."""
 
 
 class HNNError(Exception):
@@ -51,6 +51,16 @@ class IndexFormatError(SchemaMismatchError):
 
 class BackendUnavailableError(HNNError, ImportError):
     """A HammingIndex backend whose package is not installed (backend="faiss" without faiss-cpu)."""
+
+
+class CommandLineError(HNNError):
+    """Bad command-line input found after parsing (hnn-jax exits 2): a bad option value, a folder
+    where one model is wanted, or no model in the input that could be hashed."""
+
+
+class InvariantError(AssertionError):
+    """A canonicalisation pass broke an invariant (`canonicalize(..., check=True)`): a bug in a
+    pass, not a bad model, so it is an AssertionError and not an HNNError."""
 
 
 def first_line(e: BaseException) -> str:

@@ -46,6 +46,23 @@ def test_bad_arguments_are_invalid_argument_errors_and_value_errors():
     assert issubclass(hnn_jax.InvalidArgumentError, ValueError)
 
 
+def test_every_public_exception_class_is_in_errors_py():
+    """One place for the error family: no module of the package or the converters defines a public
+    exception class of its own (the test harness in hnn_jax/testing and private signals aside)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(hnn_jax.__file__).parent
+    files = [f for f in [*root.rglob("*.py"), *(root.parent / "converters").rglob("*.py")]
+             if "testing" not in f.parts and f.name != "errors.py"]
+    assert len(files) > 40
+    stray = [f"{f.name}:{node.name}" for f in files for node in ast.walk(ast.parse(f.read_text()))
+             if isinstance(node, ast.ClassDef) and not node.name.startswith("_")
+             and any(getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception"))
+                     for b in node.bases)]
+    assert stray == []
+
+
 def test_the_runtime_imports_nothing_from_the_research_code():
     """hnn_jax.training (zoo, training, evaluation, derivatives) sits apart from the runtime:
     hashing, comparing, indexing, lineage trees and every converter run without importing it."""

@@ -29,6 +29,7 @@ from pathlib import Path
 import onnx
 
 from hnn_jax import schema
+from hnn_jax.errors import InvariantError
 from hnn_jax.converters.canonical.fusion import fuse_regions
 from hnn_jax.converters.canonical.graph import (FLOAT_TYPES, CanonicalEdge, CanonicalGraph, CanonicalNode, Node,
                                                 Work, check_acyclic, kind_of)
@@ -75,10 +76,6 @@ PASSES = (
     remove_noops,            # again: fusion and linear_heads leave identities and unit reshapes
     drop_dead,               # last: whatever nothing reads any more
 )
-
-
-class InvariantError(AssertionError):
-    """A pass left the Work graph broken (found by check_invariants: a bug, never bad input)."""
 
 
 def check_invariants(w: Work, prepared_tensors: set[str], after: str, unwritten_outputs: set[str]) -> None:

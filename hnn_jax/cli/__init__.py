@@ -16,8 +16,8 @@ The module is imported only when its command is used (or its own --help asked fo
 top-level imports there (the research commands' hnn_jax.training) do not slow down the other
 commands or `hnn-jax --help`. Parsers get `--debug`, `-v` and the one-line error style
 automatically.
-Handlers signal bad input by raising hnn_jax.HNNError or common.CLIError (exit 2) and "no match"
-by returning 1. What several commands share is in common.py.
+Handlers signal bad input by raising an HNNError (CommandLineError for a bad option; exit 2) and
+"no match" by returning 1. What several commands share is in common.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import sys
 import traceback
 import warnings
 
-from hnn_jax.cli.common import EXIT_BAD_INPUT, EXIT_OK, PROG, CLIError, stderr
+from hnn_jax.cli.common import EXIT_BAD_INPUT, EXIT_OK, PROG, stderr
+from hnn_jax.errors import CommandLineError, HNNError, first_line
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("hnn_jax.cli.demo", "hash the example models bundled with hnn-jax"),
@@ -107,7 +108,7 @@ def _add_commands(sub, argv) -> None:
         except Exception as e:  # noqa: BLE001 - a broken module must not break other commands
             error = (f"'{name}' is unavailable: {module_name} failed to load "
                      f"({type(e).__name__}: {e})")
-            p.set_defaults(func=lambda args, error=error: _raise(CLIError(error)))
+            p.set_defaults(func=lambda args, error=error: _raise(CommandLineError(error)))
             continue
         add_arguments(p)
 
@@ -138,20 +139,19 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    from hnn_jax.errors import HNNError, first_line
     try:
         with warnings.catch_warnings(), _logging_to_stderr(args.verbose):
             if not args.debug:
                 warnings.simplefilter("ignore")
             func = getattr(args, "func", None)
             if func is None:
-                raise CLIError(f"'{args.command}' has no handler (its add_arguments must call "
+                raise CommandLineError(f"'{args.command}' has no handler (its add_arguments must call "
                                "parser.set_defaults(func=...))")
             status = func(args)
     except KeyboardInterrupt:
         stderr("interrupted")
         return 130
-    except (HNNError, CLIError, OSError) as e:
+    except (HNNError, OSError) as e:
         if args.debug:
             traceback.print_exc()
         stderr(f"error: {first_line(e)}")

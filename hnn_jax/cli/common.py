@@ -1,4 +1,4 @@
-"""What the `hnn-jax` commands share: exit codes, the bad-input error, hashing the models named
+"""What the `hnn-jax` commands share: exit codes, hashing the models named
 on the command line (with their options), and reading a model argument that may be a code."""
 
 from __future__ import annotations
@@ -7,16 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+from hnn_jax.errors import CommandLineError
+
 PROG = "hnn-jax"
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_BAD_INPUT = 0, 1, 2
 
 PATHS_HELP = ("model files or folders: local paths or fsspec URLs (s3://bucket/models/ needs s3fs, "
               "gs://... gcsfs, http://host/dir/ aiohttp; file:///abs/path)")
-
-
-class CLIError(Exception):
-    """Bad command-line input found after parsing (exit 2)."""
 
 
 def stderr(message: str) -> None:
@@ -61,7 +59,7 @@ def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_error
                        "features only", file=sys.stderr)
         yield result.path, result.code, result.probe
     if failures and failures == total:
-        raise CLIError(f"none of the {total} model{'s' if total != 1 else ''} could be hashed "
+        raise CommandLineError(f"none of the {total} model{'s' if total != 1 else ''} could be hashed "
                        "(each skipped above)")
 
 
@@ -75,7 +73,7 @@ def entries(args, length: int | None = None):
         codes.append(code)
         metas.append(model_metadata(path, probe))
     if not codes:
-        raise CLIError("no model could be hashed")
+        raise CommandLineError("no model could be hashed")
     return ids, codes, metas
 
 
@@ -91,7 +89,7 @@ def code_of(model: str, args, length: int | None = None):
         return model, HashCode.from_str(model)
     results = list(hash_models([model], progress=False, debug=args.debug, length=length))
     if len(results) != 1:
-        raise CLIError(f"{model} holds {len(results)} models; give one model file here")
+        raise CommandLineError(f"{model} holds {len(results)} models; give one model file here")
     return str(results[0][0]), results[0][1]
 
 

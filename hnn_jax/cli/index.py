@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
-from hnn_jax.cli.common import EXIT_OK, PATHS_HELP, CLIError, add_hash_inputs, add_length, entries, stderr
+from hnn_jax.cli.common import EXIT_OK, PATHS_HELP, add_hash_inputs, add_length, entries, stderr
+from hnn_jax.errors import CommandLineError
 
 
 def add_arguments(parser) -> None:
@@ -62,7 +63,7 @@ def add_arguments(parser) -> None:
 def run_build(args) -> int:
     from hnn_jax.cluster import ProcessRunner, RayRunner, SerialRunner, build_index
     if args.batch < 1 or (args.workers is not None and args.workers < 1):
-        raise CLIError("--batch and --workers must be at least 1")
+        raise CommandLineError("--batch and --workers must be at least 1")
     if args.ray is not None:
         runner = RayRunner(args.ray, args.workers)
     elif args.workers is not None:
@@ -93,7 +94,7 @@ def run_add(args) -> int:
     ids, codes, metas = entries(args, index.nbits)
     present = [i for i in ids if i in index]
     if present and not args.replace:
-        raise CLIError(f"{present[0]} is already in {args.index} (use --replace to update it)")
+        raise CommandLineError(f"{present[0]} is already in {args.index} (use --replace to update it)")
     index.remove_many(present)
     index.add_many(codes, ids, metas)
     index.save(args.index)

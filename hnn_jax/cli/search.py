@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from hnn_jax.cli.common import EXIT_NO_MATCH, EXIT_OK, CLIError, code_of, example_code, stderr
+from hnn_jax.cli.common import EXIT_NO_MATCH, EXIT_OK, code_of, example_code, stderr
+from hnn_jax.errors import CommandLineError
 
 
 def add_arguments(parser) -> None:
@@ -33,9 +34,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from hnn_jax.index import HammingIndex
     if args.k < 1:
-        raise CLIError(f"-k must be at least 1, got {args.k}")
+        raise CommandLineError(f"-k must be at least 1, got {args.k}")
     if args.radius is not None and args.radius < 0:
-        raise CLIError(f"--radius must be >= 0, got {args.radius}")
+        raise CommandLineError(f"--radius must be >= 0, got {args.radius}")
     from hnn_jax.hashcode import NoThresholdsError, format_chance
     index = HammingIndex.load(args.index)  # a bad index fails before the model is hashed
     label, query = code_of(args.model, args, index.nbits)  # codes as long as the index's

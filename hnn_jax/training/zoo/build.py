@@ -14,6 +14,8 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from hnn_jax.errors import HNNError, first_line
+
 from hnn_jax.training.zoo.sources import generated_model, transformers_model
 from hnn_jax.training.zoo.splits import Parent, plan, timm_choice
 from hnn_jax.training.zoo.store import read_manifest, save_graph
@@ -130,7 +132,7 @@ def _variant_models(parent: Parent):
 
 def _error_row(parent: Parent, transform: str, error: BaseException) -> dict:
     trace = "".join(traceback.format_exception(error, limit=3))
-    return dict(error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+    return dict(error=f"{type(error).__name__}: {first_line(error)}",
                 parent=parent.name, transform=transform, trace=trace)
 
 
@@ -234,7 +236,6 @@ def add_arguments(parser) -> None:
 
 
 def _cli_build(args) -> int:
-    from hnn_jax.errors import HNNError
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     timm_models = timm_choice(args.timm_per_family) if "timm" in sources else None
@@ -256,7 +257,6 @@ def _cli_build(args) -> int:
 def _cli_info(args) -> int:
     from collections import Counter
 
-    from hnn_jax.errors import HNNError
 
     rows = read_manifest(args.zoo)
     if not rows:
