@@ -29,7 +29,6 @@ from pathlib import Path
 import onnx
 
 from hnn_jax import schema
-from hnn_jax.errors import InvariantError
 from hnn_jax.converters.canonical.fusion import fuse_regions
 from hnn_jax.converters.canonical.graph import (FLOAT_TYPES, CanonicalEdge, CanonicalGraph, CanonicalNode, Node,
                                                 Work, check_acyclic, kind_of)
@@ -41,7 +40,7 @@ from hnn_jax.converters.canonical.passes import (DATA_SLOTS, canonical_pools, de
                                                  form_linear, linear_heads, merge_duplicates, merge_slices,
                                                  reinfer_shapes, remove_noops)
 from hnn_jax.converters.canonical.prepare import prepare
-from hnn_jax.errors import CorruptFileError, UnsupportedModelError
+from hnn_jax.errors import CorruptFileError, InvariantError, UnsupportedModelError
 
 __all__ = ["canonicalize", "prepare", "PASSES", "check_invariants", "CanonicalGraph", "CanonicalNode",
            "CanonicalEdge", "Work", "Node", "InvariantError"]

@@ -555,6 +555,10 @@ SPELLINGS = {
     ("", "Gemm"): _gemm, ("", "Erfc"): _erfc,
 }
 
+# Standard-domain ops that give respell work: those SPELLINGS rewrites, and the two that its
+# sinking steps move (a model without com.microsoft nodes and none of these is left as it is).
+_STANDARD_TRIGGERS = frozenset({op for domain, op in SPELLINGS if domain != MS} | {"Transpose", "DequantizeLinear"})
+
 
 def _spell(n: onnx.NodeProto, e: _Emit, rank, sizes, value) -> bool:
     """Append n's standard spelling to e (SPELLINGS); False where n has none."""
@@ -573,9 +577,7 @@ def respell(model: onnx.ModelProto) -> None:
                       "will not match the model's. Hash the model as exported, or saved at level 'extended'",
                       stacklevel=2)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    if not any(n.domain == MS or n.op_type in ("Erfc", "Gemm", "QLinearConv", "QLinearMatMul", "Transpose",
-                                               "SimplifiedLayerNormalization", "DequantizeLinear")
-               for n in graph.node):
+    if not any(n.domain == MS or n.op_type in _STANDARD_TRIGGERS for n in graph.node):
         return
     if any(n.domain == MS for n in graph.node) and not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))  # onnxruntime.transformers leaves it out
