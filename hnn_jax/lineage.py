@@ -33,12 +33,13 @@ def forest(codes, max_chance: float = 1e-6) -> tuple[list[Edge], list[int]]:
     n = len(codes)
     weights, chance = np.zeros((n, n), int), np.ones((n, n))
     linked = np.zeros((n, n), bool)
-    for i in range(n):  # each pair once: its distances and chance
+    for i in range(n):  # each pair once: its distances, and its chance where architectures agree
         for j in range(i):
             d = codes[i].distances(codes[j])
             weights[i, j] = weights[j, i] = d.weights
-            chance[i, j] = chance[j, i] = codes[i].chance(codes[j])
-            linked[i, j] = linked[j, i] = d.architecture == 0 and chance[i, j] <= max_chance
+            if d.architecture == 0:  # only these can link (the chance is a beta-binomial tail, slow)
+                chance[i, j] = chance[j, i] = codes[i].chance(codes[j])
+                linked[i, j] = linked[j, i] = chance[i, j] <= max_chance
     component = -np.ones(n, int)
     for start in range(n):
         if component[start] >= 0:
