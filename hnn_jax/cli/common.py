@@ -4,10 +4,13 @@ on the command line (with their options), and reading a model argument that may 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 from hnn_jax.errors import CommandLineError
+
+log = logging.getLogger(__name__)  # main() prints its warnings as "hnn-jax: warning: ..."
 
 PROG = "hnn-jax"
 
@@ -37,11 +40,10 @@ def add_length(p) -> None:
 def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_errors: bool = False,
                 length: int | None = None):
     """Yield (path, HashCode, probe status) for the models named by `paths` (files.hash_files),
-    codes of `length` bits (default the hasher's trained length),
-    reporting on stderr each model skipped (skip_errors), each probe that did not run, and with
-    --debug the warnings conversion raised. Every model failing is an error."""
-    from tqdm import tqdm
-
+    codes of `length` bits (default the hasher's trained length). Each model skipped
+    (skip_errors), each probe that did not run, and with --debug the warnings conversion raised
+    are warnings of the hnn_jax logger (main() prints them on stderr). Every model failing is an
+    error."""
     from hnn_jax.files import hash_files
 
     failures = total = 0
@@ -49,14 +51,13 @@ def hash_models(paths, *, progress: bool = True, debug: bool = False, skip_error
         total += 1
         if debug:
             for message in result.warnings:
-                tqdm.write(f"{PROG}: warning: {result.path}: {message}", file=sys.stderr)
+                log.warning(f"{result.path}: {message}")
         if result.error is not None:
             failures += 1
-            tqdm.write(f"{PROG}: warning: could not hash {result.error} (skipped)", file=sys.stderr)
+            log.warning(f"could not hash {result.error} (skipped)")
             continue
         if result.probe != "ok":
-            tqdm.write(f"{PROG}: warning: {result.path}: execution probe {result.probe}; code from static "
-                       "features only", file=sys.stderr)
+            log.warning(f"{result.path}: execution probe {result.probe}; code from static features only")
         yield result.path, result.code, result.probe
     if failures and failures == total:
         raise CommandLineError(f"none of the {total} model{'s' if total != 1 else ''} could be hashed "
