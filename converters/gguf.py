@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 MAGIC = b"GGUF"
 CHUNK_ROWS_VALUES = 1 << 22  # a large tensor is dequantised this many values at a time
 # Tensors the GGUF tensor processors may reorder as a whole (llama.cpp's query / key permutation,
-# split or fused projections): never cut into row chunks.
+# split or fused projections): never cut into row chunks. A processor that changes a row block's
+# shape (a transpose) is found on the tensor's first row, and that tensor is read whole too.
 _WHOLE = ("attn_q", "attn_k", "attn_qkv", "attn_kv")
 
 
@@ -73,13 +74,17 @@ def gguf_to_onnx(path, data_folder) -> tuple[onnx.ModelProto, Path]:
     processor = hf_gguf.TENSOR_PROCESSORS.get(gguf_architecture, hf_gguf.TensorProcessor)(config=config.to_dict())
     meta_model = hf.build_meta_model(path, set(), config=config)
     key_map = hf_gguf.get_gguf_hf_weights_map(meta_model, processor)
-    parsed = {"config": config.to_dict(), "tensors": {}}
+    config_dict = config.to_dict()
 
     def dequantised(tensor, rows: slice):
-        """(checkpoint name, float32 values) of some rows of a GGUF tensor, un-permuted."""
-        result = processor.process(weights=gguf.quants.dequantize(tensor.data[rows], tensor.tensor_type),
-                                   name=tensor.name, tensor_key_mapping=key_map, parsed_parameters=parsed)
-        return result.name, np.asarray(result.weights, np.float32)
+        """(checkpoint name, float32 values, whether the processor kept the rows' shape) of some
+        rows of a GGUF tensor, un-permuted. A fresh parsed_parameters each time: a processor that
+        stashes a tensor there (GPT-2's output.weight, MoE experts) must not keep it alive."""
+        values = gguf.quants.dequantize(tensor.data[rows], tensor.tensor_type)
+        result = processor.process(weights=values, name=tensor.name, tensor_key_mapping=key_map,
+                                   parsed_parameters={"config": config_dict, "tensors": {}})
+        processed = np.asarray(result.weights, np.float32)
+        return result.name, processed, processed.shape == values.shape
 
     started = time.perf_counter()
     with snapshot.ScratchData(data_folder) as out:
@@ -87,13 +92,15 @@ def gguf_to_onnx(path, data_folder) -> tuple[onnx.ModelProto, Path]:
             log.debug("dequantising %s %s (%s)", tensor.name, list(tensor.shape), tensor.tensor_type.name)
             rows = tensor.data.shape[0] if tensor.data.ndim > 1 else 0
             whole = not rows or tensor.n_elements <= CHUNK_ROWS_VALUES or any(k in tensor.name for k in _WHOLE)
+            if not whole:  # a processor that reshapes rows (GPT-2 transposes its matrices) needs them all
+                name, _, keeps_shape = dequantised(tensor, slice(0, 1))
+                whole = not keeps_shape
             if whole:
-                name, values = dequantised(tensor, slice(None))
+                name, values, _ = dequantised(tensor, slice(None))
                 if name in key_map:
                     out.put(key_map[name], values, onnx.TensorProto.FLOAT)
             else:  # one block of rows at a time: a large tensor is never held dequantised whole
                 step = max(1, CHUNK_ROWS_VALUES // (tensor.n_elements // rows))
-                name = dequantised(tensor, slice(0, 1))[0]
                 if name in key_map:
                     out.put(key_map[name], (dequantised(tensor, slice(first, first + step))[1]
                                             for first in range(0, rows, step)), onnx.TensorProto.FLOAT)

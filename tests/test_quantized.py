@@ -115,3 +115,19 @@ def test_a_gguf_tensor_read_in_row_blocks_gives_the_same_graph(llama_files, monk
     monkeypatch.setattr(gguf, "CHUNK_ROWS_VALUES", 256)
     blocks = converters.from_file(files["Q8_0"])
     np.testing.assert_array_equal(np.asarray(whole.nodes), np.asarray(blocks.nodes))
+
+
+@pytest.mark.slow
+def test_a_gguf_whose_processor_transposes_matrices_is_read_whole_where_row_blocks_would_break(
+        tmp_path, monkeypatch):
+    """transformers' GPT-2 tensor processor transposes the matrices llama.cpp transposed: a block
+    of rows would come back as columns, so such a tensor is read whole (its first row shows it),
+    and with tiny blocks the graph is the one read whole, the checkpoint's own weights."""
+    from hnn_jax.converters import gguf
+
+    path = tmp_path / "tiny-gpt2.gguf"
+    models.write_gpt2_gguf(models.tiny_gpt2(0), path)
+    whole = converters.from_file(path)
+    monkeypatch.setattr(gguf, "CHUNK_ROWS_VALUES", 256)
+    blocks = converters.from_file(path)
+    np.testing.assert_array_equal(np.asarray(whole.nodes), np.asarray(blocks.nodes))

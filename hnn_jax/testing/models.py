@@ -273,17 +273,72 @@ def write_gguf(path, size: dict, tensors, quantisation: str = "F32", *, name: st
             value = _llama_cpp_permute(value, size["heads"])
         elif stem.endswith("k_proj"):
             value = _llama_cpp_permute(value, size["kv_heads"])
-        if value.ndim == 1 or kind == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(f"{target}.{suffix}", value.astype(np.float32))
-        elif kind == gguf.GGMLQuantizationType.F16 or value.shape[-1] % 32:
-            writer.add_tensor(f"{target}.{suffix}", value.astype(np.float16))
-        else:
-            quantised = gguf.quants.quantize(value, kind)  # [rows, bytes]: the writer reads its shape
-            writer.add_tensor(f"{target}.{suffix}", quantised, raw_shape=quantised.shape, raw_dtype=kind)
+        _add_gguf_tensor(writer, f"{target}.{suffix}", value, kind)
+    _close_gguf(writer)
+
+
+def _add_gguf_tensor(writer, name: str, value: np.ndarray, kind) -> None:
+    """One tensor as llama.cpp stores it: vectors in F32, matrices in `kind` (F16 where rows are
+    not whole 32-value blocks)."""
+    import gguf
+
+    if value.ndim == 1 or kind == gguf.GGMLQuantizationType.F32:
+        writer.add_tensor(name, value.astype(np.float32))
+    elif kind == gguf.GGMLQuantizationType.F16 or value.shape[-1] % 32:
+        writer.add_tensor(name, value.astype(np.float16))
+    else:
+        quantised = gguf.quants.quantize(value, kind)  # [rows, bytes]: the writer reads its shape
+        writer.add_tensor(name, quantised, raw_shape=quantised.shape, raw_dtype=kind)
+
+
+def _close_gguf(writer) -> None:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def tiny_gpt2(seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4, vocab: int = 256):
+    """A GPT-2-shaped causal LM (transformers) with seeded random weights; 1,024 positions, as
+    transformers' GGUF reader leaves GPT-2's n_positions at its default."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=vocab, n_positions=1024, n_embd=hidden, n_layer=layers,
+                                     n_head=heads)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def write_gpt2_gguf(model, path, quantisation: str = "F32") -> None:
+    """Write a transformers GPT-2 model as llama.cpp's converter does: its metadata and tensor
+    names, the Conv1D matrices transposed (which transformers' GPT-2 tensor processor undoes), no
+    output.weight (tied to the token embedding), a token list for the vocabulary size."""
+    import gguf
+
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.add_name("tiny-gpt2")
+    writer.add_context_length(config.n_positions)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_feed_forward_length(4 * config.n_embd)
+    writer.add_block_count(config.n_layer)
+    writer.add_head_count(config.n_head)
+    writer.add_layer_norm_eps(config.layer_norm_epsilon)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(config.vocab_size)])
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, config.n_layer)
+    kind = gguf.GGMLQuantizationType[quantisation.upper()]
+    for checkpoint_name, tensor in model.state_dict().items():
+        stem, _, suffix = checkpoint_name.rpartition(".")
+        target = names.get_name(stem)
+        if target is None or stem == "lm_head":
+            continue
+        value = tensor.detach().float().numpy()
+        if suffix == "weight" and stem.rpartition(".")[2] in ("c_attn", "c_proj", "c_fc"):
+            value = np.ascontiguousarray(value.T)
+        _add_gguf_tensor(writer, f"{target}.{suffix}", value, kind)
+    _close_gguf(writer)
 
 
 def _pack(values: np.ndarray, bits: int, axis: int) -> np.ndarray:
