@@ -45,7 +45,7 @@ from hnn_jax import schema
 SEED = 0x5EED0002
 READINGS = (schema.NODE_WEIGHT_PROJ, schema.NODE_UNIT_PROJ)  # bit b reads READINGS[b % 2]
 MEASURED_TENSORS = 3  # the fewest weight tensors of a model the null was measured on (bench_null's MLP)
-KEYS_PER_BLOCK = 2048  # distinct tensor keys whose hyperplanes are drawn at once (16 x nbits floats each)
+KEYS_PER_BLOCK = 2048  # distinct tensor keys whose hyperplanes are drawn at once (16 x nbits / 2 floats each)
 SCALE = 1024          # fingerprints are rounded to 1/SCALE; |projection| <= 8 (features.projections)
 # Weight matrices and kernels only: the constants of elementwise and layout ops (rotary cos/sin
 # tables, attention masks, scales) are the same for every initialisation. Norm scales and PReLU
@@ -58,7 +58,8 @@ OP_CLASSES = {"conv": ("conv", "conv_transpose"), "dense": ("linear", "matmul", 
 _OP_CLASS = np.zeros(schema.VOCAB_SIZE, np.int64)  # 0: no weight part; else 1 + the class's index
 for _number, _ops in enumerate(OP_CLASSES.values(), 1):
     _OP_CLASS[[schema.OP_INDEX[o] for o in _ops]] = _number
-_WIDTH = 16  # numbers per tensor in each reading
+_WIDTH = READINGS[0].stop - READINGS[0].start  # numbers per tensor in each reading
+assert all(r.stop - r.start == _WIDTH for r in READINGS)
 _SIZE_COLUMN = schema.NODE_WEIGHT_STATS.start + 2  # log1p of the primary weight's numel
 
 
@@ -71,14 +72,14 @@ def _fmix32(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint32(16))
 
 
-def _planes(keys: np.ndarray, nbits: int, seed: int = SEED) -> np.ndarray:
-    """float64 [len(keys) * 16, nbits] of +-1: row 16i + j, column b is bit j of
-    fmix32(keys[i] ^ fmix32(seed + b))."""
+def _planes(keys: np.ndarray, bits: np.ndarray, seed: int = SEED) -> np.ndarray:
+    """float64 [len(keys) * 16, len(bits)] of +-1: row 16i + j, column c is bit j of
+    fmix32(keys[i] ^ fmix32(seed + bits[c])) (a bit's plane depends on its index alone)."""
     with np.errstate(over="ignore"):
-        columns = _fmix32(np.uint32(seed) + np.arange(nbits, dtype=np.uint32))
-        words = _fmix32(keys[:, None] ^ columns[None, :])                       # [keys, nbits]
-    bits = (words[:, None, :] >> np.arange(_WIDTH, dtype=np.uint32)[None, :, None]) & np.uint32(1)
-    return bits.reshape(len(keys) * _WIDTH, nbits).astype(np.float64) * 2.0 - 1.0
+        columns = _fmix32(np.uint32(seed) + bits.astype(np.uint32))
+        words = _fmix32(keys[:, None] ^ columns[None, :])                       # [keys, bits]
+    signs = (words[:, None, :] >> np.arange(_WIDTH, dtype=np.uint32)[None, :, None]) & np.uint32(1)
+    return signs.reshape(len(keys) * _WIDTH, len(bits)).astype(np.float64) * 2.0 - 1.0
 
 
 def _expected_order_statistics(rank: np.ndarray, size: np.ndarray) -> np.ndarray:
@@ -130,12 +131,16 @@ def fingerprints(graph: jraph.GraphsTuple, columns: slice = READINGS[0]) -> tupl
 def weight_sums(graphs: Sequence[jraph.GraphsTuple], nbits: int) -> np.ndarray:
     """float64 [len(graphs), nbits] of exact integers; the weight part is their signs (0 -> 1).
     Bit b reads READINGS[b % 2], each reading with its own planes."""
-    sums = [_reading_sums(graphs, nbits, columns, SEED + 0x1000 * n) for n, columns in enumerate(READINGS)]
-    return np.where(np.arange(nbits) % 2 == 0, sums[0], sums[1])
+    out = np.zeros((len(graphs), nbits))
+    for n, columns in enumerate(READINGS):
+        out[:, n::len(READINGS)] = _reading_sums(graphs, np.arange(n, nbits, len(READINGS)), columns,
+                                                 SEED + 0x1000 * n)
+    return out
 
 
-def _reading_sums(graphs: Sequence[jraph.GraphsTuple], nbits: int, columns: slice, seed: int) -> np.ndarray:
-    """float64 [len(graphs), nbits]: the SimHash sums of one reading, with the planes of `seed`."""
+def _reading_sums(graphs: Sequence[jraph.GraphsTuple], bits: np.ndarray, columns: slice, seed: int) -> np.ndarray:
+    """float64 [len(graphs), len(bits)]: the SimHash sums of one reading for the code's `bits`,
+    with the planes of `seed`."""
     from scipy import sparse
 
     prints = [fingerprints(g, columns) for g in graphs]
@@ -146,10 +151,10 @@ def _reading_sums(graphs: Sequence[jraph.GraphsTuple], nbits: int, columns: slic
     cols = (slot[:, None] * _WIDTH + np.arange(_WIDTH)[None, :]).ravel()
     values = np.concatenate([q.ravel() for q, _ in prints] + [np.zeros(0)])
     matrix = sparse.csc_matrix((values, (rows, cols)), shape=(len(prints), len(unique) * _WIDTH))
-    out = np.zeros((len(prints), nbits))
-    for low in range(0, len(unique), KEYS_PER_BLOCK):  # the hyperplanes of at most ~55 MB at a time
+    out = np.zeros((len(prints), len(bits)))
+    for low in range(0, len(unique), KEYS_PER_BLOCK):  # the hyperplanes of at most ~27 MB at a time (208 bits)
         block = matrix[:, low * _WIDTH:(low + KEYS_PER_BLOCK) * _WIDTH]
-        out += np.asarray(block @ _planes(unique[low:low + KEYS_PER_BLOCK], nbits, seed))
+        out += np.asarray(block @ _planes(unique[low:low + KEYS_PER_BLOCK], bits, seed))
     return out
 
 
