@@ -21,7 +21,7 @@ import onnx
 from onnx import helper
 
 from hnn_jax.converters import hf
-from hnn_jax.errors import CorruptFileError, HNNError, UnsupportedModelError, first_line
+from hnn_jax.errors import CorruptFileError, UnsupportedModelError, first_line
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -165,7 +165,7 @@ class ScratchData:
         self._file.close()
 
 
-def snapshot_to_onnx(folder, scratch=None) -> tuple[onnx.ModelProto, Path]:
+def snapshot_to_onnx(folder, scratch) -> tuple[onnx.ModelProto, Path]:
     """(ONNX model whose weights are external data inside the shards, the folder that data is
     read from). from_onnx -> load.load_onnx checks every location against that folder. A GPTQ or
     AWQ checkpoint's weights are dequantised into `scratch` (a folder the caller removes) and
@@ -182,7 +182,5 @@ def snapshot_to_onnx(folder, scratch=None) -> tuple[onnx.ModelProto, Path]:
         raise CorruptFileError(f"{folder}/config.json: {first_line(e)}") from None
     method = quantized.quantization(config) if isinstance(config, dict) else None
     if method is not None:
-        if scratch is None:
-            raise HNNError("a quantised snapshot needs a scratch folder for its dequantised weights")
         data_folder, shards = quantized.dequantized_shards(data_folder, shards, method, Path(scratch))
     return hf.meta_model_to_onnx(hf.build_meta_model(folder, set(shards)), shards), data_folder
