@@ -1,7 +1,7 @@
 """Lineage at hub scale: find a derivative's parent among N bases of its own architecture.
 
 For a small CNN and a small transformer (BertForSequenceClassification, 2 layers), 12 parents
-each get real derivatives (hnn_jax.lineage: a 500-step fine-tune with a replaced task head, a
+each get real derivatives (hnn_jax.training.derivatives: a 500-step fine-tune with a replaced task head, a
 merged LoRA adapter, a fine-tune of that fine-tune; fp16, int8 and 30/50% pruning of each) and
 every derivative ranks its parent (its grandparent, for two generations) among N bases of the
 same architecture by Hamming distance, ties broken fairly (expected rank over tie orders).
@@ -13,9 +13,10 @@ first rows compare a parent's distances to real and to permuted bases: they must
 
 Methods at 256 bits: the shipped hasher (hnn_jax.hash); the same codes ranked by the nearer of
 their weight part's two readings ("either": fixed places or unit sets, twice its distance); the
-weight-sign SimHash at the weights' fixed places (baselines.fixed_place_projections, the
-features before schema 5) at the same length and at the weight part's (208: the learned bits are
-the same for every base, so they rank nothing); and sha256 of the weights (an exact content hash).
+weight-sign SimHash at the weights' fixed places (baselines.weight_sign_hash over the graph's
+fixed-place projections, the features before schema 5) at the same length and at the weight
+part's (208: the learned bits are the same for every base, so they rank nothing); and sha256 of
+the weights (an exact content hash).
 Kinds: every derivative above; renumbered (derivatives.renumber, checked function-preserving) and
 renumbered then fine-tuned with a new head (rtune); each with int8. Also: independent bases the
 code calls the same model, and the direction of an edge by weight kurtosis (MoTHer).
@@ -108,11 +109,9 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _graph(proto):
-    """(graph, the weights' fixed-place projections for the weight-sign baseline)."""
     from hnn_jax import converters
-    from hnn_jax.training import baselines
 
-    return converters.from_onnx(proto), baselines.fixed_place_projections(proto)
+    return converters.from_onnx(proto)
 
 
 def _base(job):
@@ -122,7 +121,7 @@ def _base(job):
         proto = to_onnx(arch, *make_model(arch, i))
     else:
         proto = permuted(_template(arch), i)
-    return (*_graph(proto), weights_digest(proto), weight_kurtosis(proto))
+    return _graph(proto), weights_digest(proto), weight_kurtosis(proto)
 
 
 def weight_kurtosis(proto) -> float:
@@ -167,7 +166,7 @@ def derivatives(arch: str, seed: int):
             proto = protos[base]
             proto = (variants.fp16_weights(proto) if op == "fp16" else variants.int8_dynamic(proto) if op == "int8"
                      else variants.prune(proto, int(op[5:]) / 100))
-        out[kind] = (*_graph(proto), weights_digest(proto), weight_kurtosis(proto))
+        out[kind] = (_graph(proto), weights_digest(proto), weight_kurtosis(proto))
     return out
 
 
@@ -184,9 +183,9 @@ def rank_scores(dist: np.ndarray, target: int, top: int) -> tuple[float, float]:
     return float(np.mean(ranks <= top)), float(np.mean(1.0 / ranks))
 
 
-def codes(graphs, fixed, digests):
+def codes(graphs, digests):
     """{method: uint8 [n, bits] array (sha256: [n, 1] ids)}. weight-sign: over the weights'
-    projections at fixed places (`fixed`, the baseline as it was)."""
+    projections at fixed places (the graph's NODE_WEIGHT_PROJ, the baseline as it was)."""
     import hnn_jax
     from hnn_jax.training import baselines
 
@@ -195,8 +194,7 @@ def codes(graphs, fixed, digests):
         out[f"hnn-jax {bits}"] = np.stack([c.bits for c in hnn_jax.hash(graphs, bits=bits)])
         out[f"hnn-jax {bits} either"] = out[f"hnn-jax {bits}"]  # ranked by its nearer weight reading
         for length in (bits, bits - LEARNED_BITS):  # the same length; hnn-jax's instance bits only
-            out[f"weight-sign {length}"] = np.stack([baselines.weight_sign_hash(g, length, f)
-                                                     for g, f in zip(graphs, fixed)])
+            out[f"weight-sign {length}"] = np.stack([baselines.weight_sign_hash(g, length) for g in graphs])
     ids = {d: i for i, d in enumerate(dict.fromkeys(digests))}
     out["sha256"] = np.array([[ids[d]] for d in digests])
     return out
@@ -228,30 +226,27 @@ def run_arch(arch: str, sizes: list[int], workers: int, cache: Path, parents: in
     if path.exists():
         with np.load(path, allow_pickle=True) as f:  # our own cache: pickled GraphsTuple fields
             base_graphs = [jraph.GraphsTuple(*fields) for fields in f["graphs"]]
-            base_fixed, base_digests = list(f["fixed"]), [str(d) for d in f["digests"]]
+            base_digests = [str(d) for d in f["digests"]]
             base_kurtosis = list(f["kurtosis"])
     else:
         with _pool(workers) as pool:
             jobs = [(arch, i) for i in range(n_max)]
             made = list(tqdm(pool.map(_base, jobs, chunksize=8), total=n_max, desc=f"{arch} bases"))
-        base_graphs, base_fixed, base_digests, base_kurtosis = (list(column) for column in zip(*made))
+        base_graphs, base_digests, base_kurtosis = (list(column) for column in zip(*made))
         cache.mkdir(parents=True, exist_ok=True)
         fields = np.empty((len(base_graphs), len(jraph.GraphsTuple._fields)), dtype=object)
         for i, g in enumerate(base_graphs):
             for j, value in enumerate(g):
                 fields[i, j] = value
-        fixed = np.empty(len(base_fixed), dtype=object)
-        fixed[:] = base_fixed
-        np.savez(path, graphs=fields, fixed=fixed, digests=np.array(base_digests), kurtosis=np.array(base_kurtosis))
+        np.savez(path, graphs=fields, digests=np.array(base_digests), kurtosis=np.array(base_kurtosis))
     base_time = time.time() - t0
     with _pool(workers) as pool:
         derived = list(tqdm(pool.map(_derivatives, [(arch, s) for s in range(parents)]), total=parents,
                             desc=f"{arch} derivatives"))
-    base_codes = codes(base_graphs, base_fixed, base_digests)
+    base_codes = codes(base_graphs, base_digests)
     query_graphs = [derived[p][k][0] for p in range(parents) for k in KINDS]
-    query_fixed = [derived[p][k][1] for p in range(parents) for k in KINDS]
-    query_digests = [derived[p][k][2] for p in range(parents) for k in KINDS]
-    query_codes = codes(query_graphs, query_fixed, query_digests)
+    query_digests = [derived[p][k][1] for p in range(parents) for k in KINDS]
+    query_codes = codes(query_graphs, query_digests)
     # sha256 ids: a query's digest matches a base's only if the bytes are equal
     lookup = {d: i for i, d in enumerate(dict.fromkeys(base_digests))}
     query_codes["sha256"] = np.array([[lookup.get(d, -1)] for d in query_digests])
@@ -280,7 +275,7 @@ def run_arch(arch: str, sizes: list[int], workers: int, cache: Path, parents: in
     results["learned_bits_spread"] = int(np.count_nonzero((c != c[0]).any(axis=1)))
     results["null"] = false_matches(base_graphs[:min(n_max, 1000)])
     # direction: is the parent the one of lower weight kurtosis (MoTHer)? per fine-tuned kind
-    results["direction"] = {kind: float(np.mean([base_kurtosis[p] < derived[p][kind][3] for p in range(parents)]))
+    results["direction"] = {kind: float(np.mean([base_kurtosis[p] < derived[p][kind][2] for p in range(parents)]))
                             for kind in ("tune", "lora", "rtune")}
     return results
 

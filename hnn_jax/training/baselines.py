@@ -2,9 +2,9 @@
 
 - op-histogram SimHash: the multiset of canonical ops;
 - WL-subtree SimHash: Weisfeiler-Lehman subtree labels along and against the data flow;
-- weight-sign SimHash: signs of fixed random projections of every node's weight features, in
-  canonical node order (knows instances, not families). bench_lineage also gives it the weights'
-  projections at fixed places (fixed_place_projections), the features before schema 5.
+- weight-sign SimHash: signs of fixed random projections of every node's weight features (the
+  weights' projections at fixed places, NODE_WEIGHT_PROJ), in canonical node order (knows
+  instances, not families).
 """
 
 from __future__ import annotations
@@ -56,11 +56,10 @@ def wl_subtree_hash(graph: jraph.GraphsTuple, bits: int = 64) -> np.ndarray:
     return simhash(wl_labels(graph), bits)
 
 
-def weight_sign_hash(graph: jraph.GraphsTuple, bits: int = 64, projections: np.ndarray | None = None) -> np.ndarray:
-    """Node i's weight features (or the given [nodes, 16] `projections`) times a fixed Gaussian
-    matrix seeded by (i, op): summed, signed."""
+def weight_sign_hash(graph: jraph.GraphsTuple, bits: int = 64) -> np.ndarray:
+    """Node i's weight features times a fixed Gaussian matrix seeded by (i, op): summed, signed."""
     ops = graph.nodes[:, schema.NODE_OP].astype(int)
-    proj = (graph.nodes[:, schema.NODE_WEIGHT_PROJ] if projections is None else projections).astype(np.float64)
+    proj = graph.nodes[:, schema.NODE_WEIGHT_PROJ].astype(np.float64)
     total = np.zeros(bits)
     for i in np.flatnonzero(np.abs(proj).sum(1) > 0):
         rng = np.random.default_rng([i, ops[i]])
@@ -71,13 +70,3 @@ def weight_sign_hash(graph: jraph.GraphsTuple, bits: int = 64, projections: np.n
 BASELINES = {"op-histogram SimHash": op_histogram_hash, "WL-subtree SimHash": wl_subtree_hash,
              "weight-sign SimHash": weight_sign_hash}
 
-
-def fixed_place_projections(onnx_model) -> np.ndarray:
-    """float32 [nodes, 16]: each canonical node's primary weight projected at fixed random places
-    (16 signed sums of 64 elements, each row rms-normalised), in the graph's node order: the weight
-    features of schema 4, which renumbering a model's hidden units moves."""
-    from hnn_jax.converters import canonicalize, features, load_onnx
-
-    model, folder = load_onnx(onnx_model, None)
-    graph = canonicalize(model, folder)
-    return np.stack([features._weight_features(node.weights)[1] for node in graph.nodes])
