@@ -151,14 +151,17 @@ def _build_parent(parent: Parent, out_dir: str) -> tuple[list[dict], list[dict]]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for transform, proto, error in _variant_models(parent):
-                if error is not None:
-                    if transform == "original":
+                try:  # made or converted, a derivative that fails is one error row
+                    if error is not None:
                         raise error
-                    errors.append(_error_row(parent, transform, error))
+                    graph = converters.from_onnx(proto)
+                    gid = parent.graph_id(transform)
+                    save_graph(graphs_dir / f"{gid}.npz", graph)
+                except Exception as e:  # the original's failure is the parent's (below)
+                    if transform == "original":
+                        raise
+                    errors.append(_error_row(parent, transform, e))
                     continue
-                graph = converters.from_onnx(proto)
-                gid = parent.graph_id(transform)
-                save_graph(graphs_dir / f"{gid}.npz", graph)
                 rows.append(dict(id=gid, source=parent.source, family=parent.family, arch=parent.arch,
                                  parent=parent.name, seed=parent.seed, transform=transform,
                                  nodes=int(graph.n_node[0]), edges=int(graph.n_edge[0]),
