@@ -66,7 +66,6 @@ def write_checkpoint(folder: Path, s: dict) -> None:
         max_position_embeddings=2048, tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
         dtype=s["dtype"]).to_json_file(folder / "config.json")
     dtype = np.dtype(s["dtype"])
-    rng = np.random.default_rng(0)
     shards, shard, size = [], {}, 0
 
     def flush():
@@ -75,9 +74,8 @@ def write_checkpoint(folder: Path, s: dict) -> None:
         save_file(shard, str(folder / f"part-{len(shards):05d}.safetensors"), metadata={"format": "pt"})
         shard, size = {}, 0
 
-    for name, shape in tensors(s):
-        value = np.ones(shape, dtype) if len(shape) == 1 else \
-            (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype, copy=False)
+    for name, value in values(s):
+        value = value.astype(dtype, copy=False)
         if size and size + value.nbytes > SHARD_BYTES:
             flush()
         shard[name] = value
@@ -92,16 +90,22 @@ def write_checkpoint(folder: Path, s: dict) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
-def write_gguf(path: Path, s: dict, quantisation: str) -> None:
-    """The checkpoint's tensors (same seed and values as write_checkpoint's) as one GGUF file."""
+def values(s: dict):
+    """(name, float32 array) of the checkpoint's tensors: norms at one, matrices N(0, 0.02) from
+    seed 0 (write_checkpoint and write_gguf write the same weights)."""
     import numpy as np
 
+    rng = np.random.default_rng(0)
+    for name, shape in tensors(s):
+        yield name, (np.ones(shape, np.float32) if len(shape) == 1
+                     else rng.standard_normal(shape, dtype=np.float32) * 0.02)
+
+
+def write_gguf(path: Path, s: dict, quantisation: str) -> None:
+    """The checkpoint's tensors (values(s), as write_checkpoint's) as one GGUF file."""
     from hnn_jax.testing.models import write_gguf as write
 
-    rng = np.random.default_rng(0)
-    values = ((name, np.ones(shape, np.float32) if len(shape) == 1
-               else rng.standard_normal(shape, dtype=np.float32) * 0.02) for name, shape in tensors(s))
-    write(path, s, values, quantisation, name="bench-llama", context=2048, rope_theta=10000.0, rms_eps=1e-6)
+    write(path, s, values(s), quantisation, name="bench-llama", context=2048, rope_theta=10000.0, rms_eps=1e-6)
 
 
 STEP = r"""
