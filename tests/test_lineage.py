@@ -1,4 +1,4 @@
-"""Real derivatives (hnn_jax.lineage): a replaced head, a merged LoRA adapter, and lineage codes
+"""Real derivatives (hnn_jax.training.derivatives): a replaced head, a merged LoRA adapter, and lineage codes
 that find the parent of a fine-tune."""
 
 import numpy as np

@@ -9,7 +9,7 @@ import numpy as np
 
 
 
-# "finetune": 5 Adam steps; "tune" and "lora": the real fine-tunes of hnn_jax.lineage (500 steps,
+# "finetune": 5 Adam steps; "tune" and "lora": the real fine-tunes of hnn_jax.training.derivatives (500 steps,
 # a replaced task head; a merged LoRA adapter)
 TORCH_TRANSFORMS = ("original", "fp16", "int8", "prune10", "prune30", "prune50", "noise",
                     "finetune", "tune", "lora", "dynamo")
