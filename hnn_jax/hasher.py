@@ -250,8 +250,7 @@ class Hasher:
         if isinstance(graphs, jraph.GraphsTuple):
             return self.embed([graphs], bits=bits)[0]
         if not isinstance(graphs, (list, tuple)):
-            raise InvalidArgumentError("expected a jraph.GraphsTuple or a list of them, got "
-                           f"{type(graphs).__name__}")
+            raise InvalidArgumentError(f"expected a jraph.GraphsTuple or a list of them, got {type(graphs).__name__}")
         checked = [validate_graph(g, f"graph {i}") for i, g in enumerate(graphs)]
         pending = []  # dispatch every chunk before reading any back, so host and device overlap
         for chunk in _pack(checked, self.node_budget, self.edge_budget, self.max_graphs):
